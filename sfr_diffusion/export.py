@@ -1,0 +1,145 @@
+"""Write an erased pipeline as a standard diffusers folder, atomically, with its provenance and a model card."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import diffusers
+import torch
+
+import sfr_diffusion
+
+UNLEARNING_CONFIG_FILE = "unlearning_config.json"
+KEEP_ON_REPLACE = ("checkpoints",)  # training state living inside output_dir survives a re-export
+
+
+def versions() -> dict:
+    return {
+        "sfr_diffusion": sfr_diffusion.__version__,
+        "diffusers": diffusers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _copy_custom_pipeline_code(pipeline, folder: Path) -> None:
+    """Pipelines that diffusers does not ship travel with their code as ``pipeline.py`` (for ``custom_pipeline``)."""
+    if hasattr(diffusers, type(pipeline).__name__):
+        return
+    shutil.copyfile(inspect.getsourcefile(type(pipeline)), folder / "pipeline.py")
+
+
+def export_pipeline(
+    pipeline,
+    output_dir: str | Path,
+    *,
+    unlearning_config: dict,
+    model_card: str,
+    extra_files: dict[str, str | Path] | None = None,
+) -> Path:
+    """Save `pipeline` to `output_dir` so that it appears whole or not at all.
+
+    Everything is written to a sibling ``.partial`` folder first; only a complete export replaces `output_dir`
+    (whose ``checkpoints/`` folder, if any, is carried over). An interrupted run leaves the previous export intact.
+    """
+    output_dir = Path(output_dir).resolve()
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    _copy_custom_pipeline_code(pipeline, staging)
+    config = {**unlearning_config, "versions": versions()}
+    (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    (staging / "README.md").write_text(model_card)
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, staging / name)
+
+    previous = output_dir.with_name(f".{output_dir.name}.previous-{os.getpid()}")
+    if output_dir.exists():
+        output_dir.rename(previous)
+    staging.rename(output_dir)
+    if previous.exists():
+        for name in KEEP_ON_REPLACE:
+            if (previous / name).exists():
+                (previous / name).rename(output_dir / name)
+        shutil.rmtree(previous)
+    return output_dir
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def render_model_card(
+    *,
+    base_model: str,
+    erased: str,
+    method_name: str,
+    paper: str,
+    steps: int,
+    seconds: float,
+    metrics_before: dict | None,
+    metrics_after: dict | None,
+    mask_statistics: dict | None,
+    pipeline_class: str,
+) -> str:
+    """A diffusers-style model card: what was erased from which model, how, and what it measured."""
+    rows = ""
+    if metrics_before and metrics_after:
+        for key in ("FA", "RA", "FID"):
+            if key in metrics_after:
+                rows += f"| {key} | {_fmt(metrics_before.get(key))} | {_fmt(metrics_after.get(key))} |\n"
+    table = (
+        "| metric | before | after |\n|---|---|---|\n" + rows
+        if rows
+        else "No evaluation was run (metrics need a judge for this model's classes).\n"
+    )
+    density = f"{mask_statistics['density']:.1%}" if mask_statistics else "no mask"
+    loader = (
+        f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
+        if hasattr(diffusers, pipeline_class)
+        else 'from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\n    "path/to/this/folder",'
+        ' custom_pipeline="path/to/this/folder"\n)'
+    )
+    return f"""---
+license: apache-2.0
+base_model: {base_model}
+library_name: diffusers
+tags:
+- diffusers
+- machine-unlearning
+- {method_name}
+---
+
+# {pipeline_class}: `{erased}` erased from `{base_model}`
+
+This pipeline is `{base_model}` with **{erased}** erased by **{method_name}** using
+[sfr-diffusion](https://pypi.org/project/sfr-diffusion/).
+
+- Method: {method_name} — {paper}
+- Iterations: {steps}; wall time: {seconds:.1f} s
+- Saliency mask density (weights the forget step may move): {density}
+
+## Evaluation
+
+FA: share of samples generated for the erased class still judged as it (lower is better).
+RA: accuracy on the other classes. FID: Fréchet distance of judge features, other classes vs real images.
+
+{table}
+## Use
+
+```python
+{loader}
+```
+
+The full configuration, library versions and metrics are in `unlearning_config.json`.
+"""

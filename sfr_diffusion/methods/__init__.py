@@ -1,0 +1,17 @@
+"""The registry of unlearning methods: one method, one file, one config dataclass."""
+
+from __future__ import annotations
+
+from .base import MethodConfig, Phase, UnlearningMethod
+from .sfr_on import SFROn, SFROnConfig
+
+METHODS: dict[str, type[UnlearningMethod]] = {SFROn.name: SFROn}
+
+
+def get_method_class(name: str) -> type[UnlearningMethod]:
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; available: {sorted(METHODS)}.")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "MethodConfig", "Phase", "SFROn", "SFROnConfig", "UnlearningMethod", "get_method_class"]

@@ -1,0 +1,79 @@
+"""What every unlearning method provides to the trainer: a config, an ordered schedule of phases, a loss per phase."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+
+from ..data import Batch
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimizer step of an iteration: which data it draws, whether the saliency mask and clipping apply."""
+
+    name: str
+    data: str  # "forget" or "remain"
+    masked: bool
+    max_grad_norm: float | None
+
+
+@dataclass
+class MethodConfig:
+    """Base of method configs: serialisable, validated in ``__post_init__`` by subclasses."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; valid fields are {sorted(known)}.")
+        return cls(**values)
+
+
+class UnlearningMethod:
+    """A method = a config + phases + ``loss(phase, ...)`` returning named per-batch terms (key ``loss`` is optimised)."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig, family):
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}."
+            )
+        self.config, self.family = config, family
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        raise NotImplementedError
+
+    @property
+    def uses_mask(self) -> bool:
+        return any(phase.masked for phase in self.phases)
+
+    def loss(
+        self,
+        phase: Phase,
+        model: torch.nn.Module,
+        batch: Batch,
+        *,
+        step: int,
+        total_steps: int,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+        num_processes: int,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def timestep_quartile_terms(prefix: str, per_sample: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int):
+    """Mean loss per quarter of the timestep range: erasure strength varies with t, so log it per quartile."""
+    quartile = (timesteps.to(per_sample.device) * 4 // num_timesteps).clamp(max=3)
+    return {f"{prefix}_q{q + 1}": per_sample.detach()[quartile == q].mean() for q in range(4) if (quartile == q).any()}

@@ -1,0 +1,97 @@
+"""Digits-world metrics (SPEC §2): FA, RA and FID-digits, judged by the bundled classifier.
+
+FA  forgetting accuracy: share of samples generated for the erased class that the judge assigns to it (lower is
+    better; UA = 1 - FA).
+RA  remaining accuracy: judge accuracy on samples generated for every other class.
+FID-digits: Fréchet distance between judge features of generated remaining-class samples and real images of those
+    classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from .judge import DigitsClassifier
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
+    cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.isfinite(covmean).all():
+        # Near-singular products: regularise the diagonal, as the reference FID implementation does.
+        offset = np.eye(len(cov_a)) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+@torch.no_grad()
+def generate_per_class(
+    pipeline,
+    classes: Sequence[int],
+    samples_per_class: int,
+    *,
+    guidance_scale: float,
+    num_inference_steps: int,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples in [-1, 1] for each class id, in one seeded batch; returns (images, their class ids)."""
+    labels = torch.tensor(list(classes)).repeat_interleave(samples_per_class)
+    images = pipeline(
+        labels.tolist(),
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+        generator=torch.Generator(pipeline.device).manual_seed(seed),
+        output_type="pt",
+    ).images
+    return images.mul(2).sub(1).cpu().float(), labels
+
+
+@torch.no_grad()
+def class_erasure_metrics(
+    pipeline,
+    judge: DigitsClassifier,
+    forget_classes: Sequence[int],
+    *,
+    real_images: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    samples_per_class: int = 50,
+    guidance_scale: float = 2.0,
+    num_inference_steps: int = 20,
+    seed: int = 0,
+) -> dict:
+    """FA on `forget_classes`, RA on the other classes and, given real images, FID-digits on the other classes."""
+    num_classes = judge.config.num_classes
+    forget = sorted(set(forget_classes))
+    remain = [c for c in range(num_classes) if c not in forget]
+    images, labels = generate_per_class(
+        pipeline,
+        forget + remain,
+        samples_per_class,
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+        seed=seed,
+    )
+    predictions = judge.predict(images)
+    is_forget = torch.isin(labels, torch.tensor(forget)) if forget else torch.zeros_like(labels, dtype=torch.bool)
+    correct = predictions == labels
+    metrics = {
+        "FA": float(correct[is_forget].float().mean()) if forget else None,
+        "RA": float(correct[~is_forget].float().mean()),
+        "per_class_accuracy": {int(c): float(correct[labels == c].float().mean()) for c in forget + remain},
+        "samples_per_class": samples_per_class,
+        "guidance_scale": guidance_scale,
+        "num_inference_steps": num_inference_steps,
+    }
+    if real_images is not None:
+        real = real_images[torch.isin(real_labels, torch.tensor(remain))]
+        generated_features = judge.features(images[~is_forget].to(judge.device)).cpu().numpy().astype(np.float64)
+        real_features = judge.features(real.to(judge.device)).cpu().numpy().astype(np.float64)
+        metrics["FID"] = frechet_distance(generated_features, real_features)
+    return metrics

@@ -1,0 +1,3 @@
+from .pipeline_class_conditional_ddpm import ClassConditionalDDPMPipeline
+
+__all__ = ["ClassConditionalDDPMPipeline"]

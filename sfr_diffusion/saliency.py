@@ -1,0 +1,99 @@
+"""Forget-remain balanced weight saliency (paper §4.3): a boolean mask per parameter, computed once.
+
+``F_f[k]`` and ``F_r[k]`` are diagonal empirical Fisher estimates, the mean over batches of the squared batch
+gradient of the forget and remain losses at the *original* weights. A weight is salient, and may move during the
+forget phase, iff ``(F_f[k] + ε) / (F_r[k] + ε) ≥ γ`` — a threshold on the ratio, not a top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+Mask = dict[str, torch.Tensor]
+
+
+def diagonal_fisher(
+    model: torch.nn.Module,
+    batch_losses: Iterable[Callable[[], torch.Tensor]],
+    backward: Callable[[torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Mean over batches of the squared gradient of each batch's scalar loss, streamed one batch at a time.
+
+    ``batch_losses`` yields closures computing one batch's loss; ``backward`` defaults to ``loss.backward()``
+    (pass ``accelerator.backward`` under accelerate, so gradients are all-reduced before squaring).
+    """
+    backward = backward or (lambda loss: loss.backward())
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    num_batches = 0
+    for compute_loss in batch_losses:
+        model.zero_grad(set_to_none=True)
+        backward(compute_loss())
+        for name, p in params.items():
+            if p.grad is not None:
+                fisher[name].add_(p.grad.detach().float().pow(2))
+        num_batches += 1
+    model.zero_grad(set_to_none=True)
+    if num_batches == 0:
+        raise ValueError("diagonal_fisher needs at least one batch.")
+    return {name: f.div_(num_batches) for name, f in fisher.items()}
+
+
+def saliency_mask(
+    fisher_forget: Mapping[str, torch.Tensor],
+    fisher_remain: Mapping[str, torch.Tensor],
+    gamma: float = 1.0,
+    eps: float = 1e-15,
+) -> Mask:
+    """``S[k] = (F_f[k] + ε) / (F_r[k] + ε) ≥ γ`` as a bool tensor per parameter."""
+    if fisher_forget.keys() != fisher_remain.keys():
+        raise ValueError("Forget and remain Fisher estimates cover different parameters.")
+    return {
+        name: (fisher_forget[name].double() + eps) / (fisher_remain[name].double() + eps) >= gamma
+        for name in fisher_forget
+    }
+
+
+def mask_density(mask: Mapping[str, torch.Tensor]) -> float:
+    """Share of weights that the mask lets the forget phase move."""
+    total = sum(m.numel() for m in mask.values())
+    return sum(int(m.sum()) for m in mask.values()) / max(total, 1)
+
+
+def mask_statistics(mask: Mapping[str, torch.Tensor]) -> dict:
+    kept = sum(int(m.sum()) for m in mask.values())
+    return {
+        "density": mask_density(mask),
+        "salient_weights": kept,
+        "total_weights": sum(m.numel() for m in mask.values()),
+    }
+
+
+def save_mask(mask: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Store as bool safetensors (one byte a weight; never int64, never a pickle)."""
+    save_file({name: m.to(torch.bool).contiguous().cpu() for name, m in mask.items()}, str(path))
+
+
+def load_mask(path: str | Path) -> Mask:
+    mask = load_file(str(path))
+    wrong = [name for name, m in mask.items() if m.dtype != torch.bool]
+    if wrong:
+        raise ValueError(f"{path} is not a boolean saliency mask (non-bool tensors: {wrong[:3]}).")
+    return mask
+
+
+def check_mask_matches(mask: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """A mask must name exactly the trainable parameters, with the same shapes; anything else is an error."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if mask.keys() != params.keys():
+        missing, extra = sorted(params.keys() - mask.keys()), sorted(mask.keys() - params.keys())
+        raise ValueError(f"Saliency mask does not match the model: missing {missing[:3]}, unexpected {extra[:3]}.")
+    for name, p in params.items():
+        if mask[name].shape != p.shape:
+            raise ValueError(
+                f"Saliency mask for {name} has shape {tuple(mask[name].shape)}, expected {tuple(p.shape)}."
+            )

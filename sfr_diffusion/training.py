@@ -1,0 +1,321 @@
+"""The erasure loop on accelerate: run a method's phases in order, one optimizer, checkpoints, resume, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .data import BatchSampler, LabelledImages
+from .methods import Phase, UnlearningMethod
+from .saliency import Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, saliency_mask, save_mask
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# Independent random streams per kind of batch (see sfr_diffusion.data).
+FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM = 1, 2, 3, 4
+MASK_FILE = "saliency_mask.safetensors"
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class TrainingArguments:
+    """Optimisation settings shared by every method. Defaults: the official DDPM CIFAR-10 SFR-on run."""
+
+    output_dir: str
+    max_train_steps: int = 150
+    learning_rate: float = 1e-4
+    optimizer: str = "adam"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    forget_batch_size: int = 128
+    remain_batch_size: int = 128
+    seed: int = 0
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    gradient_checkpointing: bool = False
+    eval_every: int | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.max_train_steps < 1:
+            raise ValueError(f"max_train_steps must be >= 1, got {self.max_train_steps}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        for name in ("checkpointing_steps", "checkpoints_total_limit", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}.")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+
+@dataclass
+class ErasureResult:
+    steps: int
+    mask_seconds: float
+    train_seconds: float
+    mask_statistics: dict | None
+    history: list = field(default_factory=list)
+    last_terms: dict = field(default_factory=dict)
+
+
+@dataclass
+class PhaseEvent:
+    """Passed to callbacks after each optimizer step, so tests and tools can see the schedule as it runs."""
+
+    step: int
+    phase: Phase
+    terms: dict
+    optimizer: torch.optim.Optimizer
+    model: torch.nn.Module
+
+
+def apply_mask_to_gradients(named_params, mask: Mask) -> dict[str, torch.Tensor]:
+    """Zero the gradient of non-salient weights and return their current values.
+
+    Zeroing the gradient is not enough with a shared Adam: moments accumulated in remain steps would still move
+    non-salient weights during the forget step. ``restore_masked_out`` puts them back after the step, so the forget
+    phase provably changes only salient weights (paper §4.3: S multiplies the forget update).
+    """
+    snapshot = {}
+    for name, param in named_params:
+        keep = mask[name].to(param.device)
+        if param.grad is not None:
+            param.grad.mul_(keep)
+        if not bool(keep.all()):
+            snapshot[name] = param.detach()[~keep].clone()
+    return snapshot
+
+
+@torch.no_grad()
+def restore_masked_out(named_params, mask: Mask, snapshot: dict[str, torch.Tensor]) -> None:
+    for name, param in named_params:
+        if name in snapshot:
+            param[~mask[name].to(param.device)] = snapshot[name]
+
+
+def compute_saliency_mask(accelerator, model, method, forget_sampler, remain_sampler) -> Mask:
+    """Fisher-ratio mask on the original weights; batches are sharded so DDP all-reduces before squaring."""
+    family, cfg = method.family, method.config
+    raw_model = accelerator.unwrap_model(model)  # names without DDP's "module." prefix; the same Parameters
+
+    def losses(sampler):
+        for i in range(cfg.mask_batches):
+            batch = sampler.batch(i, accelerator.process_index, accelerator.num_processes)
+            x0 = family.encode(batch.images.to(accelerator.device))
+            yield lambda b=batch, x=x0: family.diffusion_loss(model, x, b.labels.to(x.device), b.draw).mean()
+
+    fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward)
+    fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward)
+    return saliency_mask(fisher_forget, fisher_remain, cfg.gamma)
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a ``.partial`` folder is an interrupted save and is ignored)."""
+    if not checkpoints_dir.exists():
+        return []
+    found = [p for p in checkpoints_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def resolve_resume(args: TrainingArguments) -> Path | None:
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.checkpoints_dir)
+        return found[-1] if found else None
+    path = Path(args.resume_from_checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist (use 'latest' to pick the newest one).")
+    return path
+
+
+def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
+    """Store the denoiser inside accelerate checkpoints in diffusers format (``denoiser/``), loadable on its own."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "denoiser")
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            loaded = type(model).from_pretrained(Path(input_dir) / "denoiser")
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_checkpoint(accelerator, args: TrainingArguments, step: int, history: list) -> None:
+    """Write ``checkpoint-{step}`` atomically (save to ``.partial``, then rename) and rotate old ones."""
+    final = args.checkpoints_dir / f"checkpoint-{step}"
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process:
+        existing = list_checkpoints(args.checkpoints_dir)
+        if args.checkpoints_total_limit is not None:
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                shutil.rmtree(old)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / HISTORY_FILE).write_text(json.dumps(history))
+        partial.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def run_erasure(
+    *,
+    accelerator: Accelerator,
+    method: UnlearningMethod,
+    forget: LabelledImages,
+    remain: LabelledImages,
+    args: TrainingArguments,
+    evaluate: Callable[[], dict] | None = None,
+    callbacks: tuple[Callable[[PhaseEvent], None], ...] = (),
+) -> ErasureResult:
+    """Erase with `method`; the family's denoiser is trained in place. Evaluates every ``eval_every`` steps."""
+    family = method.family
+    model = family.denoiser
+    model.requires_grad_(True).train()
+    if args.gradient_checkpointing:
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing.")
+        model.enable_gradient_checkpointing()
+    optimizer = OPTIMIZERS[args.optimizer](
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    samplers = {
+        "forget": BatchSampler(forget, family, args.forget_batch_size, seed=args.seed, stream=FORGET_STREAM),
+        "remain": BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=REMAIN_STREAM),
+    }
+    register_diffusers_checkpoint_hooks(accelerator)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+
+    resume_from = resolve_resume(args)
+    mask, mask_seconds = None, 0.0
+    if method.uses_mask:
+        mask_path = args.checkpoints_dir / MASK_FILE
+        if resume_from is not None and mask_path.exists():
+            mask = load_mask(mask_path)
+        else:
+            start = time.perf_counter()
+            fisher_samplers = (
+                BatchSampler(forget, family, args.forget_batch_size, seed=args.seed, stream=FISHER_FORGET_STREAM),
+                BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=FISHER_REMAIN_STREAM),
+            )
+            mask = compute_saliency_mask(accelerator, model, method, *fisher_samplers)
+            mask_seconds = time.perf_counter() - start
+            if accelerator.is_main_process:
+                args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+                save_mask(mask, mask_path)
+        check_mask_matches(mask, raw_model)
+
+    start_step, history = 0, []
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start_step = int(resume_from.name.split("-")[-1])
+        history_path = resume_from / HISTORY_FILE
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        logger.info("Resumed from %s at step %d", resume_from, start_step)
+
+    def reduce_sum(value: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(value.detach().clone(), reduction="sum")
+
+    if evaluate is not None and args.eval_every and start_step == 0:
+        history.append({"step": 0, **_evaluate_on_main(accelerator, raw_model, evaluate)})
+
+    last_terms: dict = {}
+    progress = tqdm(
+        range(start_step, args.max_train_steps),
+        initial=start_step,
+        total=args.max_train_steps,
+        desc=f"{method.name}",
+        disable=not accelerator.is_local_main_process,
+    )
+    start = time.perf_counter()
+    for step in progress:
+        logs = {}
+        for phase in method.phases:
+            batch = samplers[phase.data].batch(step, accelerator.process_index, accelerator.num_processes)
+            terms = method.loss(
+                phase,
+                model,
+                batch,
+                step=step,
+                total_steps=args.max_train_steps,
+                reduce_sum=reduce_sum,
+                num_processes=accelerator.num_processes,
+            )
+            accelerator.backward(terms["loss"])
+            snapshot = apply_mask_to_gradients(raw_model.named_parameters(), mask) if phase.masked else None
+            if phase.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), phase.max_grad_norm)
+            optimizer.step()
+            if snapshot is not None:
+                restore_masked_out(raw_model.named_parameters(), mask, snapshot)
+            optimizer.zero_grad(set_to_none=True)
+            for callback in callbacks:
+                callback(PhaseEvent(step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model))
+            for key, value in terms.items():
+                logs[f"{phase.name}/{key}"] = float(accelerator.reduce(value.detach().float(), "mean"))
+        if any(not math.isfinite(v) for v in logs.values()):
+            raise FloatingPointError(f"Non-finite loss at step {step}: {logs}")
+        accelerator.log(logs, step=step + 1)
+        progress.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("/loss")})
+        last_terms = logs
+        if evaluate is not None and args.eval_every and (step + 1) % args.eval_every == 0:
+            history.append({"step": step + 1, **_evaluate_on_main(accelerator, raw_model, evaluate)})
+        if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, step + 1, history)
+    progress.close()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    return ErasureResult(
+        steps=args.max_train_steps,
+        mask_seconds=mask_seconds,
+        train_seconds=train_seconds,
+        mask_statistics=mask_statistics(mask) if mask is not None else None,
+        history=history,
+        last_terms=last_terms,
+    )
+
+
+def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:
+    result = {}
+    if accelerator.is_main_process:
+        raw_model.eval()
+        result = evaluate()
+        raw_model.train()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def training_arguments_dict(args: TrainingArguments) -> dict:
+    return asdict(args)
