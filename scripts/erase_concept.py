@@ -27,14 +27,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DiffusionPipeline
 
 from sfr_diffusion.data import load_image_dataset, split_by_class
 from sfr_diffusion.digits import load_digits_dataset
 from sfr_diffusion.export import export_pipeline, render_model_card
 from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import METHODS, get_method_class
-from sfr_diffusion.pipelines import ClassConditionalDDPMPipeline
+from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.training import MASK_FILE, TrainingArguments, run_erasure
 from sfr_diffusion.world import bundled_path, digits_world_metrics, is_digits_world
 
@@ -96,10 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_pipeline(path: str | None):
+def load_base_pipeline(path: str | None):
     if path is None:
-        return ClassConditionalDDPMPipeline.from_pretrained(bundled_path("ddpm")), "sfr-diffusion/digits-ddpm"
-    return DiffusionPipeline.from_pretrained(path), path
+        return load_pipeline(bundled_path("ddpm")), "sfr-diffusion/digits-ddpm"
+    return load_pipeline(path), path
 
 
 def load_data(args, family, pipeline):
@@ -132,7 +131,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
 
-    pipeline, base_model = load_pipeline(args.pretrained_model_name_or_path)
+    pipeline, base_model = load_base_pipeline(args.pretrained_model_name_or_path)
     pipeline.set_progress_bar_config(disable=True)
     family = family_for(pipeline)
     forget_class = family.resolve_class(args.concept)

@@ -13,22 +13,26 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from .judge import DigitsClassifier
 
 
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples).
+
+    ``tr sqrt(Σ_a Σ_b)`` is computed as ``tr sqrt(Σ_a^½ Σ_b Σ_a^½)`` (same eigenvalues, but symmetric PSD), which
+    stays exact where ReLU features leave the covariances singular.
+    """
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        # Near-singular products: regularise the diagonal, as the reference FID implementation does.
-        offset = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    root_a = _psd_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
 @torch.no_grad()

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny untrained digits-world models and the digits data, all offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The models here are tiny: one thread is as fast as two and avoids OpenMP spin-waiting (seconds per step) when the
+# suite shares its cores with another job. Subprocess tests pass the same count on, so CPU kernels reduce alike.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+    from sfr_diffusion.digits import load_digits_dataset
+
+    return load_digits_dataset("train")
+
+
+@pytest.fixture(scope="session")
+def forget_remain(digits_train):
+    """(forget, remain) views of the training digits: class 3 is erased."""
+    from sfr_diffusion.data import split_by_class
+
+    return split_by_class(digits_train, [3], resolution=8, channels=1)
+
+
+@pytest.fixture
+def pipeline():
+    """A fresh untrained class-conditional DDPM pipeline for 8×8 digits (class 10 is the null class)."""
+    from sfr_diffusion.world import digits_ddpm_pipeline
+
+    pipe = digits_ddpm_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def accelerator():
+    """A fresh CPU Accelerator; accelerate keeps its state in process-wide singletons, so reset around each test."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)

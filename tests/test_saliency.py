@@ -1,0 +1,178 @@
+"""Forget-remain balanced weight saliency (SPEC §1, saliency mask S)."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sfr_diffusion.saliency import (
+    check_mask_matches,
+    diagonal_fisher,
+    load_mask,
+    mask_density,
+    save_mask,
+    saliency_mask,
+)
+
+# Entries chosen around the threshold: zero/zero (ratio exactly 1), equal values (exactly 1), 2x, 0.5x, x/0 (huge).
+FISHER_FORGET = {
+    "a": torch.tensor([0.0, 1e-3, 2.0, 0.5, 3.0, 0.0]),
+    "b": torch.tensor([[4.0, 1.0], [1.0, 0.25]]),
+}
+FISHER_REMAIN = {
+    "a": torch.tensor([0.0, 1e-3, 1.0, 1.0, 0.0, 5.0]),
+    "b": torch.tensor([[1.0, 1.0], [2.0, 0.25]]),
+}
+
+
+@pytest.mark.parametrize(
+    "gamma, expected_a, expected_b",
+    [
+        (0.0, [1, 1, 1, 1, 1, 1], [[1, 1], [1, 1]]),
+        (0.4, [1, 1, 1, 1, 1, 0], [[1, 1], [1, 1]]),
+        (1.0, [1, 1, 1, 0, 1, 0], [[1, 1], [0, 1]]),
+        (1.5, [0, 0, 1, 0, 1, 0], [[1, 0], [0, 0]]),
+        (10.0, [0, 0, 0, 0, 1, 0], [[0, 0], [0, 0]]),
+    ],
+)
+def test_saliency_mask_thresholds_the_fisher_ratio(gamma, expected_a, expected_b):
+    mask = saliency_mask(FISHER_FORGET, FISHER_REMAIN, gamma=gamma)
+
+    assert mask.keys() == {"a", "b"}
+    assert all(m.dtype == torch.bool for m in mask.values())
+    assert mask["a"].tolist() == [bool(v) for v in expected_a]
+    assert mask["b"].tolist() == [[bool(v) for v in row] for row in expected_b]
+
+
+def test_saliency_mask_keeps_a_ratio_exactly_equal_to_gamma():
+    # With ε = 0 the ratio 2/1 is exactly 2.0, so γ = 2 sits on the boundary and ≥ must keep it.
+    mask = saliency_mask({"w": torch.tensor([2.0, 1.999])}, {"w": torch.tensor([1.0, 1.0])}, gamma=2.0, eps=0.0)
+
+    assert mask["w"].tolist() == [True, False]
+
+
+def test_saliency_mask_is_a_threshold_not_a_top_k():
+    # Every ratio is ≥ γ: a threshold keeps them all, a top-k would drop some.
+    forget = {"w": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    remain = {"w": torch.tensor([0.5, 0.5, 0.5, 0.5])}
+
+    assert mask_density(saliency_mask(forget, remain, gamma=1.0)) == 1.0
+
+
+def test_saliency_mask_rejects_different_parameter_sets():
+    with pytest.raises(ValueError, match="different parameters"):
+        saliency_mask({"a": torch.ones(1)}, {"b": torch.ones(1)})
+
+
+def test_diagonal_fisher_is_the_mean_of_squared_batch_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    batches = [(torch.randn(4, 3), torch.randn(4, 2)) for _ in range(3)]
+
+    def loss_of(x, y):
+        return (model(x) - y).pow(2).mean()
+
+    expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for x, y in batches:
+        gradients = torch.autograd.grad(loss_of(x, y), list(model.parameters()))
+        for (name, _), gradient in zip(model.named_parameters(), gradients):
+            expected[name] += gradient.pow(2) / len(batches)
+
+    fisher = diagonal_fisher(model, (lambda x=x, y=y: loss_of(x, y) for x, y in batches))
+
+    assert fisher.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(fisher[name], expected[name])
+    assert all(p.grad is None for p in model.parameters())  # leaves no gradients behind
+
+
+def test_diagonal_fisher_skips_frozen_parameters_and_uses_the_given_backward():
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    calls = []
+
+    def backward(loss):
+        calls.append(loss.item())
+        loss.backward()
+
+    fisher = diagonal_fisher(model, [lambda: model(torch.ones(1, 2)).sum()] * 2, backward=backward)
+
+    assert set(fisher) == {"weight"}
+    assert len(calls) == 2
+
+
+def test_diagonal_fisher_needs_a_batch():
+    with pytest.raises(ValueError, match="at least one batch"):
+        diagonal_fisher(torch.nn.Linear(2, 1), [])
+
+
+def test_mask_round_trips_through_boolean_safetensors(tmp_path):
+    mask = saliency_mask(FISHER_FORGET, FISHER_REMAIN, gamma=1.0)
+    path = tmp_path / "mask.safetensors"
+
+    save_mask(mask, path)
+
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(mask)
+        for name in f.keys():
+            assert f.get_slice(name).get_dtype() == "BOOL"
+            assert f.get_tensor(name).dtype == torch.bool
+    loaded = load_mask(path)
+    assert loaded.keys() == mask.keys()
+    for name in mask:
+        assert torch.equal(loaded[name], mask[name])
+
+
+def test_save_mask_stores_other_dtypes_as_bool(tmp_path):
+    path = tmp_path / "mask.safetensors"
+
+    save_mask({"w": torch.tensor([0, 1, 1], dtype=torch.int64)}, path)
+
+    with safe_open(str(path), framework="pt") as f:
+        assert f.get_tensor("w").dtype == torch.bool
+
+
+def test_load_mask_rejects_a_non_boolean_file(tmp_path):
+    path = tmp_path / "not_a_mask.safetensors"
+    save_file({"w": torch.ones(3, dtype=torch.int64), "v": torch.ones(2, dtype=torch.bool)}, str(path))
+
+    with pytest.raises(ValueError, match="not a boolean saliency mask"):
+        load_mask(path)
+
+
+@pytest.fixture
+def small_model():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)  # frozen parameters need no mask entry
+    return model
+
+
+def full_mask(model):
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_check_mask_matches_accepts_a_matching_mask(small_model):
+    check_mask_matches(full_mask(small_model), small_model)
+
+
+def test_check_mask_matches_rejects_a_missing_name(small_model):
+    mask = full_mask(small_model)
+    del mask["0.bias"]
+
+    with pytest.raises(ValueError, match=r"missing \['0.bias'\]"):
+        check_mask_matches(mask, small_model)
+
+
+def test_check_mask_matches_rejects_an_unexpected_name(small_model):
+    mask = {**full_mask(small_model), "1.bias": torch.ones(1, dtype=torch.bool)}
+
+    with pytest.raises(ValueError, match=r"unexpected \['1.bias'\]"):
+        check_mask_matches(mask, small_model)
+
+
+def test_check_mask_matches_rejects_a_wrong_shape(small_model):
+    mask = full_mask(small_model)
+    mask["0.weight"] = torch.ones(3, 2, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match=r"0.weight has shape \(3, 2\), expected \(2, 3\)"):
+        check_mask_matches(mask, small_model)

@@ -1,0 +1,291 @@
+"""SFR-on: config, schedule, and what one run of the erasure loop provably does (SPEC §1)."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from sfr_diffusion.data import BatchSampler
+from sfr_diffusion.families import family_for
+from sfr_diffusion.methods import SFROn, SFROnConfig, get_method_class
+from sfr_diffusion.saliency import load_mask, mask_density
+from sfr_diffusion.training import MASK_FILE, REMAIN_STREAM, TrainingArguments, run_erasure
+from sfr_diffusion.world import digits_ddpm_pipeline
+
+FORGET_CLASS, NULL_CLASS = 3, 10
+STEPS, BATCH = 3, 8
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"forget_loss": "descent"}, "forget_loss must be one of"),
+        ({"alpha": -1.0}, "alpha must be >= 0"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"remain_weight": -1.0}, "remain_weight must be >= 0"),
+        ({"gamma": -0.1}, "gamma must be >= 0"),
+        ({"mask_batches": 0}, "mask_batches must be >= 1"),
+        ({"forget_max_grad_norm": 0.0}, "forget_max_grad_norm must be > 0 or None"),
+        ({"remain_max_grad_norm": -1.0}, "remain_max_grad_norm must be > 0 or None"),
+        ({"label_dropout": 1.0}, r"label_dropout must be in \[0, 1\)"),
+        ({"label_dropout": -0.1}, r"label_dropout must be in \[0, 1\)"),
+    ],
+)
+def test_config_rejects_invalid_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SFROnConfig(**kwargs)
+
+
+def test_config_accepts_boundary_values():
+    config = SFROnConfig(alpha=0.0, label_dropout=0.0, forget_max_grad_norm=None, remain_max_grad_norm=None)
+
+    assert config.forget_max_grad_norm is None
+
+
+def test_config_round_trips_through_a_dict_and_json():
+    config = SFROnConfig(forget_loss="remap", alpha=2.0, gamma=0.5, remap_class=1, forget_max_grad_norm=None)
+
+    restored = SFROnConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+
+    assert restored == config
+    assert config.to_dict()["forget_loss"] == "remap"
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"Unknown SFROnConfig fields \['lr'\]; valid fields are"):
+        SFROnConfig.from_dict({"alpha": 1.0, "lr": 1e-4})
+
+
+def test_registry_names_the_valid_methods():
+    assert get_method_class("sfr_on") is SFROn
+    with pytest.raises(ValueError, match=r"available: \['sfr_on'\]"):
+        get_method_class("salun")
+
+
+def test_method_rejects_a_foreign_config(pipeline):
+    with pytest.raises(TypeError, match="needs a SFROnConfig"):
+        SFROn(object(), family_for(pipeline))
+
+
+def test_remap_class_must_be_a_real_class(pipeline):
+    with pytest.raises(ValueError, match="remap_class 10 out of range"):
+        SFROn(SFROnConfig(forget_loss="remap", remap_class=NULL_CLASS), family_for(pipeline))
+
+
+# --- the schedule as data -----------------------------------------------------------------------------------------
+
+
+def test_phases_are_a_masked_clipped_forget_step_then_an_unmasked_remain_step(pipeline):
+    method = SFROn(SFROnConfig(forget_max_grad_norm=0.5, remain_max_grad_norm=2.0), family_for(pipeline))
+
+    forget, remain = method.phases
+
+    assert [p.name for p in method.phases] == ["forget", "remain"]
+    assert (forget.data, forget.masked, forget.max_grad_norm) == ("forget", True, 0.5)
+    assert (remain.data, remain.masked, remain.max_grad_norm) == ("remain", False, 2.0)
+    assert method.uses_mask
+
+
+def test_without_the_mask_no_phase_is_masked(pipeline):
+    method = SFROn(SFROnConfig(use_mask=False), family_for(pipeline))
+
+    assert [p.name for p in method.phases] == ["forget", "remain"]
+    assert not any(p.masked for p in method.phases)
+    assert not method.uses_mask
+
+
+# --- runs of the erasure loop -------------------------------------------------------------------------------------
+
+
+def parameters_of(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def erase(accelerator, method, forget_remain, output_dir, callbacks=()):
+    forget, remain = forget_remain
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_train_steps=STEPS,
+        forget_batch_size=BATCH,
+        remain_batch_size=BATCH,
+        learning_rate=1e-3,
+    )
+    return run_erasure(
+        accelerator=accelerator, method=method, forget=forget, remain=remain, args=args, callbacks=callbacks
+    )
+
+
+def test_each_iteration_is_forget_then_remain_on_one_optimizer(accelerator, pipeline, forget_remain, tmp_path):
+    method = SFROn(SFROnConfig(mask_batches=1, gamma=1.0), family_for(pipeline))
+    seen, adam_steps = [], []
+
+    def record(event):
+        seen.append((event.step, event.phase.name, id(event.optimizer)))
+        adam_steps.append({int(event.optimizer.state[p]["step"]) for p in event.model.parameters()})
+
+    erase(accelerator, method, forget_remain, tmp_path, callbacks=(record,))
+
+    assert [(step, name) for step, name, _ in seen] == [
+        (step, name) for step in range(STEPS) for name in ("forget", "remain")
+    ]
+    assert len({optimizer_id for _, _, optimizer_id in seen}) == 1
+    # One shared Adam: every parameter's step count grows by one per phase, i.e. by two per iteration.
+    assert adam_steps == [{n} for n in range(1, 2 * STEPS + 1)]
+
+
+def test_forget_step_changes_only_salient_weights(accelerator, pipeline, forget_remain, tmp_path):
+    """The saliency mask really masks, even when Adam moments from earlier remain steps push every weight."""
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(mask_batches=1, gamma=1.0), family)
+    last = {"parameters": parameters_of(family.denoiser)}
+    forget_steps, remain_steps, moments_before_forget = [], [], []
+
+    def record(event):
+        current = parameters_of(event.model)
+        (forget_steps if event.phase.name == "forget" else remain_steps).append((last["parameters"], current))
+        last["parameters"] = current
+        if event.phase.name == "remain":
+            moments_before_forget.append(
+                {name: event.optimizer.state[p]["exp_avg"].clone() for name, p in event.model.named_parameters()}
+            )
+
+    erase(accelerator, method, forget_remain, tmp_path, callbacks=(record,))
+
+    mask = load_mask(tmp_path / "checkpoints" / MASK_FILE)
+    assert mask.keys() == dict(family.denoiser.named_parameters()).keys()
+    assert 0.0 < mask_density(mask) < 1.0
+    assert len(forget_steps) == STEPS
+    for step, (before, after) in enumerate(forget_steps):
+        moved_salient = 0
+        for name, keep in mask.items():
+            assert torch.equal(after[name][~keep], before[name][~keep]), f"step {step}: non-salient {name} moved"
+            moved_salient += int((after[name][keep] != before[name][keep]).sum())
+        assert moved_salient > 0, f"step {step}: the forget step moved no salient weight"
+    # The case where zeroing gradients is not enough: Adam carries non-zero first moments for non-salient weights
+    # into the forget steps after the first remain step ...
+    assert any(bool(moments[name][~keep].ne(0).any()) for moments in moments_before_forget for name, keep in mask.items())
+    # ... and the remain step, which is not masked, does move non-salient weights.
+    before, after = remain_steps[0]
+    assert any(not torch.equal(after[name][~keep], before[name][~keep]) for name, keep in mask.items())
+
+
+class PhaseTaggingSFROn(SFROn):
+    """SFR-on that remembers which phase's loss is being computed, so a forward hook can attribute its inputs."""
+
+    current_phase = None
+
+    def loss(self, phase, *args, **kwargs):
+        self.current_phase = phase.name
+        try:
+            return super().loss(phase, *args, **kwargs)
+        finally:
+            self.current_phase = None
+
+
+def test_forget_step_never_uses_the_null_class_and_remain_step_drops_labels(
+    accelerator, pipeline, forget_remain, tmp_path
+):
+    family = family_for(pipeline)
+    label_dropout = 0.5
+    method = PhaseTaggingSFROn(SFROnConfig(mask_batches=1, label_dropout=label_dropout), family)
+    labels_seen = {"forget": [], "remain": []}
+
+    def record_labels(module, args, kwargs):
+        if method.current_phase is not None:
+            labels_seen[method.current_phase].append(kwargs["class_labels"].clone())
+
+    handle = family.denoiser.register_forward_pre_hook(record_labels, with_kwargs=True)
+    try:
+        erase(accelerator, method, forget_remain, tmp_path)
+    finally:
+        handle.remove()
+
+    assert len(labels_seen["forget"]) == STEPS
+    for labels in labels_seen["forget"]:
+        assert labels.tolist() == [FORGET_CLASS] * BATCH  # the real label, never the null class
+    # The remain step drops exactly the labels whose uniform draw falls under label_dropout.
+    sampler = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM)
+    assert len(labels_seen["remain"]) == STEPS
+    for step, labels in enumerate(labels_seen["remain"]):
+        batch = sampler.batch(step)
+        expected = torch.where(batch.uniform < label_dropout, NULL_CLASS, batch.labels)
+        assert labels.tolist() == expected.tolist()
+    all_remain = torch.cat(labels_seen["remain"])
+    assert (all_remain == NULL_CLASS).any() and (all_remain != NULL_CLASS).any()
+
+
+def test_remap_keeps_the_frozen_original_unchanged(accelerator, pipeline, forget_remain, tmp_path):
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(forget_loss="remap", alpha=1.0, mask_batches=1), family)
+    frozen_before = parameters_of(method.frozen)
+    trained_before = parameters_of(family.denoiser)
+    terms = []
+
+    erase(accelerator, method, forget_remain, tmp_path, callbacks=(lambda event: terms.append(event.terms),))
+
+    assert method.frozen is not family.denoiser
+    assert not any(p.requires_grad for p in method.frozen.parameters())
+    for name, value in parameters_of(method.frozen).items():
+        assert torch.equal(value, frozen_before[name]), f"frozen {name} changed"
+    assert any(not torch.equal(v, trained_before[n]) for n, v in parameters_of(family.denoiser).items())
+    assert "forget_remap" in terms[0]
+
+
+def test_remain_loss_is_evaluated_at_the_weights_the_forget_step_produced(
+    accelerator, pipeline, forget_remain, tmp_path
+):
+    config = SFROnConfig(mask_batches=1, gamma=1.0)
+    family = family_for(pipeline)
+    method = SFROn(config, family)
+    state = {"current": copy.deepcopy(family.denoiser.state_dict())}
+    before_forget, after_forget, remain_loss = {}, {}, {}
+
+    def record(event):
+        if event.phase.name == "forget":
+            before_forget[event.step] = state["current"]
+            after_forget[event.step] = copy.deepcopy(event.model.state_dict())
+        else:
+            remain_loss[event.step] = event.terms["loss"].item()
+        state["current"] = copy.deepcopy(event.model.state_dict())
+
+    erase(accelerator, method, forget_remain, tmp_path, callbacks=(record,))
+
+    # Recompute the same remain batch from (seed, stream, step) on a separate copy of the model.
+    replay_family = family_for(digits_ddpm_pipeline(seed=0))
+    replay = SFROn(config, replay_family)
+    model = replay_family.denoiser.train()
+    sampler = BatchSampler(forget_remain[1], replay_family, BATCH, seed=0, stream=REMAIN_STREAM)
+
+    def remain_loss_at(state_dict, step):
+        model.load_state_dict(state_dict)
+        with torch.no_grad():
+            terms = replay.loss(
+                replay.phases[1],
+                model,
+                sampler.batch(step),
+                step=step,
+                total_steps=STEPS,
+                reduce_sum=lambda value: value,
+                num_processes=1,
+            )
+        return terms["loss"].item()
+
+    for step in range(STEPS):
+        at_forget_weights = remain_loss_at(after_forget[step], step)
+        at_previous_weights = remain_loss_at(before_forget[step], step)
+        assert at_forget_weights == pytest.approx(remain_loss[step], rel=1e-6, abs=1e-7)
+        # The check can tell the two apart: the forget step did change the remain loss.
+        assert abs(at_previous_weights - remain_loss[step]) > 100 * abs(at_forget_weights - remain_loss[step])
+
+
+def test_without_the_mask_no_mask_is_computed(accelerator, pipeline, forget_remain, tmp_path):
+    method = SFROn(SFROnConfig(use_mask=False), family_for(pipeline))
+
+    result = erase(accelerator, method, forget_remain, tmp_path)
+
+    assert result.mask_statistics is None
+    assert not (tmp_path / "checkpoints" / MASK_FILE).exists()
