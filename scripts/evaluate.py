@@ -1,7 +1,7 @@
 """Print FA, RA and FID-digits of a digits-world pipeline as JSON.
 
-    python scripts/evaluate.py outputs/erase-three                 # the erased class is read from the export
-    python scripts/evaluate.py sfr_diffusion/assets/digits/ddpm --forget three
+python scripts/evaluate.py outputs/erase-three                 # the erased class is read from the export
+python scripts/evaluate.py sfr_diffusion/assets/digits/ddpm --forget three
 """
 
 from __future__ import annotations

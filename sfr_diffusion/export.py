@@ -51,13 +51,17 @@ def export_pipeline(
     staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    pipeline.save_pretrained(staging, safe_serialization=True)
-    _copy_custom_pipeline_code(pipeline, staging)
-    config = {**unlearning_config, "versions": versions()}
-    (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    (staging / "README.md").write_text(model_card)
-    for name, source in (extra_files or {}).items():
-        shutil.copyfile(source, staging / name)
+    try:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        _copy_custom_pipeline_code(pipeline, staging)
+        config = {**unlearning_config, "versions": versions()}
+        (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (staging / "README.md").write_text(model_card)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
     previous = output_dir.with_name(f".{output_dir.name}.previous-{os.getpid()}")
     if output_dir.exists():
@@ -104,12 +108,17 @@ def render_model_card(
         else "No evaluation was run (metrics need a judge for this model's classes).\n"
     )
     density = f"{mask_statistics['density']:.1%}" if mask_statistics else "no mask"
-    loader = (
-        f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
-        if hasattr(diffusers, pipeline_class)
-        else 'from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\n    "path/to/this/folder",'
-        ' custom_pipeline="path/to/this/folder"\n)'
-    )
+    if hasattr(diffusers, pipeline_class):
+        loader = (
+            f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
+        )
+    else:
+        # The pipeline's code travels in the folder as pipeline.py; diffusers asks for explicit trust to run it.
+        loader = (
+            "from diffusers import DiffusionPipeline\n\n"
+            "pipe = DiffusionPipeline.from_pretrained(\n"
+            '    "path/to/this/folder", custom_pipeline="path/to/this/folder", trust_remote_code=True\n)'
+        )
     return f"""---
 license: apache-2.0
 base_model: {base_model}

@@ -54,7 +54,8 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: in
     padded = F.pad(images, (max_shift,) * 4, value=-1.0)
     size = images.shape[-1]
     offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator)
-    return torch.stack([p[:, dy : dy + size, dx : dx + size] for p, (dy, dx) in zip(padded, offsets.tolist())])
+    crops = [p[:, dy : dy + size, dx : dx + size] for p, (dy, dx) in zip(padded, offsets.tolist(), strict=True)]
+    return torch.stack(crops)
 
 
 def train_judge(

@@ -259,7 +259,7 @@ def run_erasure(
         desc=f"{method.name}",
         disable=not accelerator.is_local_main_process,
     )
-    start = time.perf_counter()
+    start, eval_seconds = time.perf_counter(), 0.0
     for step in progress:
         logs = {}
         for phase in method.phases:
@@ -284,18 +284,22 @@ def run_erasure(
             for callback in callbacks:
                 callback(PhaseEvent(step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model))
             for key, value in terms.items():
-                logs[f"{phase.name}/{key}"] = float(accelerator.reduce(value.detach().float(), "mean"))
-        if any(not math.isfinite(v) for v in logs.values()):
-            raise FloatingPointError(f"Non-finite loss at step {step}: {logs}")
-        accelerator.log(logs, step=step + 1)
+                gathered = accelerator.gather(value.detach().float().reshape(1))
+                logs[f"{phase.name}/{key}"] = float(gathered.nanmean())  # NaN: an empty timestep quartile
+        losses = {k: v for k, v in logs.items() if k.endswith("/loss")}
+        if any(not math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"Non-finite loss at step {step}: {losses}")
+        accelerator.log({k: v for k, v in logs.items() if math.isfinite(v)}, step=step + 1)
         progress.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("/loss")})
         last_terms = logs
         if evaluate is not None and args.eval_every and (step + 1) % args.eval_every == 0:
+            eval_start = time.perf_counter()
             history.append({"step": step + 1, **_evaluate_on_main(accelerator, raw_model, evaluate)})
+            eval_seconds += time.perf_counter() - eval_start
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args, step + 1, history)
     progress.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - eval_seconds  # evaluation is measurement, not erasure
     model.eval()
     return ErasureResult(
         steps=args.max_train_steps,

@@ -91,7 +91,7 @@ def train_class_conditional(
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
+                for e, p in zip(ema.parameters(), model.parameters(), strict=True):
                     e.lerp_(p, 1 - ema_decay)
             progress.set_postfix(loss=f"{loss.item():.4f}")
     model.load_state_dict(ema.state_dict())

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny untrained digits-world models and the digits data, all offline."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Loading an export with `custom_pipeline` copies its pipeline.py into diffusers' module cache: keep that out of ~/.
+os.environ.setdefault("HF_MODULES_CACHE", os.path.join(tempfile.gettempdir(), "sfr_diffusion_tests_hf_modules"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

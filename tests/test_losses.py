@@ -100,5 +100,5 @@ def test_per_sample_mse_is_one_value_per_sample_in_fp32():
 
     assert loss.shape == (4,)
     assert loss.dtype == torch.float32
-    expected = torch.stack([(p.float() - t.float()).pow(2).mean() for p, t in zip(prediction, target)])
+    expected = torch.stack([(p.float() - t.float()).pow(2).mean() for p, t in zip(prediction, target, strict=True)])
     torch.testing.assert_close(loss, expected)

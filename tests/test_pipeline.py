@@ -47,11 +47,18 @@ def test_class_names_and_ids_are_interchangeable(pipeline):
     assert pipeline.get_label_ids("seven") == [7]
 
 
-@pytest.mark.parametrize("label, message", [("eleven", "Unknown class 'eleven'"), (10, "out of range"), (-1, "out of range")])
+@pytest.mark.parametrize(
+    "label, message", [("eleven", "Unknown class 'eleven'"), (10, "out of range"), (-1, "out of range")]
+)
 def test_unknown_names_and_out_of_range_ids_are_rejected(pipeline, label, message):
     # 10 is the null class: it is not a class one can ask for.
     with pytest.raises(ValueError, match=message):
         pipeline([label], num_inference_steps=STEPS)
+
+
+def test_an_empty_list_of_classes_is_rejected(pipeline):
+    with pytest.raises(ValueError, match="class"):
+        pipeline([], num_inference_steps=STEPS)
 
 
 def test_bad_output_type_and_step_count_are_rejected(pipeline):

@@ -10,8 +10,8 @@ from sfr_diffusion.saliency import (
     diagonal_fisher,
     load_mask,
     mask_density,
-    save_mask,
     saliency_mask,
+    save_mask,
 )
 
 # Entries chosen around the threshold: zero/zero (ratio exactly 1), equal values (exactly 1), 2x, 0.5x, x/0 (huge).
@@ -75,7 +75,7 @@ def test_diagonal_fisher_is_the_mean_of_squared_batch_gradients():
     expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
     for x, y in batches:
         gradients = torch.autograd.grad(loss_of(x, y), list(model.parameters()))
-        for (name, _), gradient in zip(model.named_parameters(), gradients):
+        for (name, _), gradient in zip(model.named_parameters(), gradients, strict=True):
             expected[name] += gradient.pow(2) / len(batches)
 
     fisher = diagonal_fisher(model, (lambda x=x, y=y: loss_of(x, y) for x, y in batches))

@@ -167,10 +167,34 @@ def test_forget_step_changes_only_salient_weights(accelerator, pipeline, forget_
         assert moved_salient > 0, f"step {step}: the forget step moved no salient weight"
     # The case where zeroing gradients is not enough: Adam carries non-zero first moments for non-salient weights
     # into the forget steps after the first remain step ...
-    assert any(bool(moments[name][~keep].ne(0).any()) for moments in moments_before_forget for name, keep in mask.items())
+    assert any(
+        bool(moments[name][~keep].ne(0).any()) for moments in moments_before_forget for name, keep in mask.items()
+    )
     # ... and the remain step, which is not masked, does move non-salient weights.
     before, after = remain_steps[0]
     assert any(not torch.equal(after[name][~keep], before[name][~keep]) for name, keep in mask.items())
+
+
+def test_forget_gradients_are_masked_before_clipping_and_each_phase_uses_its_clip(
+    accelerator, pipeline, forget_remain, tmp_path, monkeypatch
+):
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(mask_batches=1, forget_max_grad_norm=0.5, remain_max_grad_norm=2.0), family)
+    clip_grad_norm = accelerator.clip_grad_norm_
+    clipped = []  # (max_norm, whether any non-salient weight still has a gradient)
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        mask = load_mask(tmp_path / "checkpoints" / MASK_FILE)  # written before the first step
+        named = dict(family.denoiser.named_parameters())
+        leaks = any(bool(named[name].grad[~keep].ne(0).any()) for name, keep in mask.items())
+        clipped.append((max_norm, leaks))
+        return clip_grad_norm(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(accelerator, "clip_grad_norm_", recording_clip)
+
+    erase(accelerator, method, forget_remain, tmp_path)
+
+    assert clipped == [(0.5, False), (2.0, True)] * STEPS
 
 
 class PhaseTaggingSFROn(SFROn):
@@ -289,3 +313,15 @@ def test_without_the_mask_no_mask_is_computed(accelerator, pipeline, forget_rema
 
     assert result.mask_statistics is None
     assert not (tmp_path / "checkpoints" / MASK_FILE).exists()
+
+
+def test_every_step_reports_the_same_terms(accelerator, pipeline, forget_remain, tmp_path):
+    method = SFROn(SFROnConfig(mask_batches=1), family_for(pipeline))
+    keys = {"forget": set(), "remain": set()}
+
+    def record(event):
+        keys[event.phase.name].add(tuple(sorted(event.terms)))
+
+    erase(accelerator, method, forget_remain, tmp_path, callbacks=(record,))
+
+    assert len(keys["forget"]) == 1 and len(keys["remain"]) == 1, keys

@@ -38,7 +38,7 @@ class MethodConfig:
 
 
 class UnlearningMethod:
-    """A method = a config + phases + ``loss(phase, ...)`` returning named per-batch terms (key ``loss`` is optimised)."""
+    """A method: a config, phases, and ``loss(phase, ...)`` returning named terms (``loss`` is optimised)."""
 
     name: ClassVar[str]
     paper: ClassVar[str]
@@ -74,6 +74,16 @@ class UnlearningMethod:
 
 
 def timestep_quartile_terms(prefix: str, per_sample: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int):
-    """Mean loss per quarter of the timestep range: erasure strength varies with t, so log it per quartile."""
+    """Mean loss per quarter of the timestep range (NaN where a quarter has no sample in this batch).
+
+    Erasure strength varies with t, so it is logged per quartile. All four keys are always present, so every process
+    reports the same terms (collectives must match across processes).
+    """
     quartile = (timesteps.to(per_sample.device) * 4 // num_timesteps).clamp(max=3)
-    return {f"{prefix}_q{q + 1}": per_sample.detach()[quartile == q].mean() for q in range(4) if (quartile == q).any()}
+    values = per_sample.detach().float()
+    return {
+        f"{prefix}_q{q + 1}": values[quartile == q].mean()
+        if (quartile == q).any()
+        else values.new_tensor(float("nan"))
+        for q in range(4)
+    }

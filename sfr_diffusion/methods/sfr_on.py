@@ -126,7 +126,7 @@ class SFROn(UnlearningMethod):
             # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.
             loss = weighted_ascent_loss(per_sample, weights, alpha) * num_processes
             terms = {"loss": loss, "forget_mse": per_sample.detach().mean()}
-        terms["alpha"] = torch.tensor(alpha)
+        terms["alpha"] = torch.tensor(alpha, device=x0.device)
         terms.update(timestep_quartile_terms("forget_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
 

@@ -3,11 +3,13 @@
 
 diffusers' ``DDPMPipeline`` takes no class labels, so class-conditional ``UNet2DModel`` checkpoints need this small
 pipeline. The file imports nothing but torch and diffusers on purpose: exported pipelines carry a copy of it as
-``pipeline.py``, so ``DiffusionPipeline.from_pretrained(path, custom_pipeline=path)`` works without sfr-diffusion.
+``pipeline.py``, so ``DiffusionPipeline.from_pretrained(path, custom_pipeline=path, trust_remote_code=True)``
+works without sfr-diffusion.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +32,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label: dict[int, str] | None = None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label: dict | None = None):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
             raise ValueError("ClassConditionalDDPMPipeline needs a UNet2DModel built with `num_class_embeds` >= 2.")
@@ -46,19 +48,22 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 
     def get_label_ids(self, label: str | int | Sequence[str | int]) -> list[int]:
         """Map class names (see `id2label`) or integer ids to ids, rejecting unknown names and out-of-range ids."""
-        labels = [label] if isinstance(label, (str, int)) else list(label)
+        labels = [label] if isinstance(label, (str, numbers.Integral)) else list(label)
         ids = []
         for item in labels:
+            if isinstance(item, bool):
+                raise ValueError(f"Class labels must be names or integer ids, got the boolean {item}.")
             if isinstance(item, str) and item in self.labels:
                 ids.append(self.labels[item])
             elif isinstance(item, str) and item.strip().isdigit():
                 ids.append(int(item))
-            elif isinstance(item, int):
-                ids.append(item)
+            elif isinstance(item, numbers.Integral):
+                ids.append(int(item))
             else:
-                raise ValueError(
-                    f"Unknown class {item!r}; valid names are {sorted(self.labels, key=self.labels.get)}."
-                )
+                valid = sorted(self.labels, key=self.labels.get)
+                raise ValueError(f"Unknown class {item!r}; valid names are {valid}.")
+        if not ids:
+            raise ValueError("No class labels given; pass at least one class name or id.")
         for idx in ids:
             if not 0 <= idx < self.null_class_id:
                 raise ValueError(f"Class id {idx} is out of range [0, {self.null_class_id - 1}].")
@@ -100,7 +105,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         ids = self.get_label_ids(class_labels)
         device = self._execution_device
-        labels = torch.tensor(ids, device=device)
+        labels = torch.tensor(ids, device=device, dtype=torch.long)
         null = torch.full_like(labels, self.null_class_id)
         use_guidance = guidance_scale > 1.0
 
