@@ -1,0 +1,197 @@
+"""Benchmark SFR-on on the digits world and write the results into BENCHMARKS.md.
+
+    python scripts/benchmark.py                      # all ten digits, default settings (about 15 minutes on 2 cores)
+    python scripts/benchmark.py --digits 3 7 --quick # a quick look
+
+For every digit it runs ``scripts/erase_concept.py`` with its defaults (plus FA/RA tracking every ``--eval_every``
+iterations), then records FA, RA and FID-digits before and after, the first tracked iteration at which FA ≤ 1% with
+RA ≥ base − 1 point, and the wall time of the mask and of the erasure (evaluation excluded). It plots FA and RA
+against iteration for ``--plot_digit`` and replaces the marked section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "digits-ddpm-sfr-on"
+FA_TARGET, RA_TOLERANCE = 0.01, 0.01
+
+
+def load_erase_script():
+    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def iterations_to_forget(history: list[dict], base_ra: float) -> int | None:
+    """First tracked iteration with FA ≤ 1% and RA ≥ base − 1 point (None if never reached)."""
+    for record in history:
+        if record["FA"] <= FA_TARGET and record["RA"] >= base_ra - RA_TOLERANCE:
+            return record["step"]
+    return None
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(steps, [100 * h["FA"] for h in history], "o-", label=f"FA (samples of '{digit_name}' judged as it)")
+    ax.plot(steps, [100 * h["RA"] for h in history], "s-", label="RA (other digits judged correctly)")
+    ax.axhline(100 * (base_ra - RA_TOLERANCE), color="grey", ls=":", lw=1, label="base RA − 1 point")
+    ax.axhline(100 * FA_TARGET, color="grey", ls="--", lw=1, label="FA = 1%")
+    ax.set_xlabel("SFR-on iteration")
+    ax.set_ylabel("%")
+    ax.set_ylim(-3, 103)
+    ax.set_title(f"SFR-on erasing '{digit_name}' from the digits DDPM")
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fmt(value, percent: bool = False) -> str:
+    if value is None:
+        return "not reached"
+    return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
+
+
+def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str]) -> str:
+    reached = sum(r["iterations_to_forget"] is not None for r in rows)
+    lines = [
+        f"<!-- {SECTION}:start -->",
+        "## SFR-on on the digits DDPM, one run per digit",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {datetime.date.today().isoformat()}; machine: {machine_description()}",
+        "- Settings: `scripts/erase_concept.py` defaults"
+        + (f" plus `{' '.join(extra_args)}`" if extra_args else "")
+        + "; FA/RA from 50 samples per class (guidance 2.0, 20 DDIM steps, seed 0) judged by the bundled classifier;"
+        " FID-digits on the nine remaining classes against held-out real digits.",
+        "- *Iterations to forget*: first tracked iteration (every "
+        f"{rows[0]['eval_every']}) with FA ≤ 1% and RA ≥ base RA − 1 point.",
+        "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
+        "",
+        "| digit | FA before | FA after | RA before | RA after | FID before | FID after | iterations | "
+        "iterations to forget | mask density | seconds (mask + erase) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {fmt(b['RA'], True)} | "
+            f"{fmt(a['RA'], True)} | {fmt(b['FID'])} | {fmt(a['FID'])} | {r['steps']} | "
+            f"{r['iterations_to_forget'] or 'not reached'} | {r['mask_density']:.1%} | "
+            f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f} |"
+        )
+    lines += [
+        "",
+        f"**Target (FA ≤ 1% with RA ≥ base − 1 point) reached on {reached} of {len(rows)} digits.**",
+    ]
+    if plot is not None:
+        lines += ["", f"![FA and RA against iteration]({plot.relative_to(ROOT).as_posix()})"]
+    lines += [f"<!-- {SECTION}:end -->"]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    header = "# Benchmarks\n\nEvery table here is written by a script in this repository, whose command it names.\n"
+    text = path.read_text() if path.exists() else header
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--eval_every", type=int, default=10)
+    parser.add_argument("--plot_digit", type=int, default=3)
+    parser.add_argument("--plot_eval_every", type=int, default=5, help="Finer tracking for the plotted digit.")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "sfr_on_digits_curve.png")
+    parser.add_argument("--results_json", type=Path, default=None, help="Also write the raw results here.")
+    parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
+    args, extra_args = parser.parse_known_args(argv)
+
+    erase = load_erase_script()
+    rows = []
+    samples = ["--eval_samples_per_class", "10"] if args.quick else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for digit in args.digits:
+            every = args.plot_eval_every if digit == args.plot_digit else args.eval_every
+            summary = erase.main(
+                [
+                    "--concept",
+                    str(digit),
+                    "--output_dir",
+                    f"{tmp}/erase-{digit}",
+                    "--eval_every",
+                    str(every),
+                    *samples,
+                    *extra_args,
+                ]
+            )
+            before, after = summary["metrics"]["before"], summary["metrics"]["after"]
+            row = {
+                "digit": digit,
+                "name": summary["erased"]["concept"],
+                "before": before,
+                "after": after,
+                "steps": summary["steps"],
+                "eval_every": args.eval_every,
+                "iterations_to_forget": iterations_to_forget(summary["history"], before["RA"]),
+                "mask_density": summary["mask_statistics"]["density"],
+                "seconds": summary["seconds"],
+                "history": summary["history"],
+            }
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "history"}, default=str), flush=True)
+
+    plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
+    plot = None
+    if plot_rows and not args.quick:
+        plot = args.plot
+        plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot)
+    if args.results_json:
+        args.results_json.write_text(json.dumps(rows, indent=2, default=str))
+    if not args.quick:
+        command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(args.output, render_section(rows, command.strip(), plot, extra_args))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
