@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from sfr_diffusion.data import load_image_dataset, split_by_class
+from sfr_diffusion.data import check_label_names, load_image_dataset, split_by_class
 from sfr_diffusion.digits import load_digits_dataset
 from sfr_diffusion.export import export_pipeline, render_model_card
 from sfr_diffusion.families import family_for
@@ -142,6 +142,7 @@ def main(argv=None) -> dict:
         else str(forget_class)
     )
     dataset, data_kwargs = load_data(args, family, pipeline)
+    check_label_names(dataset, args.label_column, pipeline.config.id2label)
     with accelerator.main_process_first():
         forget, remain = split_by_class(dataset, [forget_class], label_column=args.label_column, **data_kwargs)
     logger.info(

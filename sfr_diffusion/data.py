@@ -69,6 +69,8 @@ class LabelledImages:
 
 def split_by_class(dataset, forget_classes: Sequence[int], label_column: str = "label", **kwargs):
     """(forget, remain) views: rows whose label is in `forget_classes`, and all the other rows."""
+    if label_column not in dataset.column_names:
+        raise ValueError(f"Column {label_column!r} not in the data set; columns are {dataset.column_names}.")
     labels = np.asarray(dataset[label_column])
     is_forget = np.isin(labels, np.asarray(forget_classes))
     if not is_forget.any():
@@ -76,6 +78,20 @@ def split_by_class(dataset, forget_classes: Sequence[int], label_column: str = "
     forget = LabelledImages(dataset, np.flatnonzero(is_forget), label_column=label_column, **kwargs)
     remain = LabelledImages(dataset, np.flatnonzero(~is_forget), label_column=label_column, **kwargs)
     return forget, remain
+
+
+def check_label_names(dataset, label_column: str, id2label: dict[int, str] | None) -> None:
+    """A data set whose class names disagree with the model's ``id2label`` would erase the wrong class: refuse it."""
+    feature = dataset.features.get(label_column)
+    names = getattr(feature, "names", None)
+    if not names or not id2label:
+        return
+    model_names = [id2label[i] for i in sorted(id2label)]
+    if list(names) != model_names[: len(names)]:
+        raise ValueError(
+            f"The data set's classes {list(names)} do not match the model's id2label {model_names}; "
+            "relabel the data or fix id2label so the ids agree."
+        )
 
 
 def stream_generator(seed: int, stream: int, step: int) -> torch.Generator:

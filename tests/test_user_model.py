@@ -1,0 +1,139 @@
+"""The erase script on a user's own class-conditional model: RGB, another resolution, imagefolder or `datasets` data."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from PIL import Image
+from safetensors.torch import load_file
+
+from sfr_diffusion import ClassConditionalDDPMPipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ("cat", "dog", "frog")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fresh_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture
+def user_pipeline(tmp_path):
+    """A tiny random-weight RGB 16×16 class-conditional DDPM with three classes (+ null), saved like a user's."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=len(CLASSES) + 1,
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=50, prediction_type="epsilon")
+    pipe = ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, id2label=dict(enumerate(CLASSES)))
+    path = tmp_path / "user-ddpm"
+    pipe.save_pretrained(path)
+    return path
+
+
+def write_imagefolder(root: Path, per_class: int = 6, size: int = 20) -> Path:
+    """One sub-folder per class of random RGB PNGs at a size other than the model's (the loader resizes)."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def run(script, argv):
+    return script.main([*argv, "--max_train_steps", "2", "--forget_batch_size", "4", "--remain_batch_size", "4"])
+
+
+def test_erases_a_class_of_a_user_model_from_an_imagefolder(tmp_path, user_pipeline, fresh_accelerate):
+    data = write_imagefolder(tmp_path / "images")
+    out = tmp_path / "no-dog"
+    summary = run(
+        load_script(),
+        ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "dog",
+         "--output_dir", str(out)],
+    )  # fmt: skip
+    assert summary["erased"] == {"concept": "dog", "class_id": 1}
+    assert summary["metrics"] == {"before": None, "after": None}  # no judge for this model's classes
+    config = json.loads((out / "unlearning_config.json").read_text())
+    assert config["base_model"] == str(user_pipeline)
+    reloaded = ClassConditionalDDPMPipeline.from_pretrained(out)
+    assert reloaded.unet.config.in_channels == 3 and reloaded.config.id2label == dict(enumerate(CLASSES))
+    before, after = (
+        load_file(user_pipeline / "unet" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "unet" / "diffusion_pytorch_model.safetensors"),
+    )
+    assert any(not torch.equal(before[k], after[k]) for k in before), "erasure changed no weight"
+
+
+def test_reads_a_datasets_folder_with_custom_columns(tmp_path, user_pipeline, fresh_accelerate):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(12)]
+    features = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=list(CLASSES))})
+    dataset = Dataset.from_dict({"img": images, "fine_label": [i % 3 for i in range(12)]}, features=features)
+    dataset_dir = tmp_path / "my-dataset"
+    dataset_dir.mkdir()
+    dataset.to_parquet(str(dataset_dir / "train.parquet"))
+
+    summary = run(
+        load_script(),
+        ["--pretrained_model_name_or_path", str(user_pipeline), "--dataset_name", str(dataset_dir),
+         "--image_column", "img", "--label_column", "fine_label", "--concept", "2", "--output_dir",
+         str(tmp_path / "out")],
+    )  # fmt: skip
+    assert summary["erased"] == {"concept": "frog", "class_id": 2}
+
+
+def test_missing_data_for_a_user_model_is_a_clear_error(tmp_path, user_pipeline, fresh_accelerate):
+    with pytest.raises(ValueError, match="--dataset_name or --train_data_dir"):
+        run(load_script(), ["--pretrained_model_name_or_path", str(user_pipeline), "--concept", "cat"])
+
+
+def test_wrong_column_is_a_clear_error(tmp_path, user_pipeline, fresh_accelerate):
+    data = write_imagefolder(tmp_path / "images", per_class=2)
+    with pytest.raises(ValueError, match="Column 'picture' not in the data set"):
+        run(
+            load_script(),
+            ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
+             "--image_column", "picture", "--concept", "cat", "--output_dir", str(tmp_path / "o")],
+        )  # fmt: skip
+
+
+def test_class_names_that_disagree_with_the_model_are_refused(tmp_path, user_pipeline, fresh_accelerate):
+    data = tmp_path / "images"
+    for name in ("ant", "bee", "cow"):  # imagefolder labels: ant=0, bee=1, cow=2 — not the model's cat/dog/frog
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(data / name / "0.png")
+    with pytest.raises(ValueError, match="do not match the model's id2label"):
+        run(
+            load_script(),
+            ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
+             "--concept", "cat", "--output_dir", str(tmp_path / "o")],
+        )  # fmt: skip
