@@ -1,4 +1,4 @@
-"""The erase script on a user's own class-conditional model: RGB, another resolution, imagefolder or `datasets` data."""
+"""The erase script on a user's own class-conditional model: RGB, other sizes, imagefolder or `datasets` data."""
 
 import importlib.util
 import json
