@@ -140,6 +140,8 @@ def resolve_resume(args: TrainingArguments) -> Path | None:
         return None
     if args.resume_from_checkpoint == "latest":
         found = list_checkpoints(args.checkpoints_dir)
+        if not found:
+            logger.warning("No checkpoint in %s: starting from step 0.", args.checkpoints_dir)
         return found[-1] if found else None
     path = Path(args.resume_from_checkpoint)
     if not path.is_dir():
@@ -168,20 +170,21 @@ def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
 
 
 def save_checkpoint(accelerator, args: TrainingArguments, step: int, history: list) -> None:
-    """Write ``checkpoint-{step}`` atomically (save to ``.partial``, then rename) and rotate old ones."""
+    """Write ``checkpoint-{step}`` atomically (``.partial``, then rename), then rotate: never fewer than one whole."""
     final = args.checkpoints_dir / f"checkpoint-{step}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
-        existing = list_checkpoints(args.checkpoints_dir)
-        if args.checkpoints_total_limit is not None:
-            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                shutil.rmtree(old)
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its random states before the rename
     if accelerator.is_main_process:
         (partial / HISTORY_FILE).write_text(json.dumps(history))
         partial.rename(final)
+        if args.checkpoints_total_limit is not None:
+            existing = list_checkpoints(args.checkpoints_dir)
+            for old in existing[: max(0, len(existing) - args.checkpoints_total_limit)]:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
@@ -219,6 +222,11 @@ def run_erasure(
     raw_model = accelerator.unwrap_model(model)
 
     resume_from = resolve_resume(args)
+    if resume_from is None and list_checkpoints(args.checkpoints_dir):
+        raise FileExistsError(
+            f"{args.checkpoints_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to "
+            "continue it, or choose another --output_dir."
+        )
     mask, mask_seconds = None, 0.0
     if method.uses_mask:
         mask_path = args.checkpoints_dir / MASK_FILE

@@ -137,3 +137,15 @@ def test_class_names_that_disagree_with_the_model_are_refused(tmp_path, user_pip
             ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
              "--concept", "cat", "--output_dir", str(tmp_path / "o")],
         )  # fmt: skip
+
+
+def test_rerun_into_a_folder_with_checkpoints_asks_to_resume(tmp_path, user_pipeline, fresh_accelerate):
+    data = write_imagefolder(tmp_path / "images", per_class=2)
+    argv = ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
+            "--output_dir", str(tmp_path / "o"), "--checkpointing_steps", "1"]  # fmt: skip
+    script = load_script()
+    run(script, argv)
+    with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
+        run(script, argv)
+    summary = run(script, [*argv, "--resume_from_checkpoint", "latest"])  # nothing left to do: exports again
+    assert summary["steps"] == 2
