@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_base_pipeline(path: str | None):
     if path is None:
-        return load_pipeline(bundled_path("ddpm")), "sfr-diffusion/digits-ddpm"
+        return load_pipeline(bundled_path("ddpm")), "sfr_diffusion/assets/digits/ddpm (bundled digits-world DDPM)"
     return load_pipeline(path), path
 
 

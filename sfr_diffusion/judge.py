@@ -1,4 +1,10 @@
-"""The digits world's judge: a small CNN classifier whose penultimate features also define FID-digits."""
+"""The digits world's judge: a small CNN classifier whose penultimate features also define FID-digits.
+
+Besides the ten digits it has an eleventh output, *no digit*, trained on synthetic non-digit images (blank, flat,
+noise, blocks). A ten-way classifier must call every image some digit — measured here, it called the blank images that
+an erased "one" produces "one", so FA read 100% for a class that was gone. With the extra class, FA counts only
+samples that still look like the erased digit.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
     """CNN on 1×8×8 images in [-1, 1]; saved and loaded with ``save_pretrained`` / ``from_pretrained``."""
 
     @register_to_config
-    def __init__(self, num_classes: int = 10, width: int = 32, feature_dim: int = 128, dropout: float = 0.3):
+    def __init__(
+        self, num_classes: int = 10, no_digit_class: bool = True, width: int = 32, feature_dim: int = 128, dropout=0.3
+    ):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
@@ -30,7 +38,7 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
             nn.ReLU(),
         )
         self.head_dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Linear(feature_dim, num_classes + int(no_digit_class))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate activations, the feature space of FID-digits."""
@@ -41,7 +49,7 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Predicted class ids for images in [-1, 1] (N, 1, 8, 8)."""
+        """Predicted class ids for images in [-1, 1] (N, 1, 8, 8); ``num_classes`` means *no digit*."""
         was_training = self.training
         self.eval()
         preds = torch.cat([self(chunk.to(self.device)).argmax(-1).cpu() for chunk in images.split(batch_size)])
@@ -58,6 +66,19 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: in
     return torch.stack(crops)
 
 
+def non_digit_images(count: int, generator: torch.Generator, size: int = 8) -> torch.Tensor:
+    """Synthetic images that are no digit: flat grey levels, noise on a flat background, and random blocks."""
+    kind = torch.randint(0, 3, (count,), generator=generator)
+    level = torch.rand(count, 1, 1, 1, generator=generator) * 2 - 1
+    noise = torch.randn(count, 1, size, size, generator=generator) * torch.rand(count, 1, 1, 1, generator=generator)
+    images = level.expand(count, 1, size, size).clone()
+    images[kind == 1] = (images + 0.5 * noise)[kind == 1]
+    blocks = torch.rand(count, 1, size // 2, size // 2, generator=generator) < 0.5
+    blocks = F.interpolate(blocks.float(), scale_factor=2, mode="nearest") * 2 - 1
+    images[kind == 2] = blocks[kind == 2]
+    return images.clamp(-1, 1)
+
+
 def train_judge(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -67,7 +88,7 @@ def train_judge(
     learning_rate: float = 2e-3,
     seed: int = 0,
 ) -> DigitsClassifier:
-    """Train the judge on images in [-1, 1] with small random shifts; deterministic for a given seed."""
+    """Train the judge on images in [-1, 1] with small random shifts, plus a no-digit share of synthetic images."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = DigitsClassifier()
@@ -78,7 +99,10 @@ def train_judge(
     with tqdm(total=steps, desc="judge") as progress:
         for _ in range(epochs):
             for idx in torch.randperm(len(images), generator=generator).split(batch_size):
-                loss = F.cross_entropy(model(random_shift(images[idx], generator)), labels[idx])
+                negatives = non_digit_images(max(1, len(idx) // 8), generator)
+                inputs = torch.cat([random_shift(images[idx], generator), negatives])
+                targets = torch.cat([labels[idx], torch.full((len(negatives),), model.config.num_classes)])
+                loss = F.cross_entropy(model(inputs), targets)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

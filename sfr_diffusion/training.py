@@ -227,23 +227,9 @@ def run_erasure(
             f"{args.checkpoints_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to "
             "continue it, or choose another --output_dir."
         )
-    mask, mask_seconds = None, 0.0
-    if method.uses_mask:
-        mask_path = args.checkpoints_dir / MASK_FILE
-        if resume_from is not None and mask_path.exists():
-            mask = load_mask(mask_path)
-        else:
-            start = time.perf_counter()
-            fisher_samplers = (
-                BatchSampler(forget, family, args.forget_batch_size, seed=args.seed, stream=FISHER_FORGET_STREAM),
-                BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=FISHER_REMAIN_STREAM),
-            )
-            mask = compute_saliency_mask(accelerator, model, method, *fisher_samplers)
-            mask_seconds = time.perf_counter() - start
-            if accelerator.is_main_process:
-                args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-                save_mask(mask, mask_path)
-        check_mask_matches(mask, raw_model)
+    start = time.perf_counter()
+    mask = _original_model_mask(accelerator, model, method, forget, remain, args, resuming=resume_from is not None)
+    mask_seconds = time.perf_counter() - start if resume_from is None else 0.0
 
     start_step, history = 0, []
     if resume_from is not None:
@@ -281,14 +267,7 @@ def run_erasure(
                 reduce_sum=reduce_sum,
                 num_processes=accelerator.num_processes,
             )
-            accelerator.backward(terms["loss"])
-            snapshot = apply_mask_to_gradients(raw_model.named_parameters(), mask) if phase.masked else None
-            if phase.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), phase.max_grad_norm)
-            optimizer.step()
-            if snapshot is not None:
-                restore_masked_out(raw_model.named_parameters(), mask, snapshot)
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(accelerator, model, optimizer, terms["loss"], phase, mask)
             for callback in callbacks:
                 callback(PhaseEvent(step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model))
             for key, value in terms.items():
@@ -317,6 +296,43 @@ def run_erasure(
         history=history,
         last_terms=last_terms,
     )
+
+
+def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: Mask | None) -> None:
+    """backward → mask (masked phases only) → clip (at the phase's own norm) → step → restore non-salient weights."""
+    raw_model = accelerator.unwrap_model(model)
+    accelerator.backward(loss)
+    snapshot = apply_mask_to_gradients(raw_model.named_parameters(), mask) if phase.masked else None
+    if phase.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), phase.max_grad_norm)
+    optimizer.step()
+    if snapshot is not None:
+        restore_masked_out(raw_model.named_parameters(), mask, snapshot)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _original_model_mask(accelerator, model, method, forget, remain, args, *, resuming: bool) -> Mask | None:
+    """The saliency mask of the *original* weights: computed before the first step, reloaded when resuming."""
+    if not method.uses_mask:
+        return None
+    mask_path = args.checkpoints_dir / MASK_FILE
+    if resuming:
+        if not mask_path.exists():
+            # Recomputing it from checkpoint weights would give a different mask than the original model's.
+            raise FileNotFoundError(f"Cannot resume: the saliency mask {mask_path} of the original model is missing.")
+        mask = load_mask(mask_path)
+    else:
+        family = method.family
+        fisher_samplers = (
+            BatchSampler(forget, family, args.forget_batch_size, seed=args.seed, stream=FISHER_FORGET_STREAM),
+            BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=FISHER_REMAIN_STREAM),
+        )
+        mask = compute_saliency_mask(accelerator, model, method, *fisher_samplers)
+        if accelerator.is_main_process:
+            args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            save_mask(mask, mask_path)
+    check_mask_matches(mask, accelerator.unwrap_model(model))
+    return mask
 
 
 def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:
