@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +57,16 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "?"
+    except OSError:
+        return "?"
+
+
 def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path) -> None:
     import matplotlib
 
@@ -87,18 +98,19 @@ def fmt(value, percent: bool = False) -> str:
 
 def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str]) -> str:
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
+    kept = sum(r["after"]["FA"] <= FA_TARGET and r["after"]["RA"] >= r["before"]["RA"] - RA_TOLERANCE for r in rows)
     lines = [
         f"<!-- {SECTION}:start -->",
         "## SFR-on on the digits DDPM, one run per digit",
         "",
         f"- Command: `{command}`",
-        f"- Date: {datetime.date.today().isoformat()}; machine: {machine_description()}",
+        f"- Date: {rows[0]['date']}; commit: {rows[0]['commit']}; machine: {rows[0]['machine']}",
         "- Settings: `scripts/erase_concept.py` defaults"
         + (f" plus `{' '.join(extra_args)}`" if extra_args else "")
         + "; FA/RA from 50 samples per class (guidance 2.0, 20 DDIM steps, seed 0) judged by the bundled classifier;"
         " FID-digits on the nine remaining classes against held-out real digits.",
-        "- *Iterations to forget*: first tracked iteration (every "
-        f"{rows[0]['eval_every']}) with FA ≤ 1% and RA ≥ base RA − 1 point.",
+        "- *Iterations to forget*: first tracked iteration with FA ≤ 1% and RA ≥ base RA − 1 point; in brackets,"
+        " how often FA/RA were tracked.",
         "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
         "",
         "| digit | FA before | FA after | RA before | RA after | FID before | FID after | iterations | "
@@ -110,12 +122,13 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
         lines.append(
             f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {fmt(b['RA'], True)} | "
             f"{fmt(a['RA'], True)} | {fmt(b['FID'])} | {fmt(a['FID'])} | {r['steps']} | "
-            f"{r['iterations_to_forget'] or 'not reached'} | {r['mask_density']:.1%} | "
+            f"{r['iterations_to_forget'] or 'not reached'} (every {r['eval_every']}) | {r['mask_density']:.1%} | "
             f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f} |"
         )
     lines += [
         "",
-        f"**Target (FA ≤ 1% with RA ≥ base − 1 point) reached on {reached} of {len(rows)} digits.**",
+        f"**Target (FA ≤ 1% with RA ≥ base − 1 point) reached on {reached} of {len(rows)} digits; "
+        f"still met at the last iteration on {kept} of {len(rows)}.**",
     ]
     if plot is not None:
         lines += ["", f"![FA and RA against iteration]({plot.relative_to(ROOT).as_posix()})"]
@@ -144,7 +157,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "sfr_on_digits_curve.png")
     parser.add_argument("--results_json", type=Path, default=None, help="Also write the raw results here.")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
+    parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
     args, extra_args = parser.parse_known_args(argv)
+    if args.render_only:
+        payload = json.loads(args.render_only.read_text())
+        rows = payload["rows"]
+        plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
+        if plot_rows:
+            plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], args.plot)
+        write_section(args.output, render_section(rows, payload["command"], args.plot if plot_rows else None,
+                                                  payload["extra_args"]))  # fmt: skip
+        return rows
 
     erase = load_erase_script()
     rows = []
@@ -171,11 +194,14 @@ def main(argv=None) -> list[dict]:
                 "before": before,
                 "after": after,
                 "steps": summary["steps"],
-                "eval_every": args.eval_every,
+                "eval_every": every,
                 "iterations_to_forget": iterations_to_forget(summary["history"], before["RA"]),
                 "mask_density": summary["mask_statistics"]["density"],
                 "seconds": summary["seconds"],
                 "history": summary["history"],
+                "date": datetime.date.today().isoformat(),
+                "commit": git_commit(),
+                "machine": machine_description(),
             }
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "history"}, default=str), flush=True)
@@ -185,11 +211,12 @@ def main(argv=None) -> list[dict]:
     if plot_rows and not args.quick:
         plot = args.plot
         plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot)
+    command = ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if args.results_json:
-        args.results_json.write_text(json.dumps(rows, indent=2, default=str))
+        payload = {"command": command, "extra_args": extra_args, "rows": rows}
+        args.results_json.write_text(json.dumps(payload, indent=2, default=str))
     if not args.quick:
-        command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(args.output, render_section(rows, command.strip(), plot, extra_args))
+        write_section(args.output, render_section(rows, command, plot, extra_args))
     return rows
 
 

@@ -35,7 +35,7 @@ from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import METHODS, get_method_class
 from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.training import MASK_FILE, TrainingArguments, run_erasure
-from sfr_diffusion.world import bundled_path, digits_world_metrics, is_digits_world
+from sfr_diffusion.world import bundled_path, class_names, digits_world_metrics, is_digits_world
 
 logger = logging.getLogger("erase_concept")
 
@@ -103,8 +103,10 @@ def load_base_pipeline(path: str | None):
 
 
 def load_data(args, family, pipeline):
-    unet = family.denoiser
-    kwargs = dict(resolution=unet.config.sample_size, channels=unet.config.in_channels)
+    channels, height, width = family.image_shape
+    if height != width:
+        raise ValueError(f"Only square images are supported, the model generates {height}×{width}.")
+    kwargs = dict(resolution=height, channels=channels)
     if args.dataset_name or args.train_data_dir:
         dataset = load_image_dataset(
             dataset_name=args.dataset_name,
@@ -136,13 +138,9 @@ def main(argv=None) -> dict:
     pipeline.set_progress_bar_config(disable=True)
     family = family_for(pipeline)
     forget_class = family.resolve_class(args.concept)
-    concept_name = (
-        pipeline.config.id2label.get(forget_class, str(forget_class))
-        if pipeline.config.id2label
-        else str(forget_class)
-    )
+    concept_name = class_names(pipeline).get(forget_class, str(forget_class))
     dataset, data_kwargs = load_data(args, family, pipeline)
-    check_label_names(dataset, args.label_column, pipeline.config.id2label)
+    check_label_names(dataset, args.label_column, class_names(pipeline))
     with accelerator.main_process_first():
         forget, remain = split_by_class(dataset, [forget_class], label_column=args.label_column, **data_kwargs)
     logger.info(
@@ -197,8 +195,7 @@ def main(argv=None) -> dict:
     summary = {}
     if accelerator.is_main_process:
         metrics_after = evaluate() if evaluate else None
-        unet = accelerator.unwrap_model(family.denoiser).to(torch.float32)
-        pipeline.unet = unet
+        family.denoiser.to(torch.float32)  # trained in place: the pipeline holds the erased weights
         summary = {
             "base_model": base_model,
             "erased": {"concept": concept_name, "class_id": forget_class},

@@ -27,6 +27,22 @@ def versions() -> dict:
     }
 
 
+def save_pipeline(pipeline, folder: str | Path) -> None:
+    """``save_pretrained`` plus the class names: DiTPipeline does not save its ``id2label``, but reloads it from
+    ``model_index.json`` when it is there."""
+    folder = Path(folder)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    labels = getattr(pipeline, "labels", None)
+    if labels and not index.get("id2label"):
+        id2label: dict[str, list[str]] = {}
+        for name, idx in labels.items():
+            id2label.setdefault(str(idx), []).append(name)
+        index["id2label"] = {idx: ", ".join(names) for idx, names in sorted(id2label.items(), key=lambda i: int(i[0]))}
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def _copy_custom_pipeline_code(pipeline, folder: Path) -> None:
     """Pipelines that diffusers does not ship travel with their code as ``pipeline.py`` (for ``custom_pipeline``)."""
     if hasattr(diffusers, type(pipeline).__name__):
@@ -52,7 +68,7 @@ def export_pipeline(
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pipeline.save_pretrained(staging, safe_serialization=True)
+        save_pipeline(pipeline, staging)
         _copy_custom_pipeline_code(pipeline, staging)
         config = {**unlearning_config, "versions": versions()}
         (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")

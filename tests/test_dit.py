@@ -1,0 +1,108 @@
+"""The DiT family: latent space behind a VAE, learned sigma, DiTPipeline's null class; standard exports."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiTPipeline
+
+from sfr_diffusion.data import split_by_class
+from sfr_diffusion.export import export_pipeline, save_pipeline
+from sfr_diffusion.families import DiTFamily, family_for
+from sfr_diffusion.methods import SFROn, SFROnConfig
+from sfr_diffusion.training import TrainingArguments, run_erasure
+from sfr_diffusion.world import class_names, digits_dit_pipeline, digits_vae, is_digits_world
+
+
+@pytest.fixture
+def dit_pipeline():
+    pipe = digits_dit_pipeline(digits_vae(seed=0), seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_family_is_detected_with_dit_pipeline_conventions(dit_pipeline):
+    family = family_for(dit_pipeline)
+    assert isinstance(family, DiTFamily)
+    assert family.null_class_id == 1000  # DiTPipeline hard-codes its null class as 1000
+    assert family.learned_sigma and family.sample_shape == (4, 4, 4)
+    assert family.image_shape == (1, 8, 8)
+    assert family.num_classes() == 10 and family.resolve_class("three") == 3 and family.resolve_class(7) == 7
+    with pytest.raises(ValueError, match="valid names"):
+        family.resolve_class("eleven")
+    assert is_digits_world(dit_pipeline) and class_names(dit_pipeline)[9] == "nine"
+
+
+def test_prediction_is_the_first_half_of_learned_sigma_output(dit_pipeline):
+    family = family_for(dit_pipeline)
+    x_t, t, labels = torch.randn(2, 4, 4, 4), torch.tensor([5, 50]), torch.tensor([1, 1000])
+    full = dit_pipeline.transformer(x_t, timestep=t, class_labels=labels).sample
+    assert full.shape[1] == 8
+    assert torch.allclose(family.predict(dit_pipeline.transformer, x_t, t, labels), full[:, :4], atol=1e-6)
+
+
+def test_encode_scales_vae_posterior_mean(dit_pipeline):
+    family = family_for(dit_pipeline)
+    dit_pipeline.vae.register_to_config(scaling_factor=0.5)
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    expected = dit_pipeline.vae.encode(images).latent_dist.mean * 0.5
+    assert torch.allclose(family.encode(images), expected)
+
+
+def test_sfr_on_trains_only_the_transformer(dit_pipeline, digits_train, accelerator, tmp_path):
+    family = family_for(dit_pipeline)
+    vae_before = {k: v.clone() for k, v in dit_pipeline.vae.state_dict().items()}
+    dit_before = {k: v.clone() for k, v in dit_pipeline.transformer.state_dict().items()}
+    forget, remain = split_by_class(digits_train, [3], resolution=8, channels=1)
+    method = SFROn(SFROnConfig(mask_batches=1), family)
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=2, forget_batch_size=4, remain_batch_size=4)
+    result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
+    assert 0 < result.mask_statistics["density"] < 1
+    assert all(torch.equal(v, dit_pipeline.vae.state_dict()[k]) for k, v in vae_before.items())
+    assert any(not torch.equal(v, dit_pipeline.transformer.state_dict()[k]) for k, v in dit_before.items())
+
+
+def test_export_loads_with_plain_diffusers_in_a_fresh_process(dit_pipeline, tmp_path):
+    out = tmp_path / "dit-export"
+    export_pipeline(dit_pipeline, out, unlearning_config={"method": "test"}, model_card="card")
+    assert not (out / "pipeline.py").exists()  # DiTPipeline is diffusers' own: no custom code travels
+    assert json.loads((out / "model_index.json").read_text())["id2label"]["3"] == "three"
+    expected = dit_pipeline([3, 7], guidance_scale=2.0, num_inference_steps=2, generator=torch.manual_seed(0),
+                            output_type="np").images  # fmt: skip
+    code = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        sys.modules["sfr_diffusion"] = None  # plain diffusers only
+        torch.set_num_threads(1)  # as in this test process: CPU reductions then run in the same order
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(out)!r})
+        assert type(pipe).__name__ == "DiTPipeline", type(pipe)
+        ids = pipe.get_label_ids(["three", "seven"])
+        images = pipe(ids, guidance_scale=2.0, num_inference_steps=2, generator=torch.manual_seed(0),
+                      output_type="np").images
+        np.save({str(tmp_path / "fresh.npy")!r}, images)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "fresh.npy"), expected)
+
+
+def test_save_pipeline_round_trips_id2label(dit_pipeline, tmp_path):
+    save_pipeline(dit_pipeline, tmp_path / "p")
+    reloaded = DiTPipeline.from_pretrained(tmp_path / "p")
+    assert reloaded.labels == dit_pipeline.labels
+
+
+def test_training_mode_never_drops_labels_inside_the_model(dit_pipeline):
+    """DiT's own label dropout would hit the null branch during the forget step; the family turns it off."""
+    family = family_for(dit_pipeline)
+    model = family.denoiser.train()
+    x_t, t, labels = torch.randn(64, 4, 4, 4), torch.full((64,), 10), torch.full((64,), 3)
+    first = family.predict(model, x_t, t, labels)
+    assert torch.allclose(first, family.predict(model, x_t, t, labels), atol=1e-6)
+    null = family.predict(model, x_t, t, torch.full((64,), family.null_class_id))
+    assert not torch.allclose(first, null)
