@@ -12,6 +12,12 @@ On your own class-conditional UNet2DModel pipeline (e.g. a CIFAR-10 one) with it
         --output_dir outputs/cifar10-no-cat --max_train_steps 150 --forget_batch_size 128 --remain_batch_size 128 \\
         --mixed_precision bf16 --checkpointing_steps 50
 
+Class erasure from a DiTPipeline (latent space; the bundled digits DiT, or e.g. facebook/DiT-XL-2-256 with
+ImageNet data):
+
+    accelerate launch scripts/erase_concept.py \
+        --pretrained_model_name_or_path sfr_diffusion/assets/digits/dit --concept seven
+
 Resume an interrupted run with the same command plus ``--resume_from_checkpoint latest``.
 """
 
