@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "digits-ddpm-sfr-on"
 FA_TARGET, RA_TOLERANCE = 0.01, 0.01
+TITLES = {"ddpm": "DDPM", "dit": "DiT"}
 
 
 def load_erase_script():
@@ -67,7 +67,7 @@ def git_commit() -> str:
         return "?"
 
 
-def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path) -> None:
+def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path, family: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +82,7 @@ def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path)
     ax.set_xlabel("SFR-on iteration")
     ax.set_ylabel("%")
     ax.set_ylim(-3, 103)
-    ax.set_title(f"SFR-on erasing '{digit_name}' from the digits DDPM")
+    ax.set_title(f"SFR-on erasing '{digit_name}' from the digits {TITLES.get(family, family)}")
     ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,12 +96,13 @@ def fmt(value, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
 
 
-def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str]) -> str:
+def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str], family: str) -> str:
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
     kept = sum(r["after"]["FA"] <= FA_TARGET and r["after"]["RA"] >= r["before"]["RA"] - RA_TOLERANCE for r in rows)
+    title = TITLES.get(family, family)
     lines = [
-        f"<!-- {SECTION}:start -->",
-        "## SFR-on on the digits DDPM, one run per digit",
+        f"<!-- digits-{family}-sfr-on:start -->",
+        f"## SFR-on on the digits {title}, one run per digit",
         "",
         f"- Command: `{command}`",
         f"- Date: {rows[0]['date']}; commit: {rows[0]['commit']}; machine: {rows[0]['machine']}",
@@ -132,12 +133,13 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
     ]
     if plot is not None:
         lines += ["", f"![FA and RA against iteration]({plot.relative_to(ROOT).as_posix()})"]
-    lines += [f"<!-- {SECTION}:end -->"]
+    lines += [f"<!-- digits-{family}-sfr-on:end -->"]
     return "\n".join(lines) + "\n"
 
 
 def write_section(path: Path, section: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    marker = section.split("\n", 1)[0][len("<!-- ") : -len(":start -->")]
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     header = "# Benchmarks\n\nEvery table here is written by a script in this repository, whose command it names.\n"
     text = path.read_text() if path.exists() else header
     if start in text and end in text:
@@ -149,12 +151,13 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="A digits-world pipeline (default: the DDPM).")
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--eval_every", type=int, default=10)
     parser.add_argument("--plot_digit", type=int, default=3)
     parser.add_argument("--plot_eval_every", type=int, default=5, help="Finer tracking for the plotted digit.")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "sfr_on_digits_curve.png")
+    parser.add_argument("--plot", type=Path, default=None, help="Default: docs/sfr_on_digits_<family>_curve.png.")
     parser.add_argument("--results_json", type=Path, default=None, help="Also write the raw results here.")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
@@ -162,11 +165,13 @@ def main(argv=None) -> list[dict]:
     if args.render_only:
         payload = json.loads(args.render_only.read_text())
         rows = payload["rows"]
+        family = rows[0].get("family", "ddpm")
+        args.plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
         plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
         if plot_rows:
-            plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], args.plot)
+            plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], args.plot, family)
         write_section(args.output, render_section(rows, payload["command"], args.plot if plot_rows else None,
-                                                  payload["extra_args"]))  # fmt: skip
+                                                  payload["extra_args"], family))  # fmt: skip
         return rows
 
     erase = load_erase_script()
@@ -179,6 +184,7 @@ def main(argv=None) -> list[dict]:
                 [
                     "--concept",
                     str(digit),
+                    *(["--pretrained_model_name_or_path", str(args.model)] if args.model else []),
                     "--output_dir",
                     f"{tmp}/erase-{digit}",
                     "--eval_every",
@@ -199,6 +205,7 @@ def main(argv=None) -> list[dict]:
                 "mask_density": summary["mask_statistics"]["density"],
                 "seconds": summary["seconds"],
                 "history": summary["history"],
+                "family": summary["family"],
                 "date": datetime.date.today().isoformat(),
                 "commit": git_commit(),
                 "machine": machine_description(),
@@ -206,17 +213,18 @@ def main(argv=None) -> list[dict]:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "history"}, default=str), flush=True)
 
+    family = rows[0]["family"]
     plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
     plot = None
     if plot_rows and not args.quick:
-        plot = args.plot
-        plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot)
+        plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
+        plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot, family)
     command = ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if args.results_json:
         payload = {"command": command, "extra_args": extra_args, "rows": rows}
         args.results_json.write_text(json.dumps(payload, indent=2, default=str))
     if not args.quick:
-        write_section(args.output, render_section(rows, command, plot, extra_args))
+        write_section(args.output, render_section(rows, command, plot, extra_args, family))
     return rows
 
 

@@ -1,9 +1,11 @@
 """The DiT family: latent space behind a VAE, learned sigma, DiTPipeline's null class; standard exports."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +108,28 @@ def test_training_mode_never_drops_labels_inside_the_model(dit_pipeline):
     assert torch.allclose(first, family.predict(model, x_t, t, labels), atol=1e-6)
     null = family.predict(model, x_t, t, torch.full((64,), family.null_class_id))
     assert not torch.allclose(first, null)
+
+
+def test_default_script_erases_seven_from_the_bundled_dit(tmp_path):
+    """End to end through accelerate on the bundled digits DiT: the export is a plain DiTPipeline without 'seven'."""
+    from sfr_diffusion.world import bundled_path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "dit-no-seven"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    script = str(root / "scripts" / "erase_concept.py")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", script,
+               "--pretrained_model_name_or_path", str(bundled_path("dit")), "--concept", "seven",
+               "--output_dir", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "unlearning_config.json").read_text())
+    assert config["family"] == "dit" and config["erased"] == {"concept": "seven", "class_id": 7}
+    before, after = config["metrics"]["before"], config["metrics"]["after"]
+    assert before["FA"] >= 0.9
+    assert after["FA"] <= 0.05 and after["RA"] >= 0.90, after
+    reloaded = DiTPipeline.from_pretrained(out)
+    assert reloaded.labels["seven"] == 7
+    base_vae = DiTPipeline.from_pretrained(bundled_path("dit")).vae.state_dict()
+    assert all(torch.equal(v, reloaded.vae.state_dict()[k]) for k, v in base_vae.items())  # only the DiT changed
