@@ -149,3 +149,23 @@ def test_rerun_into_a_folder_with_checkpoints_asks_to_resume(tmp_path, user_pipe
         run(script, argv)
     summary = run(script, [*argv, "--resume_from_checkpoint", "latest"])  # nothing left to do: exports again
     assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--mixed_precision", "bf16"], ["--gradient_checkpointing"], ["--forget_loss", "remap", "--remap_class", "frog"]],
+    ids=["bf16", "gradient-checkpointing", "remap"],
+)
+def test_training_options_run_and_export_fp32_weights(tmp_path, user_pipeline, fresh_accelerate, options):
+    data = write_imagefolder(tmp_path / "images", per_class=3)
+    out = tmp_path / "o"
+    summary = run(
+        load_script(),
+        ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
+         "--output_dir", str(out), *options],
+    )  # fmt: skip
+    weights = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    if "remap" in options:
+        assert summary["method_config"]["forget_loss"] == "remap" and summary["method_config"]["remap_class"] == 2
