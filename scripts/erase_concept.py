@@ -79,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--forget_batch_size", type=int, default=DEFAULTS["forget_batch_size"], help="Global batch.")
     train.add_argument("--remain_batch_size", type=int, default=DEFAULTS["remain_batch_size"], help="Global batch.")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--trainable",
+        default="all",
+        choices=["all", "cross_attention", "no_cross_attention"],
+        help="Which denoiser weights train (cross-attention exists in text-conditioned UNets only).",
+    )
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     train.add_argument("--gradient_checkpointing", action="store_true")
     train.add_argument("--checkpointing_steps", type=int, default=None)

@@ -22,6 +22,12 @@ from .saliency import Mask, check_mask_matches, diagonal_fisher, load_mask, mask
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# Which denoiser weights train. diffusers names cross-attention layers ``attn2`` (text conditioning in SD's UNet).
+TRAINABLE = {
+    "all": lambda name: True,
+    "cross_attention": lambda name: ".attn2." in name,
+    "no_cross_attention": lambda name: ".attn2." not in name,
+}
 # Independent random streams per kind of batch (see sfr_diffusion.data).
 FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM = 1, 2, 3, 4
 MASK_FILE = "saliency_mask.safetensors"
@@ -48,8 +54,11 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = None
     gradient_checkpointing: bool = False
     eval_every: int | None = None
+    trainable: str = "all"
 
     def __post_init__(self):
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {sorted(TRAINABLE)}, got {self.trainable!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.max_train_steps < 1:
@@ -87,6 +96,19 @@ class PhaseEvent:
     model: torch.nn.Module
 
 
+def select_trainable(model: torch.nn.Module, selection: str) -> list[str]:
+    """Freeze every weight outside `selection` and return the trainable names; an empty selection is an error."""
+    if selection not in TRAINABLE:
+        raise ValueError(f"Unknown weight selection {selection!r}; valid: {sorted(TRAINABLE)}.")
+    chosen = [name for name, _ in model.named_parameters() if TRAINABLE[selection](name)]
+    if not chosen:
+        raise ValueError(f"Weight selection {selection!r} matches no parameter of {type(model).__name__}.")
+    chosen_set = set(chosen)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen_set)
+    return chosen
+
+
 def apply_mask_to_gradients(named_params, mask: Mask) -> dict[str, torch.Tensor]:
     """Zero the gradient of non-salient weights and return their current values.
 
@@ -96,6 +118,8 @@ def apply_mask_to_gradients(named_params, mask: Mask) -> dict[str, torch.Tensor]
     """
     snapshot = {}
     for name, param in named_params:
+        if name not in mask:  # frozen by the weight selection: never updated
+            continue
         keep = mask[name].to(param.device)
         if param.grad is not None:
             param.grad.mul_(keep)
@@ -201,13 +225,14 @@ def run_erasure(
     """Erase with `method`; the family's denoiser is trained in place. Evaluates every ``eval_every`` steps."""
     family = method.family
     model = family.denoiser
-    model.requires_grad_(True).train()
+    select_trainable(model, args.trainable)
+    model.train()
     if args.gradient_checkpointing:
         if not getattr(model, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(model).__name__} does not support gradient checkpointing.")
         model.enable_gradient_checkpointing()
     optimizer = OPTIMIZERS[args.optimizer](
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
