@@ -140,6 +140,18 @@ def load_data(args, family, pipeline):
     return dataset, kwargs
 
 
+def method_config_from_args(method_class, args: argparse.Namespace, family):
+    """The chosen method's config from the command line: each field takes the option of the same name."""
+    values = {
+        **vars(args),
+        "cosine_decay": not args.no_cosine_decay,
+        "use_mask": not args.no_mask,
+        "remap_class": None if args.remap_class is None else family.resolve_class(args.remap_class),
+        "max_grad_norm": args.remain_max_grad_norm,  # single-phase methods clip like the remain step
+    }
+    return method_class.config_class(**{f.name: values[f.name] for f in fields(method_class.config_class)})
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir or f"outputs/erase-{args.concept}".replace(" ", "_"))
@@ -165,20 +177,7 @@ def main(argv=None) -> dict:
     )
 
     method_class = get_method_class(args.method)
-    method_config = method_class.config_class(
-        forget_loss=args.forget_loss,
-        alpha=args.alpha,
-        cosine_decay=not args.no_cosine_decay,
-        temperature=args.temperature,
-        remain_weight=args.remain_weight,
-        gamma=args.gamma,
-        use_mask=not args.no_mask,
-        mask_batches=args.mask_batches,
-        forget_max_grad_norm=args.forget_max_grad_norm,
-        remain_max_grad_norm=args.remain_max_grad_norm,
-        remap_class=None if args.remap_class is None else family.resolve_class(args.remap_class),
-        label_dropout=args.label_dropout,
-    )
+    method_config = method_config_from_args(method_class, args, family)
     options = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.name in vars(args)}
     options["output_dir"] = str(output_dir)
     if options["learning_rate"] is None:

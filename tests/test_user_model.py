@@ -169,3 +169,15 @@ def test_training_options_run_and_export_fp32_weights(tmp_path, user_pipeline, f
     assert all(torch.isfinite(w).all() for w in weights.values())
     if "remap" in options:
         assert summary["method_config"]["forget_loss"] == "remap" and summary["method_config"]["remap_class"] == 2
+
+
+def test_fine_tuning_baseline_runs_through_the_same_script(tmp_path, user_pipeline, fresh_accelerate):
+    data = write_imagefolder(tmp_path / "images", per_class=3)
+    summary = run(
+        load_script(),
+        ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
+         "--output_dir", str(tmp_path / "ft"), "--method", "ft"],
+    )  # fmt: skip
+    assert summary["method"] == "ft" and summary["mask_statistics"] is None
+    assert summary["method_config"] == {"label_dropout": 0.1, "max_grad_norm": 1.0}
+    assert not (tmp_path / "ft" / "saliency_mask.safetensors").exists()

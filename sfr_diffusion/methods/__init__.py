@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import MethodConfig, Phase, UnlearningMethod
+from .ft import FT, FTConfig
 from .sfr_on import SFROn, SFROnConfig
 
-METHODS: dict[str, type[UnlearningMethod]] = {SFROn.name: SFROn}
+METHODS: dict[str, type[UnlearningMethod]] = {method.name: method for method in (SFROn, FT)}
 
 
 def get_method_class(name: str) -> type[UnlearningMethod]:
@@ -14,4 +15,14 @@ def get_method_class(name: str) -> type[UnlearningMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "MethodConfig", "Phase", "SFROn", "SFROnConfig", "UnlearningMethod", "get_method_class"]
+__all__ = [
+    "FT",
+    "FTConfig",
+    "METHODS",
+    "MethodConfig",
+    "Phase",
+    "SFROn",
+    "SFROnConfig",
+    "UnlearningMethod",
+    "get_method_class",
+]

@@ -87,3 +87,19 @@ def timestep_quartile_terms(prefix: str, per_sample: torch.Tensor, timesteps: to
         else values.new_tensor(float("nan"))
         for q in range(4)
     }
+
+
+def family_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The standard diffusion loss on remaining data, with the pretraining label dropout (keeps the null branch)."""
+    x0 = family.encode(batch.images.to(family_device(model)))
+    labels = batch.labels.to(x0.device)
+    drop = batch.uniform.to(x0.device) < label_dropout
+    labels = torch.where(drop, torch.full_like(labels, family.null_class_id), labels)
+    per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
+    terms = {"loss": weight * per_sample.mean(), "remain_mse": per_sample.detach().mean()}
+    terms.update(timestep_quartile_terms("remain_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
+    return terms

@@ -15,7 +15,7 @@ import torch
 
 from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
-from .base import MethodConfig, Phase, UnlearningMethod, timestep_quartile_terms
+from .base import MethodConfig, Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
 
 FORGET_LOSSES = ("ascent", "remap")
 
@@ -131,16 +131,4 @@ class SFROn(UnlearningMethod):
         return terms
 
     def _remain_terms(self, model, batch):
-        family, cfg = self.family, self.config
-        x0 = family.encode(batch.images.to(family_device(model)))
-        labels = batch.labels.to(x0.device)
-        drop = batch.uniform.to(x0.device) < cfg.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, family.null_class_id), labels)
-        per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
-        terms = {"loss": cfg.remain_weight * per_sample.mean(), "remain_mse": per_sample.detach().mean()}
-        terms.update(timestep_quartile_terms("remain_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
-        return terms
-
-
-def family_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+        return remain_terms(self.family, model, batch, self.config.label_dropout, self.config.remain_weight)

@@ -1,0 +1,44 @@
+"""FT: fine-tuning on the remaining data only — the simplest unlearning baseline, and the cost reference of one pass.
+
+Catastrophic forgetting is its only mechanism for erasure (Golatkar et al., "Eternal Sunshine of the Spotless Net",
+CVPR 2020, use it as the fine-tuning baseline; SFR-on's paper compares against it as "FT").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import Batch
+from .base import MethodConfig, Phase, UnlearningMethod, remain_terms
+
+
+@dataclass
+class FTConfig(MethodConfig):
+    """Attributes:
+    label_dropout: probability of the null class on remaining samples, as in pretraining.
+    max_grad_norm: global-norm clipping (None: no clipping).
+    """
+
+    label_dropout: float = 0.1
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+
+
+class FT(UnlearningMethod):
+    name = "ft"
+    paper = "Golatkar et al., Eternal Sunshine of the Spotless Net, CVPR 2020 (fine-tuning baseline)"
+    config_class = FTConfig
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("remain", data="remain", masked=False, max_grad_norm=self.config.max_grad_norm),)
+
+    def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
+        if phase.name != "remain":
+            raise ValueError(f"FT has no phase {phase.name!r}.")
+        return remain_terms(self.family, model, batch, self.config.label_dropout)
