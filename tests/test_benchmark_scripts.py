@@ -1,0 +1,47 @@
+"""The benchmark scripts run (tiny settings) and compute what they report from what they measured."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_cost_script_runs_on_tiny_configs():
+    report = load("benchmark_gpu").main(
+        ["--tiny", "--iterations", "2", "--batch_size", "4", "--mixed_precision", "no"]
+    )
+    sfr, ft = report["sfr_on"], report["ft"]
+    assert sfr["seconds_per_iteration"] > 0 and ft["seconds_per_iteration"] > 0
+    assert report["ratio_sfr_on_to_ft"] == pytest.approx(sfr["seconds_per_iteration"] / ft["seconds_per_iteration"])
+    assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
+
+
+def test_iterations_to_forget_needs_both_fa_and_ra():
+    benchmark = load("benchmark")
+    history = [
+        {"step": 0, "FA": 1.0, "RA": 0.99},
+        {"step": 10, "FA": 0.0, "RA": 0.95},  # forgotten, but the rest is damaged
+        {"step": 20, "FA": 0.02, "RA": 0.99},  # the rest is fine, not yet forgotten
+        {"step": 30, "FA": 0.01, "RA": 0.98},
+    ]
+    assert benchmark.iterations_to_forget(history, base_ra=0.99) == 30
+    assert benchmark.iterations_to_forget(history[:3], base_ra=0.99) is None
+
+
+def test_sections_are_replaced_in_place(tmp_path):
+    benchmark = load("benchmark")
+    path = tmp_path / "BENCHMARKS.md"
+    benchmark.write_section(path, "<!-- a:start -->\nold a\n<!-- a:end -->\n")
+    benchmark.write_section(path, "<!-- b:start -->\nb\n<!-- b:end -->\n")
+    benchmark.write_section(path, "<!-- a:start -->\nnew a\n<!-- a:end -->\n")
+    text = path.read_text()
+    assert "new a" in text and "old a" not in text and text.index("new a") < text.index("\nb\n")
