@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
     forget_class = family.resolve_class(args.concept)
     concept_name = class_names(pipeline).get(forget_class, str(forget_class))
     dataset, data_kwargs = load_data(args, family, pipeline)
-    check_label_names(dataset, args.label_column, class_names(pipeline))
+    check_label_names(dataset, args.label_column, getattr(pipeline, "labels", None))
     with accelerator.main_process_first():
         forget, remain = split_by_class(dataset, [forget_class], label_column=args.label_column, **data_kwargs)
     logger.info(
@@ -205,6 +205,7 @@ def main(argv=None) -> dict:
     result = run_erasure(
         accelerator=accelerator, method=method, forget=forget, remain=remain, args=training_args, evaluate=evaluate
     )
+    accelerator.end_training()  # close trackers before the export moves logs/ into the new folder
     summary = {}
     if accelerator.is_main_process:
         metrics_after = evaluate() if evaluate else None
@@ -242,14 +243,13 @@ def main(argv=None) -> dict:
             output_dir,
             unlearning_config=summary,
             model_card=card,
-            extra_files={MASK_FILE: mask_file} if mask_file.exists() else None,
+            extra_files={MASK_FILE: mask_file} if result.mask_statistics is not None else None,
         )
         brief = {k: summary[k] for k in ("erased", "steps", "seconds")}
         if metrics_after:
             brief["before"] = {k: metrics_before.get(k) for k in ("FA", "RA", "FID")}
             brief["after"] = {k: metrics_after.get(k) for k in ("FA", "RA", "FID")}
         print(json.dumps({"output_dir": str(output_dir), **brief}, indent=2))
-    accelerator.end_training()
     return summary
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from sfr_diffusion.export import UNLEARNING_CONFIG_FILE
+from sfr_diffusion.families import family_for
 from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.world import digits_world_metrics
 
@@ -30,7 +31,8 @@ def main(argv=None) -> dict:
     config_path = Path(args.pipeline) / UNLEARNING_CONFIG_FILE
     if forget is None and config_path.exists():
         forget = [json.loads(config_path.read_text())["erased"]["class_id"]]
-    forget_ids = pipeline.get_label_ids(forget or [])
+    family = family_for(pipeline)
+    forget_ids = [family.resolve_class(item) for item in forget or []]
     metrics = digits_world_metrics(
         pipeline,
         forget_ids,

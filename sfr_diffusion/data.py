@@ -28,6 +28,17 @@ class Batch:
     global_size: int
 
 
+def center_crop(image, resolution: int):
+    """Resize the shorter side to `resolution` (bicubic), then crop the centre square, as DiT and diffusers train."""
+    if image.size == (resolution, resolution):
+        return image
+    width, height = image.size
+    scale = resolution / min(width, height)
+    image = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))), resample=3)
+    left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
 class LabelledImages:
     """A view of rows of an image-classification `datasets.Dataset`, decoded to tensors in [-1, 1] on demand."""
 
@@ -59,9 +70,7 @@ class LabelledImages:
         mode = "L" if self.channels == 1 else "RGB"
         arrays = []
         for image in records[self.image_column]:
-            image = image.convert(mode)
-            if image.size != (self.resolution, self.resolution):
-                image = image.resize((self.resolution, self.resolution), resample=3)  # bicubic, as diffusers
+            image = center_crop(image.convert(mode), self.resolution)
             arrays.append(np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, -1))
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div(127.5).sub(1.0)
         return images, torch.as_tensor(records[self.label_column], dtype=torch.long)
@@ -80,16 +89,21 @@ def split_by_class(dataset, forget_classes: Sequence[int], label_column: str = "
     return forget, remain
 
 
-def check_label_names(dataset, label_column: str, id2label: dict[int, str] | None) -> None:
-    """A data set whose class names disagree with the model's ``id2label`` would erase the wrong class: refuse it."""
+def check_label_names(dataset, label_column: str, labels: dict[str, int] | None) -> None:
+    """A data set whose class names disagree with the model's would erase the wrong class: refuse it.
+
+    ``labels`` maps each of the model's class names to its id (a pipeline's ``labels``; DiT lists several aliases per
+    ImageNet class). A data set class agrees when one of its comma-separated aliases names the same id.
+    """
     feature = dataset.features.get(label_column)
     names = getattr(feature, "names", None)
-    if not names or not id2label:
+    if not names or not labels:
         return
-    model_names = [id2label[i] for i in sorted(id2label)]
-    if list(names) != model_names[: len(names)]:
+    agrees = [any(labels.get(alias.strip()) == idx for alias in name.split(",")) for idx, name in enumerate(names)]
+    mismatched = [f"{idx}: {name!r}" for idx, (name, ok) in enumerate(zip(names, agrees, strict=True)) if not ok]
+    if mismatched:
         raise ValueError(
-            f"The data set's classes {list(names)} do not match the model's id2label {model_names}; "
+            f"The data set's classes do not match the model's id2label (first mismatches: {mismatched[:5]}); "
             "relabel the data or fix id2label so the ids agree."
         )
 

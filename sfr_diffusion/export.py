@@ -15,7 +15,7 @@ import torch
 import sfr_diffusion
 
 UNLEARNING_CONFIG_FILE = "unlearning_config.json"
-KEEP_ON_REPLACE = ("checkpoints",)  # training state living inside output_dir survives a re-export
+KEEP_ON_REPLACE = ("checkpoints", "logs")  # training state living inside output_dir survives a re-export
 
 
 def versions() -> dict:

@@ -20,11 +20,13 @@ def diagonal_fisher(
     model: torch.nn.Module,
     batch_losses: Iterable[Callable[[], torch.Tensor]],
     backward: Callable[[torch.Tensor], None] | None = None,
+    grad_scale: Callable[[], float] = lambda: 1.0,
 ) -> dict[str, torch.Tensor]:
     """Mean over batches of the squared gradient of each batch's scalar loss, streamed one batch at a time.
 
     ``batch_losses`` yields closures computing one batch's loss; ``backward`` defaults to ``loss.backward()``
-    (pass ``accelerator.backward`` under accelerate, so gradients are all-reduced before squaring).
+    (pass ``accelerator.backward`` under accelerate, so gradients are all-reduced before squaring). ``grad_scale``
+    gives the loss scale that backward applied (fp16's GradScaler), divided out before squaring.
     """
     backward = backward or (lambda loss: loss.backward())
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -33,9 +35,15 @@ def diagonal_fisher(
     for compute_loss in batch_losses:
         model.zero_grad(set_to_none=True)
         backward(compute_loss())
+        scale = grad_scale()
         for name, p in params.items():
             if p.grad is not None:
-                fisher[name].add_(p.grad.detach().float().pow(2))
+                squared = (p.grad.detach().float() / scale).pow(2)
+                if not torch.isfinite(squared).all():
+                    raise FloatingPointError(
+                        f"Non-finite gradient for {name} while estimating the Fisher; use bf16 or fp32 precision."
+                    )
+                fisher[name].add_(squared)
         num_batches += 1
     model.zero_grad(set_to_none=True)
     if num_batches == 0:

@@ -146,8 +146,11 @@ def compute_saliency_mask(accelerator, model, method, forget_sampler, remain_sam
             x0 = family.encode(batch.images.to(accelerator.device))
             yield lambda b=batch, x=x0: family.diffusion_loss(model, x, b.labels.to(x.device), b.draw).mean()
 
-    fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward)
-    fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward)
+    def grad_scale() -> float:  # fp16 scales the loss before backward; the Fisher needs true gradients
+        return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+
+    fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, grad_scale)
+    fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, grad_scale)
     return saliency_mask(fisher_forget, fisher_remain, cfg.gamma)
 
 
@@ -204,6 +207,8 @@ def save_checkpoint(accelerator, args: TrainingArguments, step: int, history: li
     accelerator.wait_for_everyone()  # every process has written its random states before the rename
     if accelerator.is_main_process:
         (partial / HISTORY_FILE).write_text(json.dumps(history))
+        if final.exists():  # resumed from an older checkpoint: this step's state replaces the abandoned one
+            shutil.rmtree(final)
         partial.rename(final)
         if args.checkpoints_total_limit is not None:
             existing = list_checkpoints(args.checkpoints_dir)
@@ -297,7 +302,8 @@ def run_erasure(
                 callback(PhaseEvent(step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model))
             for key, value in terms.items():
                 gathered = accelerator.gather(value.detach().float().reshape(1))
-                logs[f"{phase.name}/{key}"] = float(gathered.nanmean())  # NaN: an empty timestep quartile
+                quartile = "_q" in key  # NaN there means an empty timestep quartile on some process
+                logs[f"{phase.name}/{key}"] = float(gathered.nanmean() if quartile else gathered.mean())
         losses = {k: v for k, v in logs.items() if k.endswith("/loss")}
         if any(not math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"Non-finite loss at step {step}: {losses}")
@@ -312,7 +318,9 @@ def run_erasure(
             save_checkpoint(accelerator, args, step + 1, history)
     progress.close()
     train_seconds = time.perf_counter() - start - eval_seconds  # evaluation is measurement, not erasure
-    model.eval()
+    # Remove accelerate's autocast wrapper from the denoiser's forward: exports and "after" metrics run in the
+    # precision the user loads the pipeline in, like the "before" metrics.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
     return ErasureResult(
         steps=args.max_train_steps,
         mask_seconds=mask_seconds,
@@ -342,6 +350,9 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, *, re
         return None
     mask_path = args.checkpoints_dir / MASK_FILE
     if resuming:
+        explicit = args.resume_from_checkpoint not in (None, "latest")
+        beside = Path(args.resume_from_checkpoint).parent / MASK_FILE if explicit else None
+        mask_path = beside if beside is not None and beside.exists() else mask_path
         if not mask_path.exists():
             # Recomputing it from checkpoint weights would give a different mask than the original model's.
             raise FileNotFoundError(f"Cannot resume: the saliency mask {mask_path} of the original model is missing.")
@@ -357,7 +368,7 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, *, re
             args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             save_mask(mask, mask_path)
     check_mask_matches(mask, accelerator.unwrap_model(model))
-    return mask
+    return {name: m.to(accelerator.device) for name, m in mask.items()}  # once, not per forget step
 
 
 def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:

@@ -187,8 +187,13 @@ def class_names(pipeline) -> dict[int, str]:
 
 
 def is_digits_world(pipeline) -> bool:
-    """Whether a pipeline generates the digits world's ten classes, so the bundled judge applies to it."""
-    return list(class_names(pipeline).values()) == list(DIGIT_NAMES)
+    """Whether a pipeline generates the digits world's 1×8×8 images of ten classes, so the bundled judge applies."""
+    if list(class_names(pipeline).values()) != list(DIGIT_NAMES):
+        return False
+    try:
+        return family_for(pipeline).image_shape == (1, 8, 8)
+    except ValueError:  # not a family we know: not the digits world
+        return False
 
 
 def digits_world_metrics(

@@ -113,15 +113,19 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (len(ids), self.unet.config.in_channels, *size)
         image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        image = image * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(image, t)
             if use_guidance:
-                output = self.unet(torch.cat([image, image]), t, class_labels=torch.cat([labels, null])).sample
+                output = self.unet(
+                    torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null])
+                ).sample
                 cond, uncond = output.chunk(2)
                 model_output = uncond + guidance_scale * (cond - uncond)
             else:
-                model_output = self.unet(image, t, class_labels=labels).sample
+                model_output = self.unet(model_input, t, class_labels=labels).sample
             image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
 
         image = (image / 2 + 0.5).clamp(0, 1)

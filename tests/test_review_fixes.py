@@ -1,0 +1,62 @@
+"""Data and evaluation details: label aliases, centre crops, what counts as the digits world, DiT evaluation."""
+
+import json
+import runpy
+import sys
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features
+from PIL import Image
+
+from sfr_diffusion.data import center_crop, check_label_names
+from sfr_diffusion.saliency import diagonal_fisher
+from sfr_diffusion.world import bundled_path, digits_ddpm_pipeline, is_digits_world
+
+
+def labelled(names):
+    return Dataset.from_dict({"label": list(range(len(names)))}, features=Features({"label": ClassLabel(names=names)}))
+
+
+def test_imagenet_style_aliases_agree_with_dit_labels():
+    labels = {"tench": 0, "Tinca tinca": 0, "goldfish": 1, "Carassius auratus": 1}  # DiTPipeline.labels layout
+    check_label_names(labelled(["tench, Tinca tinca", "goldfish, Carassius auratus"]), "label", labels)
+    with pytest.raises(ValueError, match="1: 'tench, Tinca tinca'"):
+        check_label_names(labelled(["goldfish", "tench, Tinca tinca"]), "label", labels)
+
+
+def test_center_crop_keeps_the_aspect_ratio():
+    image = Image.new("L", (40, 20))
+    image.paste(255, (10, 0, 30, 20))  # a white centre square 20×20 inside a black 40×20 frame
+    cropped = center_crop(image, 10)
+    assert cropped.size == (10, 10)
+    assert min(cropped.tobytes()) > 200  # only the white centre survives, not squashed black borders
+
+
+def test_digits_world_needs_the_digits_image_shape():
+    pipeline = digits_ddpm_pipeline()
+    assert is_digits_world(pipeline)
+    pipeline.unet.register_to_config(sample_size=28)  # an MNIST-sized model with the same class names
+    assert not is_digits_world(pipeline)
+
+
+def test_fisher_divides_out_the_loss_scale():
+    layer = torch.nn.Linear(3, 1)
+    x = torch.ones(1, 3)
+
+    def closure():
+        return layer(x).sum()
+
+    plain = diagonal_fisher(layer, [closure])
+    scaled = diagonal_fisher(layer, [lambda: 1024.0 * closure()], grad_scale=lambda: 1024.0)
+    assert all(torch.allclose(plain[k], scaled[k]) for k in plain)
+    with pytest.raises(FloatingPointError, match="Non-finite gradient"):
+        diagonal_fisher(layer, [lambda: float("inf") * closure()])
+
+
+def test_evaluate_script_on_the_bundled_dit(capsys, monkeypatch):
+    script = str(bundled_path("dit").parents[2].parent / "scripts" / "evaluate.py")
+    monkeypatch.setattr(sys, "argv", [script, str(bundled_path("dit")), "--forget", "7", "--samples_per_class", "4"])
+    runpy.run_path(script, run_name="__main__")
+    result = json.loads(capsys.readouterr().out)
+    assert result["forget"] == [7] and 0 <= result["FA"] <= 1 and result["RA"] > 0.5
