@@ -127,7 +127,8 @@ class SFROn(UnlearningMethod):
             loss = weighted_ascent_loss(per_sample, weights, alpha) * num_processes
             terms = {"loss": loss, "forget_mse": per_sample.detach().mean()}
         terms["alpha"] = torch.tensor(alpha, device=x0.device)
-        terms.update(timestep_quartile_terms("forget_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
+        prefix = "forget_remap" if cfg.forget_loss == "remap" else "forget_mse"
+        terms.update(timestep_quartile_terms(prefix, per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
 
     def _remain_terms(self, model, batch):
