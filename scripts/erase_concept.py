@@ -149,7 +149,20 @@ def method_config_from_args(method_class, args: argparse.Namespace, family):
         "remap_class": None if args.remap_class is None else family.resolve_class(args.remap_class),
         "max_grad_norm": args.remain_max_grad_norm,  # single-phase methods clip like the remain step
     }
-    return method_class.config_class(**{f.name: values[f.name] for f in fields(method_class.config_class)})
+    used = {f.name for f in fields(method_class.config_class)}
+    defaults = vars(parse_args([]))
+    method_options = {"no_mask": "use_mask", "no_cosine_decay": "cosine_decay"}  # option → config field
+    for name in ("forget_loss", "alpha", "temperature", "remain_weight", "gamma", "mask_batches"):
+        method_options[name] = name
+    method_options.update(forget_max_grad_norm="forget_max_grad_norm", remap_class="remap_class")
+    ignored = sorted(
+        option
+        for option, field in method_options.items()
+        if field not in used and getattr(args, option) != defaults[option]
+    )
+    if ignored:
+        logger.warning("--method %s does not use %s; they are ignored.", method_class.name, ", ".join(ignored))
+    return method_class.config_class(**{name: values[name] for name in used})
 
 
 def main(argv=None) -> dict:

@@ -76,7 +76,9 @@ class LabelledImages:
         return images, torch.as_tensor(records[self.label_column], dtype=torch.long)
 
 
-def split_by_class(dataset, forget_classes: Sequence[int], label_column: str = "label", **kwargs):
+def split_by_class(
+    dataset, forget_classes: Sequence[int], label_column: str = "label", **kwargs
+) -> tuple[LabelledImages, LabelledImages]:
     """(forget, remain) views: rows whose label is in `forget_classes`, and all the other rows."""
     if label_column not in dataset.column_names:
         raise ValueError(f"Column {label_column!r} not in the data set; columns are {dataset.column_names}.")

@@ -135,7 +135,13 @@ def restore_masked_out(named_params, mask: Mask, snapshot: dict[str, torch.Tenso
             param[~mask[name].to(param.device)] = snapshot[name]
 
 
-def compute_saliency_mask(accelerator, model, method, forget_sampler, remain_sampler) -> Mask:
+def compute_saliency_mask(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    method: UnlearningMethod,
+    forget_sampler: BatchSampler,
+    remain_sampler: BatchSampler,
+) -> Mask:
     """Fisher-ratio mask on the original weights; batches are sharded so DDP all-reduces before squaring."""
     family, cfg = method.family, method.config
     raw_model = accelerator.unwrap_model(model)  # names without DDP's "module." prefix; the same Parameters
@@ -196,7 +202,7 @@ def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator, args: TrainingArguments, step: int, history: list) -> None:
+def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int, history: list) -> None:
     """Write ``checkpoint-{step}`` atomically (``.partial``, then rename), then rotate: never fewer than one whole."""
     final = args.checkpoints_dir / f"checkpoint-{step}"
     partial = final.with_name(final.name + ".partial")

@@ -181,3 +181,15 @@ def test_fine_tuning_baseline_runs_through_the_same_script(tmp_path, user_pipeli
     assert summary["method"] == "ft" and summary["mask_statistics"] is None
     assert summary["method_config"] == {"label_dropout": 0.1, "max_grad_norm": 1.0}
     assert not (tmp_path / "ft" / "saliency_mask.safetensors").exists()
+
+
+def test_options_a_method_does_not_use_are_reported(tmp_path, user_pipeline, fresh_accelerate, caplog):
+    data = write_imagefolder(tmp_path / "images", per_class=2)
+    base = ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat"]
+    with caplog.at_level("WARNING"):
+        run(load_script(), [*base, "--output_dir", str(tmp_path / "a"), "--method", "ft", "--gamma", "3", "--no_mask"])
+    assert "does not use gamma, no_mask" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(load_script(), [*base, "--output_dir", str(tmp_path / "b"), "--no_mask", "--gamma", "3"])
+    assert "does not use" not in caplog.text

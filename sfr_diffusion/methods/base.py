@@ -29,7 +29,7 @@ class MethodConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict):
+    def from_dict(cls, values: dict) -> MethodConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -73,7 +73,9 @@ class UnlearningMethod:
         raise NotImplementedError
 
 
-def timestep_quartile_terms(prefix: str, per_sample: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int):
+def timestep_quartile_terms(
+    prefix: str, per_sample: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int
+) -> dict[str, torch.Tensor]:
     """Mean loss per quarter of the timestep range (NaN where a quarter has no sample in this batch).
 
     Erasure strength varies with t, so it is logged per quartile. All four keys are always present, so every process
