@@ -52,6 +52,24 @@ DEFAULTS = {"max_train_steps": 50, "forget_batch_size": 64, "remain_batch_size":
 # Per family, when --learning_rate is not given: measured on the digits world (BENCHMARKS.md). At 2e-3 the digits DiT
 # forgets by iteration 10 but its remaining-class FID-digits triples by iteration 50; at 1e-3 it stays at the base.
 DEFAULT_LEARNING_RATE = {"ddpm": 2e-3, "dit": 1e-3}
+# Method options → the config field each sets; a method without that field ignores the option (and says so).
+METHOD_OPTIONS = {
+    **{
+        name: name
+        for name in (
+            "forget_loss",
+            "alpha",
+            "temperature",
+            "remain_weight",
+            "gamma",
+            "mask_batches",
+            "forget_max_grad_norm",
+            "remap_class",
+        )
+    },  # fmt: skip
+    "no_mask": "use_mask",
+    "no_cosine_decay": "cosine_decay",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,13 +169,9 @@ def method_config_from_args(method_class, args: argparse.Namespace, family):
     }
     used = {f.name for f in fields(method_class.config_class)}
     defaults = vars(parse_args([]))
-    method_options = {"no_mask": "use_mask", "no_cosine_decay": "cosine_decay"}  # option → config field
-    for name in ("forget_loss", "alpha", "temperature", "remain_weight", "gamma", "mask_batches"):
-        method_options[name] = name
-    method_options.update(forget_max_grad_norm="forget_max_grad_norm", remap_class="remap_class")
     ignored = sorted(
         option
-        for option, field in method_options.items()
+        for option, field in METHOD_OPTIONS.items()
         if field not in used and getattr(args, option) != defaults[option]
     )
     if ignored:

@@ -73,11 +73,11 @@ def mask_density(mask: Mapping[str, torch.Tensor]) -> float:
 
 
 def mask_statistics(mask: Mapping[str, torch.Tensor]) -> dict:
-    kept = sum(int(m.sum()) for m in mask.values())
+    kept, total = sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
     return {
-        "density": mask_density(mask),
+        "density": kept / max(total, 1),
         "salient_weights": kept,
-        "total_weights": sum(m.numel() for m in mask.values()),
+        "total_weights": total,
     }
 
 

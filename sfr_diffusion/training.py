@@ -8,7 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,7 +82,6 @@ class ErasureResult:
     train_seconds: float
     mask_statistics: dict | None
     history: list = field(default_factory=list)
-    last_terms: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -109,30 +108,40 @@ def select_trainable(model: torch.nn.Module, selection: str) -> list[str]:
     return chosen
 
 
-def apply_mask_to_gradients(named_params, mask: Mask) -> dict[str, torch.Tensor]:
-    """Zero the gradient of non-salient weights and return their current values.
+@dataclass
+class ForgetMask:
+    """The saliency mask as the forget step applies it: ``keep`` per trainable weight, and its complement ``frozen``
+    (only for tensors with non-salient entries), both computed once rather than on every forget step.
 
-    Zeroing the gradient is not enough with a shared Adam: moments accumulated in remain steps would still move
-    non-salient weights during the forget step. ``restore_masked_out`` puts them back after the step, so the forget
-    phase provably changes only salient weights (paper §4.3: S multiplies the forget update).
+    Zeroing the gradient of non-salient weights is not enough with a shared Adam: moments accumulated in remain steps
+    would still move them during the forget step. ``restore`` puts them back after the step, so the forget phase
+    provably changes only salient weights (paper §4.3: S multiplies the forget update).
     """
-    snapshot = {}
-    for name, param in named_params:
-        if name not in mask:  # frozen by the weight selection: never updated
-            continue
-        keep = mask[name].to(param.device)
-        if param.grad is not None:
-            param.grad.mul_(keep)
-        if not bool(keep.all()):
-            snapshot[name] = param.detach()[~keep].clone()
-    return snapshot
 
+    keep: Mask
+    frozen: Mask
 
-@torch.no_grad()
-def restore_masked_out(named_params, mask: Mask, snapshot: dict[str, torch.Tensor]) -> None:
-    for name, param in named_params:
-        if name in snapshot:
-            param[~mask[name].to(param.device)] = snapshot[name]
+    @classmethod
+    def from_mask(cls, mask: Mask) -> ForgetMask:
+        return cls(keep=mask, frozen={name: ~m for name, m in mask.items() if not bool(m.all())})
+
+    def mask_gradients(self, named_params) -> dict[str, torch.Tensor]:
+        """Zero the gradients of non-salient weights and return those weights' current values."""
+        snapshot = {}
+        for name, param in named_params:
+            if name not in self.keep:  # frozen by the weight selection: never updated
+                continue
+            if param.grad is not None:
+                param.grad.mul_(self.keep[name])
+            if name in self.frozen:
+                snapshot[name] = param.detach()[self.frozen[name]].clone()
+        return snapshot
+
+    @torch.no_grad()
+    def restore(self, named_params, snapshot: dict[str, torch.Tensor]) -> None:
+        for name, param in named_params:
+            if name in snapshot:
+                param[self.frozen[name]] = snapshot[name]
 
 
 def compute_saliency_mask(
@@ -281,7 +290,6 @@ def run_erasure(
     if evaluate is not None and args.eval_every and start_step == 0:
         history.append({"step": 0, **_evaluate_on_main(accelerator, raw_model, evaluate)})
 
-    last_terms: dict = {}
     progress = tqdm(
         range(start_step, args.max_train_steps),
         initial=start_step,
@@ -315,7 +323,6 @@ def run_erasure(
             raise FloatingPointError(f"Non-finite loss at step {step}: {losses}")
         accelerator.log({k: v for k, v in logs.items() if math.isfinite(v)}, step=step + 1)
         progress.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("/loss")})
-        last_terms = logs
         if evaluate is not None and args.eval_every and (step + 1) % args.eval_every == 0:
             eval_start = time.perf_counter()
             history.append({"step": step + 1, **_evaluate_on_main(accelerator, raw_model, evaluate)})
@@ -331,26 +338,25 @@ def run_erasure(
         steps=args.max_train_steps,
         mask_seconds=mask_seconds,
         train_seconds=train_seconds,
-        mask_statistics=mask_statistics(mask) if mask is not None else None,
+        mask_statistics=mask_statistics(mask.keep) if mask is not None else None,
         history=history,
-        last_terms=last_terms,
     )
 
 
-def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: Mask | None) -> None:
+def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: ForgetMask | None) -> None:
     """backward → mask (masked phases only) → clip (at the phase's own norm) → step → restore non-salient weights."""
     raw_model = accelerator.unwrap_model(model)
     accelerator.backward(loss)
-    snapshot = apply_mask_to_gradients(raw_model.named_parameters(), mask) if phase.masked else None
+    snapshot = mask.mask_gradients(raw_model.named_parameters()) if phase.masked else None
     if phase.max_grad_norm is not None:
         accelerator.clip_grad_norm_(model.parameters(), phase.max_grad_norm)
     optimizer.step()
     if snapshot is not None:
-        restore_masked_out(raw_model.named_parameters(), mask, snapshot)
+        mask.restore(raw_model.named_parameters(), snapshot)
     optimizer.zero_grad(set_to_none=True)
 
 
-def _original_model_mask(accelerator, model, method, forget, remain, args, *, resuming: bool) -> Mask | None:
+def _original_model_mask(accelerator, model, method, forget, remain, args, *, resuming: bool) -> ForgetMask | None:
     """The saliency mask of the *original* weights: computed before the first step, reloaded when resuming."""
     if not method.uses_mask:
         return None
@@ -374,7 +380,7 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, *, re
             args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             save_mask(mask, mask_path)
     check_mask_matches(mask, accelerator.unwrap_model(model))
-    return {name: m.to(accelerator.device) for name, m in mask.items()}  # once, not per forget step
+    return ForgetMask.from_mask({name: m.to(accelerator.device) for name, m in mask.items()})
 
 
 def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:
@@ -385,7 +391,3 @@ def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:
         raw_model.train()
     accelerator.wait_for_everyone()
     return result
-
-
-def training_arguments_dict(args: TrainingArguments) -> dict:
-    return asdict(args)
