@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from sfr_diffusion.digits import DIGIT_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 FA_TARGET, RA_TOLERANCE = 0.01, 0.01
-TITLES = {"ddpm": "DDPM", "dit": "DiT"}
+TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
 
 
 def load_erase_script():
@@ -100,6 +102,13 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
     kept = sum(r["after"]["FA"] <= FA_TARGET and r["after"]["RA"] >= r["before"]["RA"] - RA_TOLERANCE for r in rows)
     title = TITLES.get(family, family)
+    paraphrases = "FA_paraphrases" in rows[0]["after"]
+    prompts = (
+        " Each digit is prompted with its 8 training captions and 4 held-out phrasings (4 samples each); FA covers"
+        " all 12, *FA paraphrases* only the held-out ones, never used in training or erasure."
+        if paraphrases
+        else ""
+    )
     lines = [
         f"<!-- digits-{family}-sfr-on:start -->",
         f"## SFR-on on the digits {title}, one run per digit",
@@ -109,19 +118,23 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
         "- Settings: `scripts/erase_concept.py` defaults"
         + (f" plus `{' '.join(extra_args)}`" if extra_args else "")
         + "; FA/RA from 50 samples per class (guidance 2.0, 20 DDIM steps, seed 0) judged by the bundled classifier;"
-        " FID-digits on the nine remaining classes against held-out real digits.",
+        " FID-digits on the nine remaining classes against held-out real digits." + prompts,
         "- *Iterations to forget*: first tracked iteration with FA ≤ 1% and RA ≥ base RA − 1 point; in brackets,"
         " how often FA/RA were tracked.",
         "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
         "",
-        "| digit | FA before | FA after | RA before | RA after | FID before | FID after | iterations | "
+        "| digit | FA before | FA after | "
+        + ("FA paraphrases before | FA paraphrases after | " if paraphrases else "")
+        + "RA before | RA after | FID before | FID after | iterations | "
         "iterations to forget | mask density | seconds (mask + erase) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paraphrases else ""),
     ]
     for r in rows:
         b, a = r["before"], r["after"]
+        held_out = f"{fmt(b['FA_paraphrases'], True)} | {fmt(a['FA_paraphrases'], True)} | " if paraphrases else ""
         lines.append(
-            f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {fmt(b['RA'], True)} | "
+            f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {held_out}"
+            f"{fmt(b['RA'], True)} | "
             f"{fmt(a['RA'], True)} | {fmt(b['FID'])} | {fmt(a['FID'])} | {r['steps']} | "
             f"{r['iterations_to_forget'] or 'not reached'} (every {r['eval_every']}) | {r['mask_density']:.1%} | "
             f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f} |"
@@ -151,7 +164,9 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="A digits-world pipeline (default: the DDPM).")
+    parser.add_argument(
+        "--model", default="digits-ddpm", help="digits-ddpm, digits-dit, digits-sd or a digits-world folder."
+    )
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--eval_every", type=int, default=10)
     parser.add_argument("--plot_digit", type=int, default=3)
@@ -183,8 +198,9 @@ def main(argv=None) -> list[dict]:
             summary = erase.main(
                 [
                     "--concept",
-                    str(digit),
-                    *(["--pretrained_model_name_or_path", str(args.model)] if args.model else []),
+                    DIGIT_NAMES[digit],
+                    "--pretrained_model_name_or_path",
+                    args.model,
                     "--output_dir",
                     f"{tmp}/erase-{digit}",
                     "--eval_every",

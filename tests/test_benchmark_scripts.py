@@ -25,6 +25,44 @@ def test_gpu_cost_script_runs_on_tiny_configs():
     assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
 
 
+def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
+    script = load("benchmark_gpu")
+    script.ROOT = tmp_path  # --write goes to ROOT/BENCHMARKS.md
+    report = script.main(
+        ["--family", "sd", "--tiny", "--iterations", "2", "--batch_size", "2", "--mixed_precision", "no", "--write"]
+    )
+    sfr, ft = report["sfr_on"], report["ft"]
+    assert report["family"] == "sd" and report["batch_size"] == 2
+    assert sfr["seconds_per_iteration"] > 0 and ft["seconds_per_iteration"] > 0
+    assert report["ratio_sfr_on_to_ft"] == pytest.approx(sfr["seconds_per_iteration"] / ft["seconds_per_iteration"])
+    # SD's configuration of the method: the concept's captions are remapped onto the empty prompt (condition 0).
+    assert sfr["method_config"]["forget_loss"] == "remap" and sfr["method_config"]["remap_class"] == 0
+    assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "<!-- gpu-cost-sd:start -->" in text and "<!-- gpu-cost-sd:end -->" in text
+    assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 1M |" in text
+
+
+def test_gpu_cost_batch_size_defaults_per_family():
+    script = load("benchmark_gpu")
+    assert script.parse_args(["--tiny"]).batch_size == 32
+    assert script.parse_args(["--family", "sd", "--tiny"]).batch_size == 8
+    assert script.parse_args(["--family", "sd", "--tiny", "--batch_size", "3"]).batch_size == 3
+
+
+def test_gpu_cost_sd_data_splits_by_caption():
+    script = load("benchmark_gpu")
+    from sfr_diffusion.families import family_for
+    from sfr_diffusion.layouts import stable_diffusion_pipeline
+
+    family = family_for(stable_diffusion_pipeline("tiny"))
+    forget, remain, settings = script.erasure_data(family, 6)
+    assert len(forget) == len(remain) == 3 and settings == {"forget_loss": "remap", "remap_class": 0}
+    images, labels = forget.load([0, 1, 2])
+    assert images.shape == (3, 3, 16, 16) and set(labels.tolist()) == {family.prompt_id("a photo of a cat")}
+    assert set(remain.load([0, 1, 2])[1].tolist()) == {family.prompt_id("a photo of a dog")}
+
+
 def test_iterations_to_forget_needs_both_fa_and_ra():
     benchmark = load("benchmark")
     history = [

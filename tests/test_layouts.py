@@ -1,0 +1,84 @@
+"""Random-weight pipelines in real layouts: they are standard diffusers pipelines, seeded, and of the right size."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from sfr_diffusion.families import family_for
+from sfr_diffusion.layouts import (
+    clip_tokenizer,
+    dit_configs,
+    dit_pipeline,
+    image_size,
+    stable_diffusion_configs,
+    stable_diffusion_pipeline,
+)
+
+PROMPTS = ["a photo of a cat", "An oil painting of flowers, très jolie! 42 (ok?)", ""]
+
+
+def sample(pipeline) -> np.ndarray:
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    return pipeline(PROMPTS[:2], num_inference_steps=2, generator=generator, output_type="np").images
+
+
+def test_tiny_stable_diffusion_saves_and_reloads_with_plain_diffusers(tmp_path):
+    pipeline = stable_diffusion_pipeline("tiny", seed=0)
+    before = sample(pipeline)
+    pipeline.save_pretrained(tmp_path)
+    reloaded = StableDiffusionPipeline.from_pretrained(tmp_path)
+    assert type(reloaded.tokenizer) is CLIPTokenizer and reloaded.safety_checker is None
+    after = sample(reloaded)
+    assert before.shape == (2, 16, 16, 3) and np.isfinite(before).all()
+    np.testing.assert_array_equal(before, after)
+
+
+def test_same_seed_same_weights():
+    weights = [stable_diffusion_pipeline("tiny", seed=seed).unet.conv_in.weight for seed in (0, 0, 1)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_clip_tokenizer_round_trips(tmp_path):
+    tokenizer = clip_tokenizer()
+    encoded = tokenizer(PROMPTS, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
+    ids = encoded.input_ids
+    assert all(len(row) == 77 for row in ids)
+    assert all(row[0] == tokenizer.bos_token_id and tokenizer.eos_token_id in row for row in ids)
+    assert tokenizer.unk_token_id not in tokenizer(PROMPTS[1]).input_ids[1:-1]  # every byte is a token
+    assert tokenizer.decode(ids[0], skip_special_tokens=True) == "a photo of a cat"
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path)
+    assert len(reloaded) == len(tokenizer) and reloaded.model_max_length == 77
+    assert reloaded(PROMPTS, padding="max_length", max_length=77, truncation=True).input_ids == ids
+    assert len(clip_tokenizer(model_max_length=16)(PROMPTS[1], truncation=True).input_ids) == 16
+
+
+def test_family_and_image_size():
+    sd = stable_diffusion_pipeline("tiny")
+    family = family_for(sd)
+    assert family.name == "sd" and family.image_shape == (3, 16, 16) and image_size(sd) == 16
+    dit = dit_pipeline("tiny")
+    assert family_for(dit).name == "dit" and image_size(dit) == 8 and dit.labels["class 0"] == 0
+
+
+@pytest.mark.parametrize("builder", [stable_diffusion_pipeline, dit_pipeline, stable_diffusion_configs, dit_configs])
+def test_unknown_size_is_an_error_listing_the_valid_ones(builder):
+    with pytest.raises(ValueError, match=r"Unknown .* size 'sd-2\.1'; valid sizes are \['tiny', "):
+        builder("sd-2.1")
+
+
+def test_sd_1_4_layout_has_the_real_parameter_counts():
+    """On the meta device nothing is allocated: the counts of CompVis/stable-diffusion-v1-4's components."""
+    configs = stable_diffusion_configs("sd-1.4")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    count = {name: sum(p.numel() for p in module.parameters()) for name, module in
+             [("unet", unet), ("vae", vae), ("text_encoder", text_encoder)]}  # fmt: skip
+    assert count == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert configs["scheduler"]["beta_schedule"] == "scaled_linear" and configs["scheduler"]["steps_offset"] == 1
+    assert len(clip_tokenizer()) <= configs["text_encoder"]["vocab_size"]
