@@ -40,8 +40,9 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -203,8 +204,7 @@ def load_base_pipeline(name_or_path: str):
     return load_pipeline(resolved), f"{name_or_path} (bundled digits world)" if bundled else name_or_path
 
 
-@dataclass
-class ErasureTarget:
+class ErasureTarget(NamedTuple):
     """What the run erases and the data it erases it with."""
 
     name: str  # the class name or the concept text
@@ -337,7 +337,8 @@ def prompts_of(images: LabelledImages, family) -> list[str]:
     return sorted({family.prompts[int(i)] for i in ids})
 
 
-def main(argv=None) -> dict:
+def main(argv=None, callbacks: tuple = ()) -> dict:
+    """Run the script; `callbacks` receive a `sfr_diffusion.training.PhaseEvent` after every optimizer step."""
     args = parse_args(argv)
     output_dir = Path(args.output_dir or f"outputs/erase-{args.concept}".replace(" ", "_"))
     accelerator = Accelerator(
@@ -393,6 +394,7 @@ def main(argv=None) -> dict:
         remain=target.remain,
         args=training_args,
         evaluate=evaluate,
+        callbacks=callbacks,
     )
     accelerator.end_training()  # close trackers before the export moves logs/ into the new folder
     summary = {}

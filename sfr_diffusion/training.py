@@ -93,6 +93,7 @@ class PhaseEvent:
     terms: dict
     optimizer: torch.optim.Optimizer
     model: torch.nn.Module
+    history: list  # the evaluations so far ({"step": ..., metrics...}), e.g. for a live FA/RA curve; do not modify
 
 
 def select_trainable(model: torch.nn.Module, selection: str) -> list[str]:
@@ -313,7 +314,11 @@ def run_erasure(
             )
             _optimizer_step(accelerator, model, optimizer, terms["loss"], phase, mask)
             for callback in callbacks:
-                callback(PhaseEvent(step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model))
+                callback(
+                    PhaseEvent(
+                        step=step, phase=phase, terms=terms, optimizer=optimizer, model=raw_model, history=history
+                    )
+                )
             for key, value in terms.items():
                 gathered = accelerator.gather(value.detach().float().reshape(1))
                 quartile = "_q" in key  # NaN there means an empty timestep quartile on some process

@@ -173,8 +173,8 @@ def digits_sd_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel) -> Stable
 def assembled_sd_path(shipped: Path) -> Path:
     """A complete digits-SD folder in the cache: the shipped UNet and scheduler, the DiT folder's VAE, and MiniLM.
 
-    Keyed by the assembly recipe's version and the shipped UNet's size and time stamp, written to a staging folder and renamed, so concurrent
-    processes and interrupted runs never see a half-written folder.
+    Keyed by the assembly recipe's version and the shipped UNet's size and time stamp; written to a staging folder and
+    renamed, so concurrent processes and interrupted runs never see a half-written folder.
     """
     from .export import save_pipeline
 

@@ -133,3 +133,37 @@ def test_default_script_erases_seven_from_the_bundled_dit(tmp_path):
     assert reloaded.labels["seven"] == 7
     base_vae = DiTPipeline.from_pretrained(bundled_path("dit")).vae.state_dict()
     assert all(torch.equal(v, reloaded.vae.state_dict()[k]) for k, v in base_vae.items())  # only the DiT changed
+
+
+def test_script_runs_unchanged_on_a_dit_xl_layout_folder(tmp_path):
+    """The facebook/DiT-XL-2-256 path at tiny size: a DiTPipeline folder with class names and an imagefolder."""
+    import importlib.util
+
+    from accelerate.state import AcceleratorState
+    from PIL import Image
+
+    from sfr_diffusion.layouts import dit_pipeline as dit_layout
+
+    base, data = tmp_path / "dit-layout", tmp_path / "images"
+    save_pipeline(dit_layout("tiny", seed=0), base)
+    rng = np.random.default_rng(0)
+    for name in ("class 0", "class 1"):
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / name / f"{i}.png")
+    spec = importlib.util.spec_from_file_location(
+        "erase_concept", Path(__file__).parent.parent / "scripts" / "erase_concept.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    AcceleratorState._reset_state(True)
+    try:
+        summary = script.main(["--pretrained_model_name_or_path", str(base), "--concept", "class 1",
+                               "--train_data_dir", str(data), "--max_train_steps", "2", "--forget_batch_size", "2",
+                               "--remain_batch_size", "2", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(True)
+    assert summary["family"] == "dit" and summary["erased"] == {"concept": "class 1", "class_id": 1}
+    before = DiTPipeline.from_pretrained(base).transformer.state_dict()
+    after = DiTPipeline.from_pretrained(tmp_path / "out").transformer.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in before.items())

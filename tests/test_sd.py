@@ -266,3 +266,36 @@ def test_default_script_erases_three_from_the_bundled_sd(tmp_path):
     erased = StableDiffusionPipeline.from_pretrained(out)
     base = StableDiffusionPipeline.from_pretrained(bundled_path("sd"))
     assert all(torch.equal(v, erased.text_encoder.state_dict()[k]) for k, v in base.text_encoder.state_dict().items())
+
+
+def test_an_sd2_layout_with_v_prediction_trains_on_the_velocity(accelerator, tmp_path):
+    """SD 2.x: v-prediction and linear projections in the transformer blocks; the family follows the scheduler."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    pipe = stable_diffusion_pipeline("tiny", seed=0)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "use_linear_projection": True})
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    family = family_for(pipe)
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    assert torch.allclose(family.target(x0, noise, t), family.noise_scheduler.get_velocity(x0, noise, t))
+    data = with_prompt_ids(captioned_images(4, 16, ["a cat", "a dog"]), family)
+    forget_rows, remain_rows = split_by_caption(data, "cat")
+    kwargs = dict(resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
+    method = SFROn(SFROnConfig(forget_loss="remap", remap_class=0, mask_batches=1), family)
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=1, forget_batch_size=2, remain_batch_size=2)
+    result = run_erasure(accelerator=accelerator, method=method, forget=LabelledImages(data, forget_rows, **kwargs),
+                         remain=LabelledImages(data, remain_rows, **kwargs), args=args)  # fmt: skip
+    assert result.steps == 1 and 0 < result.mask_statistics["density"] < 1
+
+
+def test_evaluate_reports_paraphrase_fa_for_the_bundled_sd():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    metrics = evaluate.main(["digits-sd", "--forget", "three", "--samples_per_class", "12"])
+    assert metrics["samples_per_class"] == 12  # 12 prompts per digit (8 training captions, 4 held out), 1 each
+    assert metrics["FA"] >= 0.9 and metrics["FA_paraphrases"] >= 0.75 and metrics["RA"] >= 0.9
+    with pytest.raises(ValueError, match="names no digit"):
+        evaluate.main(["digits-sd", "--forget", "a blank image", "--samples_per_class", "12"])

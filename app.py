@@ -1,0 +1,659 @@
+"""See what erasure did: the original and the erased pipeline side by side, same seed, same settings.
+
+    pip install -e ".[demo]"
+    python app.py                                                  # the bundled digits world
+    python app.py --original digits-ddpm --erased outputs/erase-three
+    python app.py --original digits-sd --erased outputs/erase-three-sd --port 7861
+    python app.py --original path/to/sd-folder --erased outputs/erase-van_gogh --outputs_dir runs
+
+**Compare** samples both pipelines with one seed: a class, or a grid of all classes, for class-conditional models
+(DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion). Beside the images it shows what the erased model's
+``unlearning_config.json`` records: what was erased, the method, the iterations, FA/RA before and after.
+**Erase** runs ``scripts/erase_concept.py`` in this process with a live progress bar and FA/RA curve, and offers the
+export for comparison. Pipelines are local diffusers folders or the bundled digits-world models (digits-ddpm,
+digits-dit, digits-sd); erased outputs are found in ``outputs/*/unlearning_config.json`` and every --outputs_dir.
+The server binds to 127.0.0.1 unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import queue
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+from PIL import Image
+
+from sfr_diffusion.export import UNLEARNING_CONFIG_FILE
+from sfr_diffusion.families import DiffusionFamily, family_for
+from sfr_diffusion.pipelines import load_pipeline
+from sfr_diffusion.world import (
+    BUNDLED_ALIASES,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    class_names,
+    resolve_model,
+)
+
+logger = logging.getLogger("app")
+
+ERASE_SCRIPT = Path(__file__).resolve().parent / "scripts" / "erase_concept.py"
+DEFAULT_ORIGINAL = "digits-ddpm"
+DEFAULT_OUTPUTS_DIR = "outputs"
+BUNDLED_SUFFIX = " (bundled digits world)"  # how scripts/erase_concept.py records a bundled base model
+ALL_CLASSES = "all classes (grid)"
+MAX_GRID_CLASSES = 100
+GRID_COLUMNS = 5
+DISPLAY_SIZE = 256  # small images (the digits world's 8×8) are upscaled, nearest, to about this many pixels
+GRID_CELL_SIZE = 64
+GRID_GAP = 2
+CURVE_METRICS = ("FA", "RA", "FA_paraphrases")
+METRIC_COLUMNS = {"FA": "FA ↓", "FA_paraphrases": "FA, unseen phrasings ↓", "RA": "RA ↑", "FID": "FID-digits ↓"}
+# What a user can get wrong (a path, a pair, a class, a prompt, a missing package): shown in the page, not a crash.
+USER_ERRORS = (ValueError, OSError, ImportError)
+# accelerate keeps process-wide state: one erasure at a time in this process, each from a fresh state.
+ERASE_LOCK = threading.Lock()
+
+
+# --- pipelines -------------------------------------------------------------------------------------------------------
+
+
+def pipeline_folder(name_or_path: str) -> Path:
+    """A bundled model's folder, or a local diffusers pipeline folder; anything else is a readable error."""
+    text = (name_or_path or "").strip()
+    if not text:
+        raise ValueError("No pipeline given: pick one from the list or type a pipeline folder.")
+    folder = Path(resolve_model(text)).expanduser().resolve()
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(
+            f"{text!r} is not a pipeline: expected a bundled model ({', '.join(BUNDLED_ALIASES)}) or a diffusers "
+            "pipeline folder with a model_index.json."
+        )
+    return folder
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: object
+    family: DiffusionFamily
+    # Schedulers keep per-call state (their timesteps), so one pipeline samples for one request at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PipelineCache:
+    """Loads each pipeline folder once; thread safe.
+
+    Entries are keyed by the resolved folder and the time its ``model_index.json`` was written: an export that an
+    erasure replaced (exports are written whole and renamed into place) is loaded again, anything else never.
+    """
+
+    def __init__(self, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.loads: Counter[str] = Counter()  # folder → times loaded
+        self._entries: dict[str, tuple[int, LoadedPipeline]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name_or_path: str) -> LoadedPipeline:
+        folder = pipeline_folder(name_or_path)
+        key, stamp = str(folder), (folder / "model_index.json").stat().st_mtime_ns
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is None or cached[0] != stamp:
+                pipeline = load_pipeline(folder)
+                family = family_for(pipeline)  # an unsupported pipeline is a ValueError naming the supported ones
+                pipeline.set_progress_bar_config(disable=True)
+                pipeline.to(self.device)
+                cached = self._entries[key] = (stamp, LoadedPipeline(pipeline, family))
+                self.loads[key] += 1
+            return cached[1]
+
+
+def is_text_to_image(loaded: LoadedPipeline) -> bool:
+    return loaded.family.name == "sd"
+
+
+def class_choices(loaded: LoadedPipeline) -> list[str]:
+    names = class_names(loaded.pipeline) or {i: str(i) for i in range(loaded.family.num_classes())}
+    return [ALL_CLASSES, *(names[i] for i in sorted(names))]
+
+
+def check_compatible(original: LoadedPipeline, erased: LoadedPipeline) -> None:
+    """Same family and same image shape, so that the same seed draws the same starting noise for both."""
+    a, b = original.family, erased.family
+    if a.name != b.name or a.image_shape != b.image_shape:
+        raise ValueError(
+            f"Incompatible pipelines: the original is a {a.name} model of {shape_text(a.image_shape)} images, the "
+            f"erased one a {b.name} model of {shape_text(b.image_shape)} images. Compare an erased pipeline with "
+            "the model it was erased from."
+        )
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def conditions(loaded: LoadedPipeline, class_name: str, prompt: str) -> list:
+    """What the pipeline is called with: the prompt, one class id, or every class id (a grid)."""
+    if is_text_to_image(loaded):
+        if not (prompt or "").strip():
+            raise ValueError("Type a prompt: this is a text-to-image model (e.g. 'a handwritten digit three').")
+        return [prompt.strip()]
+    if not (class_name or "").strip():
+        raise ValueError(f"Pick a class, or {ALL_CLASSES!r}.")
+    if class_name == ALL_CLASSES:
+        count = loaded.family.num_classes()
+        if count > MAX_GRID_CLASSES:
+            raise ValueError(f"This model has {count} classes, too many for a grid (at most {MAX_GRID_CLASSES}).")
+        return list(range(count))
+    return [loaded.family.resolve_class(class_name)]  # an unknown name is an error listing the valid ones
+
+
+def sample(loaded: LoadedPipeline, inputs: list, *, seed: int, steps: int, guidance: float) -> list[Image.Image]:
+    # A CPU generator, so that the starting noise is the same for both pipelines on any device.
+    generator = torch.Generator().manual_seed(seed)
+    with loaded.lock, torch.inference_mode():
+        output = loaded.pipeline(
+            inputs, guidance_scale=guidance, num_inference_steps=steps, generator=generator, output_type="pil"
+        )
+    return output.images
+
+
+def upscale(image: Image.Image, size: int) -> Image.Image:
+    factor = max(1, size // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def display(images: list[Image.Image]) -> Image.Image:
+    """One image upscaled for the page, or several in a grid (class order, row by row)."""
+    if len(images) == 1:
+        return upscale(images[0], DISPLAY_SIZE).convert("RGB")
+    cells = [upscale(image, GRID_CELL_SIZE).convert("RGB") for image in images]
+    width, height = cells[0].size
+    columns = min(GRID_COLUMNS, len(cells))
+    rows = math.ceil(len(cells) / columns)
+    grid = Image.new("RGB", (columns * (width + GRID_GAP) - GRID_GAP, rows * (height + GRID_GAP) - GRID_GAP), "white")
+    for index, cell in enumerate(cells):
+        row, column = divmod(index, columns)
+        grid.paste(cell, (column * (width + GRID_GAP), row * (height + GRID_GAP)))
+    return grid
+
+
+# --- erased exports and their cards ----------------------------------------------------------------------------------
+
+
+def read_unlearning_config(folder: str | Path) -> dict | None:
+    """An export's ``unlearning_config.json``, or None for a pipeline folder that has none."""
+    path = Path(folder) / UNLEARNING_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def original_of(config: dict | None) -> str | None:
+    """The model an export was erased from, as the app names it (a bundled alias or a path)."""
+    base = (config or {}).get("base_model")
+    if not isinstance(base, str):
+        return None
+    return base.removesuffix(BUNDLED_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ErasedExport:
+    path: str
+    config: dict
+
+    @property
+    def label(self) -> str:
+        concept = (self.config.get("erased") or {}).get("concept", "?")
+        base = original_of(self.config) or "?"
+        return f"{self.path}: {concept!r} erased from {base} ({self.config.get('method', '?')})"
+
+
+def find_exports(outputs_dirs: Sequence[str | Path]) -> list[ErasedExport]:
+    """Erased outputs (folders with an ``unlearning_config.json``) in `outputs_dirs`, newest first."""
+    found: dict[Path, ErasedExport] = {}
+    for directory in outputs_dirs:
+        for config_path in Path(directory).glob(f"*/{UNLEARNING_CONFIG_FILE}"):
+            try:
+                config = json.loads(config_path.read_text())
+            except (OSError, json.JSONDecodeError) as error:  # one broken folder must not hide the others
+                logger.warning("Skipping %s: %s", config_path.parent, error)
+                continue
+            found.setdefault(config_path.parent.resolve(), ErasedExport(str(config_path.parent), config))
+    return sorted(found.values(), key=lambda e: -(Path(e.path) / UNLEARNING_CONFIG_FILE).stat().st_mtime)
+
+
+def export_card(config: dict | None, path: str) -> str:
+    """Markdown: what the export's config says was erased, how, and FA/RA before and after."""
+    if config is None:
+        return (
+            f"`{path}` has no `{UNLEARNING_CONFIG_FILE}`: not an sfr-diffusion export, no record of what was erased."
+        )
+    erased = config.get("erased") or {}
+    seconds = config.get("seconds") or {}
+    facts = [
+        f"**Erased** {erased.get('concept', '?')!r}",
+        f"**from** {config.get('base_model', '?')}",
+        f"**method** {config.get('method', '?')} ({config.get('family', '?')})",
+        f"**iterations** {config.get('steps', '?')}",
+    ]
+    if erased.get("anchor_concept") is not None:
+        facts.insert(1, f"**remapped to** {erased['anchor_concept']!r}")
+    if seconds:
+        facts.append(f"**time** {sum(seconds.values()):.1f} s")
+    lines = [f"#### `{path}`", " · ".join(facts), ""]
+    metrics = config.get("metrics") or {}
+    rows = {when: metrics.get(when) for when in ("before", "after") if metrics.get(when)}
+    if rows:
+        keys = [k for k in METRIC_COLUMNS if any(k in row for row in rows.values())]
+        lines.append("| | " + " | ".join(METRIC_COLUMNS[k] for k in keys) + " |")
+        lines.append("|---|" + "---|" * len(keys))
+        for when, row in rows.items():
+            lines.append(f"| {when} | " + " | ".join(format_metric(row.get(k)) for k in keys) + " |")
+        lines += ["", "FA: share of the erased class's samples still judged as it. RA: accuracy on the other classes."]
+    else:
+        lines.append("FA/RA were not measured (a run with `--skip_eval`, or a model outside the digits world).")
+    return "\n".join(lines)
+
+
+def format_metric(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+# --- erasure in this process -----------------------------------------------------------------------------------------
+
+
+def load_erase_script():
+    """``scripts/erase_concept.py`` as a module: the app runs its ``main`` rather than a copy of its logic."""
+    spec = importlib.util.spec_from_file_location("erase_concept", ERASE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("_") or "model"
+
+
+def curve_frame(history: list[dict]) -> pd.DataFrame:
+    """The evaluation history in long form (step, metric, value), for a line per metric."""
+    rows = [
+        {"step": record["step"], "metric": key, "value": float(record[key])}
+        for record in history
+        for key in CURVE_METRICS
+        if record.get(key) is not None
+    ]
+    if not rows:  # typed columns, so that the empty plot has the same axes as the filled one
+        return pd.DataFrame(
+            {"step": pd.Series(dtype=int), "metric": pd.Series(dtype=str), "value": pd.Series(dtype=float)}
+        )
+    return pd.DataFrame(rows, columns=["step", "metric", "value"])
+
+
+@dataclass
+class ErasureRun:
+    """``erase_concept.main`` in a worker thread; its step events arrive in a queue for the page to stream."""
+
+    argv: list[str]
+    events: queue.Queue = field(default_factory=queue.Queue)
+    summary: dict | None = None
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+    def start(self) -> ErasureRun:
+        self.thread = threading.Thread(target=self._work, name="erasure", daemon=True)
+        self.thread.start()
+        return self
+
+    def _work(self) -> None:
+        from accelerate.state import AcceleratorState
+
+        with ERASE_LOCK:
+            AcceleratorState._reset_state(True)
+            try:
+                script = load_erase_script()
+                self.summary = script.main(self.argv, callbacks=(self._on_step,))
+            # Whatever the run raised (argparse exits too) is shown in the page; the app keeps serving.
+            except (Exception, SystemExit) as error:
+                logger.exception("Erasure failed")
+                self.error = error
+            finally:
+                AcceleratorState._reset_state(True)
+
+    def _on_step(self, event) -> None:
+        self.events.put((event.step, [dict(record) for record in event.history]))
+
+    def updates(self, poll_seconds: float = 0.5) -> Iterator[tuple[int, list[dict]] | None]:
+        """The latest (step, history) whenever there is news, None on a quiet poll; ends when the run does."""
+        while self.thread.is_alive() or not self.events.empty():
+            try:
+                latest = self.events.get(timeout=poll_seconds)
+            except queue.Empty:
+                yield None
+                continue
+            while not self.events.empty():
+                latest = self.events.get_nowait()
+            yield latest
+        self.thread.join()
+
+
+# --- the page --------------------------------------------------------------------------------------------------------
+
+
+def build_demo(
+    original: str | None = None,
+    erased: Sequence[str] = (),
+    outputs_dirs: Sequence[str | Path] = (DEFAULT_OUTPUTS_DIR,),
+    cache: PipelineCache | None = None,
+) -> gr.Blocks:
+    """The app: a Compare tab and an Erase tab. New erasures are written to ``outputs_dirs[0]``."""
+    cache = cache or PipelineCache()
+    outputs_dirs = [Path(d) for d in outputs_dirs] or [Path(DEFAULT_OUTPUTS_DIR)]
+    given_erased = [str(e) for e in erased]
+
+    def erased_choices() -> list[tuple[str, str]]:
+        found = {e.path: e.label for e in find_exports(outputs_dirs)}
+        given = [(path, found.pop(path, path)) for path in given_erased]
+        return [(label, path) for path, label in given + list(found.items())]
+
+    def original_choices(extra: Sequence[str | None] = ()) -> list[str]:
+        names = [original, *extra, *BUNDLED_ALIASES, *(original_of(e.config) for e in find_exports(outputs_dirs))]
+        return list(dict.fromkeys(n for n in names if n))
+
+    def control_settings(loaded: LoadedPipeline, class_name: str, prompt: str, config: dict | None):
+        """Class picker for class-conditional models, prompt box for text-to-image ones (as component kwargs)."""
+        if is_text_to_image(loaded):
+            forget_prompts = ((config or {}).get("erased") or {}).get("forget_prompts") or [""]
+            return {"visible": False}, {"visible": True, "value": prompt or forget_prompts[0]}
+        choices = class_choices(loaded)
+        value = class_name if class_name in choices else ALL_CLASSES
+        return {"visible": True, "choices": choices, "value": value}, {"visible": False}
+
+    def card_and_controls(original_name: str, erased_path: str, class_name: str, prompt: str):
+        if not (erased_path or "").strip():
+            card = "No erased pipeline yet: run one in the **Erase** tab (or `scripts/erase_concept.py`)."
+            return card, *control_settings(cache.get(original_name), class_name, prompt, None)
+        config = read_unlearning_config(pipeline_folder(erased_path))
+        return export_card(config, erased_path), *control_settings(cache.get(erased_path), class_name, prompt, config)
+
+    def describe(original_name: str, erased_path: str, class_name: str, prompt: str):
+        """The erased model's card and the controls its family needs."""
+        try:
+            card, class_settings, prompt_settings = card_and_controls(original_name, erased_path, class_name, prompt)
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from error
+        return card, gr.update(**class_settings), gr.update(**prompt_settings)
+
+    def pick_erased(erased_path: str, original_name: str):
+        """Picking an erased export selects the model it was erased from."""
+        try:
+            base = original_of(read_unlearning_config(pipeline_folder(erased_path)))
+        except USER_ERRORS:
+            base = None  # a bad path is reported by `describe`
+        return gr.update(choices=original_choices([base]), value=base or original_name)
+
+    def refresh(original_name: str, erased_path: str):
+        choices = erased_choices()
+        paths = [path for _, path in choices]
+        value = erased_path or (paths[0] if paths else None)
+        return gr.update(choices=original_choices([original_name]), value=original_name), gr.update(
+            choices=choices, value=value
+        )
+
+    def compare(original_name, erased_path, class_name, prompt, seed, steps, guidance):
+        """Both pipelines, same inputs, same seed."""
+        try:
+            if not (erased_path or "").strip():
+                raise ValueError("Pick an erased pipeline, or run an erasure in the Erase tab first.")
+            seed, steps, guidance = int(seed if seed is not None else 0), int(steps), float(guidance)
+            if seed < 0 or steps < 1:
+                raise ValueError(f"The seed must be >= 0 and the steps >= 1, got seed {seed} and {steps} steps.")
+            before, after = cache.get(original_name), cache.get(erased_path)
+            check_compatible(before, after)
+            images = [
+                display(
+                    sample(loaded, conditions(loaded, class_name, prompt), seed=seed, steps=steps, guidance=guidance)
+                )
+                for loaded in (before, after)
+            ]
+            config = read_unlearning_config(pipeline_folder(erased_path))
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from error
+        what = f"prompt {prompt.strip()!r}" if is_text_to_image(after) else f"class {class_name!r}"
+        settings = f"Original `{original_name}` (left) and erased (right): {what}, seed {seed}, {steps} steps, "
+        settings += f"guidance {guidance:g}."
+        base = original_of(config)
+        if base is not None and base != original_name.strip():
+            settings += f" Note: this export was erased from {base}, not from {original_name}."
+        return *images, export_card(config, erased_path) + "\n\n" + settings
+
+    # A gr.Progress() default is how Gradio hands a handler its progress bar.
+    def erase(base_name, concept, steps, eval_every, eval_samples, output_dir, progress=gr.Progress()):  # noqa: B008
+        """Runs a short erasure, streaming its progress and FA/RA curve; offers the export for comparison."""
+        concept = (concept or "").strip()
+        steps, eval_every, eval_samples = int(steps), int(eval_every), int(eval_samples)
+        try:
+            pipeline_folder(base_name)
+            if not concept:
+                raise ValueError("Type what to erase: a class name or id (e.g. 'three'), or a concept for SD models.")
+            if steps < 1 or eval_every < 0 or eval_samples < 0:
+                raise ValueError("Iterations must be >= 1; evaluation interval and samples >= 0.")
+        except USER_ERRORS as error:
+            raise gr.Error(str(error)) from error
+        base_name = base_name.strip()
+        default_dir = outputs_dirs[0] / f"app-{slug(Path(base_name).name)}-erase-{slug(concept)}"
+        output = Path(output_dir.strip()) if (output_dir or "").strip() else default_dir
+        argv = ["--pretrained_model_name_or_path", base_name, "--concept", concept, "--max_train_steps", str(steps)]
+        argv += ["--output_dir", str(output)]
+        if eval_samples == 0:
+            argv.append("--skip_eval")
+        else:
+            argv += ["--eval_samples_per_class", str(eval_samples)]
+            argv += ["--eval_every", str(eval_every)] if eval_every else []
+        run = ErasureRun(argv).start()
+        started = time.monotonic()
+        preparing = "Preparing: loading the model and data, measuring the original, computing the saliency mask…"
+        progress(0, desc=preparing)
+        yield preparing, curve_frame([]), gr.update(), gr.update()
+        last_yield = 0.0
+        for update in run.updates():
+            if update is None:
+                continue
+            step, history = update
+            done = step + 1 == steps
+            text = f"Iteration {step + 1} / {steps} ({time.monotonic() - started:.0f} s)"
+            if history:
+                text += " · " + " · ".join(f"{k} {history[-1][k]:.3f}" for k in CURVE_METRICS if k in history[-1])
+            if done:
+                text += ". Evaluating the erased model and exporting it…"
+            progress((step + 1, steps), desc="Erasing", unit="iterations")
+            if done or time.monotonic() - last_yield > 0.5:
+                last_yield = time.monotonic()
+                yield text, curve_frame(history), gr.update(), gr.update()
+        if run.error is not None or run.summary is None:
+            raise gr.Error(f"The erasure failed: {type(run.error).__name__}: {run.error}")
+        history = run.summary.get("history") or []
+        if str(output) not in [path for _, path in erased_choices()]:  # written outside the outputs folders
+            given_erased.append(str(output))
+        result = f"Done in {time.monotonic() - started:.0f} s: `{output}` is selected in the **Compare** tab.\n\n"
+        result += export_card(run.summary, str(output))
+        yield (
+            result,
+            curve_frame(history),
+            gr.update(choices=erased_choices(), value=str(output)),
+            gr.update(choices=original_choices([base_name]), value=base_name),
+        )
+
+    # Initial state: the CLI's erased pipeline or the newest export, and the model it was erased from.
+    exports = erased_choices()
+    erased_value = exports[0][1] if exports else None
+    try:
+        config = read_unlearning_config(erased_value) if erased_value else None
+    except USER_ERRORS:
+        config = None
+    original_value = original or original_of(config) or DEFAULT_ORIGINAL
+    try:
+        card, class_settings, prompt_settings = card_and_controls(original_value, erased_value or "", ALL_CLASSES, "")
+    except USER_ERRORS as error:  # e.g. an export whose base model is gone: the page says so and still opens
+        card, class_settings, prompt_settings = f"**Error:** {error}", {}, {"visible": False}
+
+    with gr.Blocks(title="sfr-diffusion: before and after erasure", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# Before and after erasure\nThe original and the erased pipeline side by side: same inputs, same seed, "
+            "same settings. Erase a class or concept in the **Erase** tab."
+        )
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row(equal_height=True):
+                    original_box = gr.Dropdown(
+                        original_choices([original_value]),
+                        value=original_value,
+                        label="Original pipeline",
+                        info="A bundled model or a pipeline folder",
+                        allow_custom_value=True,
+                        scale=2,
+                    )
+                    erased_box = gr.Dropdown(
+                        exports,
+                        value=erased_value,
+                        label="Erased pipeline",
+                        info=f"Erased outputs in {', '.join(map(str, outputs_dirs))}, or a pipeline folder",
+                        allow_custom_value=True,
+                        scale=3,
+                    )
+                    refresh_button = gr.Button("Refresh", scale=0, min_width=100)
+                with gr.Row(equal_height=True):
+                    class_box = gr.Dropdown(
+                        **{"choices": [ALL_CLASSES], "value": ALL_CLASSES, **class_settings},
+                        label="Class",
+                        allow_custom_value=True,
+                    )
+                    prompt_box = gr.Textbox(
+                        **{"value": "", **prompt_settings}, label="Prompt", placeholder="a handwritten digit three"
+                    )
+                    seed_box = gr.Number(0, precision=0, minimum=0, label="Seed")
+                    steps_box = gr.Slider(1, 100, value=DEFAULT_INFERENCE_STEPS, step=1, label="Steps")
+                    guidance_box = gr.Slider(0, 15, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="Guidance scale")
+                compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                with gr.Row():
+                    original_image = gr.Image(
+                        label="Original", type="pil", format="png", interactive=False, elem_id="original-image"
+                    )
+                    erased_image = gr.Image(
+                        label="Erased", type="pil", format="png", interactive=False, elem_id="erased-image"
+                    )
+                card_box = gr.Markdown(card, elem_id="model-card")
+            with gr.Tab("Erase", id="erase"):
+                gr.Markdown(
+                    "A short erasure with `scripts/erase_concept.py` (its defaults, in this process). FA/RA are "
+                    "measured on digits-world models only; set evaluation samples to 0 to skip them."
+                )
+                with gr.Row():
+                    base_box = gr.Dropdown(
+                        original_choices([original_value]),
+                        value=original_value,
+                        label="Pipeline to erase from",
+                        allow_custom_value=True,
+                    )
+                    concept_box = gr.Textbox("three", label="Class or concept to erase")
+                    output_box = gr.Textbox(
+                        "", label="Output folder", placeholder=f"{outputs_dirs[0]}/app-<model>-erase-<concept>"
+                    )
+                with gr.Row():
+                    iterations_box = gr.Slider(1, 200, value=30, step=1, label="Iterations")
+                    eval_every_box = gr.Slider(0, 50, value=5, step=1, label="Evaluate every (iterations; 0: off)")
+                    eval_samples_box = gr.Slider(0, 50, value=10, step=1, label="Evaluation samples per class")
+                erase_button = gr.Button("Erase", variant="primary", elem_id="erase-button")
+                status_box = gr.Markdown("", elem_id="erase-status")
+                curve_plot = gr.LinePlot(
+                    curve_frame([]),
+                    x="step",
+                    y="value",
+                    color="metric",
+                    y_lim=[0, 1.05],
+                    title="FA (erased class) and RA (other classes) during erasure",
+                    x_title="iteration",
+                    y_title="",
+                )
+
+        describe_inputs = [original_box, erased_box, class_box, prompt_box]
+        describe_outputs = [card_box, class_box, prompt_box]
+        hidden = {"api_visibility": "undocumented"}
+        erased_box.input(pick_erased, [erased_box, original_box], original_box, **hidden)
+        erased_box.change(describe, describe_inputs, describe_outputs, api_name="describe")
+        original_box.change(describe, describe_inputs, describe_outputs, **hidden)
+        refresh_button.click(refresh, [original_box, erased_box], [original_box, erased_box], api_name="refresh")
+        demo.load(refresh, [original_box, erased_box], [original_box, erased_box], **hidden)
+        compare_button.click(
+            compare,
+            [original_box, erased_box, class_box, prompt_box, seed_box, steps_box, guidance_box],
+            [original_image, erased_image, card_box],
+            api_name="compare",
+            concurrency_limit=1,  # sampling is CPU/GPU-bound: requests wait in the queue
+        )
+        erase_button.click(
+            erase,
+            [base_box, concept_box, iterations_box, eval_every_box, eval_samples_box, output_box],
+            [status_box, curve_plot, erased_box, original_box],
+            api_name="erase",
+            concurrency_limit=1,
+        )
+    demo.queue(max_size=64)
+    return demo
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--original",
+        default=None,
+        help=f"Original pipeline: {', '.join(BUNDLED_ALIASES)} or a folder (default: the erased export's base model, "
+        f"else {DEFAULT_ORIGINAL}).",
+    )
+    parser.add_argument("--erased", nargs="+", default=[], help="Erased pipeline folders to offer first.")
+    parser.add_argument(
+        "--outputs_dir",
+        action="append",
+        default=[],
+        help=f"Where to look for erased outputs besides ./{DEFAULT_OUTPUTS_DIR} (repeatable); the first one also "
+        "receives the Erase tab's exports.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (0.0.0.0: every interface).")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="Also open a public gradio.live link (off by default).")
+    args = parser.parse_args(argv)
+    for path in filter(None, [args.original, *args.erased]):
+        try:
+            pipeline_folder(path)
+        except USER_ERRORS as error:
+            parser.error(str(error))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    outputs_dirs = list(dict.fromkeys([*args.outputs_dir, DEFAULT_OUTPUTS_DIR]))
+    demo = build_demo(original=args.original, erased=args.erased, outputs_dirs=outputs_dirs)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    main()
