@@ -2,8 +2,8 @@
 
     pip install -e ".[demo]"
     python app.py                                                  # the bundled digits world
-    python app.py --original digits-ddpm --erased outputs/erase-three
-    python app.py --original digits-sd --erased outputs/erase-three-sd --port 7861
+    python app.py --erased outputs/erase-three                    # the original: its export's base model
+    python app.py --original digits-dit --erased outputs/erase-seven --port 7861
     python app.py --original path/to/sd-folder --erased outputs/erase-van_gogh --outputs_dir runs
 
 **Compare** samples both pipelines with one seed: a class, or a grid of all classes, for class-conditional models
@@ -18,6 +18,7 @@ The server binds to 127.0.0.1 unless --host says otherwise.
 from __future__ import annotations
 
 import argparse
+import html
 import importlib.util
 import json
 import logging
@@ -59,12 +60,17 @@ GRID_COLUMNS = 5
 DISPLAY_SIZE = 256  # small images (the digits world's 8×8) are upscaled, nearest, to about this many pixels
 GRID_CELL_SIZE = 64
 GRID_GAP = 2
-CURVE_METRICS = ("FA", "RA", "FA_paraphrases")
+CURVE_METRICS = {"FA": "#d62728", "RA": "#1f77b4", "FA_paraphrases": "#ff7f0e"}  # metric → its line's colour
 METRIC_COLUMNS = {"FA": "FA ↓", "FA_paraphrases": "FA, unseen phrasings ↓", "RA": "RA ↑", "FID": "FID-digits ↓"}
 # What a user can get wrong (a path, a pair, a class, a prompt, a missing package): shown in the page, not a crash.
 USER_ERRORS = (ValueError, OSError, ImportError)
 # accelerate keeps process-wide state: one erasure at a time in this process, each from a fresh state.
 ERASE_LOCK = threading.Lock()
+
+
+def user_error(error: Exception) -> gr.Error:
+    """The message for the page, without a server-side traceback: the user's input was wrong, not the app."""
+    return gr.Error(str(error), print_exception=False)
 
 
 # --- pipelines -------------------------------------------------------------------------------------------------------
@@ -288,23 +294,27 @@ def load_erase_script():
     return module
 
 
+def progress_html(done: int, total: int, text: str) -> str:
+    bar = f'<progress value="{done}" max="{total}" style="width: 100%; accent-color: var(--color-accent)"></progress>'
+    return f"{bar}<div>{html.escape(text)}</div>"
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("_") or "model"
 
 
-def curve_frame(history: list[dict]) -> pd.DataFrame:
-    """The evaluation history in long form (step, metric, value), for a line per metric."""
+def curve_frame(history: list[dict]) -> pd.DataFrame | None:
+    """The evaluation history in long form (step, metric, value), for a line per metric; None while it is empty.
+
+    None rather than an empty frame: Gradio's line plot draws no lines into a plot that started from an empty frame.
+    """
     rows = [
         {"step": record["step"], "metric": key, "value": float(record[key])}
         for record in history
         for key in CURVE_METRICS
         if record.get(key) is not None
     ]
-    if not rows:  # typed columns, so that the empty plot has the same axes as the filled one
-        return pd.DataFrame(
-            {"step": pd.Series(dtype=int), "metric": pd.Series(dtype=str), "value": pd.Series(dtype=float)}
-        )
-    return pd.DataFrame(rows, columns=["step", "metric", "value"])
+    return pd.DataFrame(rows, columns=["step", "metric", "value"]) if rows else None
 
 
 @dataclass
@@ -398,7 +408,7 @@ def build_demo(
         try:
             card, class_settings, prompt_settings = card_and_controls(original_name, erased_path, class_name, prompt)
         except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         return card, gr.update(**class_settings), gr.update(**prompt_settings)
 
     def pick_erased(erased_path: str, original_name: str):
@@ -435,8 +445,11 @@ def build_demo(
             ]
             config = read_unlearning_config(pipeline_folder(erased_path))
         except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
-        what = f"prompt {prompt.strip()!r}" if is_text_to_image(after) else f"class {class_name!r}"
+            raise user_error(error) from error
+        if is_text_to_image(after):
+            what = f"prompt {prompt.strip()!r}"
+        else:
+            what = "all classes" if class_name == ALL_CLASSES else f"class {class_name!r}"
         settings = f"Original `{original_name}` (left) and erased (right): {what}, seed {seed}, {steps} steps, "
         settings += f"guidance {guidance:g}."
         base = original_of(config)
@@ -456,7 +469,7 @@ def build_demo(
             if steps < 1 or eval_every < 0 or eval_samples < 0:
                 raise ValueError("Iterations must be >= 1; evaluation interval and samples >= 0.")
         except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(error) from error
         base_name = base_name.strip()
         default_dir = outputs_dirs[0] / f"app-{slug(Path(base_name).name)}-erase-{slug(concept)}"
         output = Path(output_dir.strip()) if (output_dir or "").strip() else default_dir
@@ -470,8 +483,8 @@ def build_demo(
         run = ErasureRun(argv).start()
         started = time.monotonic()
         preparing = "Preparing: loading the model and data, measuring the original, computing the saliency mask…"
-        progress(0, desc=preparing)
-        yield preparing, curve_frame([]), gr.update(), gr.update()
+        progress(0, desc=preparing)  # Gradio's progress events, for API clients; the page shows its own bar
+        yield progress_html(0, steps, preparing), None, "", gr.update(), gr.update()
         last_yield = 0.0
         for update in run.updates():
             if update is None:
@@ -486,17 +499,17 @@ def build_demo(
             progress((step + 1, steps), desc="Erasing", unit="iterations")
             if done or time.monotonic() - last_yield > 0.5:
                 last_yield = time.monotonic()
-                yield text, curve_frame(history), gr.update(), gr.update()
+                yield progress_html(step + 1, steps, text), curve_frame(history), gr.update(), gr.update(), gr.update()
         if run.error is not None or run.summary is None:
             raise gr.Error(f"The erasure failed: {type(run.error).__name__}: {run.error}")
         history = run.summary.get("history") or []
         if str(output) not in [path for _, path in erased_choices()]:  # written outside the outputs folders
             given_erased.append(str(output))
-        result = f"Done in {time.monotonic() - started:.0f} s: `{output}` is selected in the **Compare** tab.\n\n"
-        result += export_card(run.summary, str(output))
+        done_text = f"Done in {time.monotonic() - started:.0f} s: {output} is selected in the Compare tab."
         yield (
-            result,
+            progress_html(steps, steps, done_text),
             curve_frame(history),
+            export_card(run.summary, str(output)),
             gr.update(choices=erased_choices(), value=str(output)),
             gr.update(choices=original_choices([base_name]), value=base_name),
         )
@@ -521,7 +534,7 @@ def build_demo(
         )
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
-                with gr.Row(equal_height=True):
+                with gr.Row():
                     original_box = gr.Dropdown(
                         original_choices([original_value]),
                         value=original_value,
@@ -581,17 +594,19 @@ def build_demo(
                     eval_every_box = gr.Slider(0, 50, value=5, step=1, label="Evaluate every (iterations; 0: off)")
                     eval_samples_box = gr.Slider(0, 50, value=10, step=1, label="Evaluation samples per class")
                 erase_button = gr.Button("Erase", variant="primary", elem_id="erase-button")
-                status_box = gr.Markdown("", elem_id="erase-status")
+                progress_box = gr.HTML("", elem_id="erase-progress")
                 curve_plot = gr.LinePlot(
-                    curve_frame([]),
+                    None,
                     x="step",
                     y="value",
                     color="metric",
+                    color_map=CURVE_METRICS,
                     y_lim=[0, 1.05],
                     title="FA (erased class) and RA (other classes) during erasure",
                     x_title="iteration",
                     y_title="",
                 )
+                result_box = gr.Markdown("", elem_id="erase-result")
 
         describe_inputs = [original_box, erased_box, class_box, prompt_box]
         describe_outputs = [card_box, class_box, prompt_box]
@@ -611,8 +626,9 @@ def build_demo(
         erase_button.click(
             erase,
             [base_box, concept_box, iterations_box, eval_every_box, eval_samples_box, output_box],
-            [status_box, curve_plot, erased_box, original_box],
+            [progress_box, curve_plot, result_box, erased_box, original_box],
             api_name="erase",
+            show_progress="hidden",  # Gradio's overlay would hide the live curve: the page has its own bar
             concurrency_limit=1,
         )
     demo.queue(max_size=64)
@@ -656,4 +672,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself
     main()

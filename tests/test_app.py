@@ -22,7 +22,8 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "docs" / "app_compare.png"
+# The README's screenshot; the test refreshes it when SFR_UPDATE_SCREENSHOT is set, else writes to a temporary folder.
+README_SCREENSHOT = ROOT / "docs" / "app_compare.png"
 # Flags measured to work for Debian's chromium under Playwright in a container (no GPU, no sandbox, no network).
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,9 +35,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 # A short erasure of "three" from the bundled DDPM, with FA/RA before and after, for the comparisons and the
-# screenshot: long enough that the erased model visibly stops drawing threes.
+# screenshot: enough for the erased model to stop drawing threes (FA 1.0 → 0.0 at 10 samples per class).
 ERASE_THREE = [
-    "--concept", "three", "--max_train_steps", "20", "--forget_batch_size", "32", "--remain_batch_size", "32",
+    "--concept", "three", "--max_train_steps", "10", "--forget_batch_size", "32", "--remain_batch_size", "32",
     "--eval_samples_per_class", "10",
 ]  # fmt: skip
 
@@ -67,25 +68,31 @@ def serve(**kwargs):
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    """An outputs folder holding one real (short) erasure of "three" from the bundled DDPM."""
-    folder = tmp_path_factory.mktemp("outputs")
+def workdir(tmp_path_factory):
+    """A working directory whose outputs/ holds one real (short) erasure of "three" from the bundled DDPM."""
+    folder = tmp_path_factory.mktemp("workdir")
     AcceleratorState._reset_state(True)
     try:
-        app.load_erase_script().main([*ERASE_THREE, "--output_dir", str(folder / "erase-three")])
+        app.load_erase_script().main([*ERASE_THREE, "--output_dir", str(folder / "outputs" / "erase-three")])
     finally:
         AcceleratorState._reset_state(True)
     return folder
 
 
 @pytest.fixture(scope="module")
-def served(outputs):
-    """The app with no original given: it finds the export in `outputs` and picks its base model."""
-    demo, cache, url = serve(outputs_dirs=[outputs])
-    try:
-        yield SimpleNamespace(url=url, cache=cache, outputs=outputs, export=str(outputs / "erase-three"))
-    finally:
-        demo.close()
+def served(workdir):
+    """The app as `python app.py` starts it there (no arguments): it finds the export and picks its base model.
+
+    Run from `workdir` so that the page shows paths as a user sees them (outputs/erase-three) in the screenshot.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        demo, cache, url = serve(outputs_dirs=[app.DEFAULT_OUTPUTS_DIR])
+        try:
+            outputs = Path(app.DEFAULT_OUTPUTS_DIR)
+            yield SimpleNamespace(url=url, cache=cache, outputs=outputs, export=str(outputs / "erase-three"))
+        finally:
+            demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +114,7 @@ def test_compare_side_by_side_same_seed(served, client):
     assert Image.open(original).size == Image.open(erased).size == grid
     assert Image.open(original).format == "PNG"
     # The card: what was erased, how, for how long, FA/RA before and after.
-    assert "'three'" in card and "sfr_on" in card and "**iterations** 20" in card
+    assert "'three'" in card and "sfr_on" in card and "**iterations** 10" in card
     assert "| before |" in card and "| after |" in card and "FA" in card and "RA" in card
 
     # Same seed, same settings: the same images; the erased model differs from the original on its class.
@@ -147,20 +154,20 @@ def test_errors_are_readable_and_the_app_keeps_serving(served, client):
 
 def test_erase_tab_streams_progress_and_offers_the_export(served, client):
     job = client.submit("digits-ddpm", "seven", 4, 2, 5, "", api_name="/erase")
-    status, curve, erased, original = job.result(timeout=300)
+    progress, curve, card, erased_update, original_update = job.result(timeout=300)
     updates = job.outputs()
-    assert updates[0][0].startswith("Preparing") and any(u[0].startswith("Iteration") for u in updates[1:-1])
-    assert status.startswith("Done") and "'seven'" in status and "| after |" in status
+    assert "Preparing" in updates[0][0] and any("Iteration" in u[0] for u in updates[1:-1])
+    assert any(u[1] and u[1]["data"] for u in updates[1:-1])  # the FA/RA curve while it runs
+    assert '<progress value="4" max="4"' in progress and "Done in" in progress
+    assert "'seven'" in card and "| after |" in card
+    assert {(step, metric) for step, metric, _ in curve["data"]} >= {(s, m) for s in (0, 2, 4) for m in ("FA", "RA")}
 
-    export = Path(erased)
-    assert export.parent == served.outputs and (export / "unlearning_config.json").is_file()
-    assert original == "digits-ddpm"
-    rows = curve["value"]["data"] if "value" in curve else curve["data"]
-    assert {(row[0], row[1]) for row in rows} >= {(s, m) for s in (0, 2, 4) for m in ("FA", "RA")}
-
-    # Offered for comparison: listed among the erased outputs, and it compares against its base model.
-    assert erased in [e.path for e in app.find_exports([served.outputs])]
-    before, after, card = compare(client, original, erased, class_name="seven", steps=2)
+    # Offered for comparison: the compare tab's erased pipelines now list the export and select it, with the model
+    # it was erased from as the original; the pair compares.
+    erased, original = erased_update["value"], original_update["value"]
+    assert erased in [path for _, path in erased_update["choices"]] and original == "digits-ddpm"
+    assert Path(erased).parent == served.outputs and (Path(erased) / "unlearning_config.json").is_file()
+    before, after, card = compare(client, original, erased, class_name="seven", steps=2)  # the compare tab's card
     assert "'seven'" in card and Image.open(before).size == Image.open(after).size
 
     with pytest.raises(AppError, match="Type what to erase"):
@@ -184,12 +191,14 @@ def test_no_arguments_and_no_exports_yet(tmp_path):
         demo.close()
 
 
-def test_browser_renders_the_comparison(served):
+def test_browser_renders_the_comparison(served, tmp_path):
     if not CHROMIUM.exists():
         if os.environ.get("SFR_REQUIRE_BROWSER"):
             pytest.fail(f"SFR_REQUIRE_BROWSER is set but {CHROMIUM} is missing: apt-get install -y chromium")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
+
+    screenshot = README_SCREENSHOT if os.environ.get("SFR_UPDATE_SCREENSHOT") else tmp_path / "app_compare.png"
 
     both_rendered = """() => ['#original-image img', '#erased-image img'].every(selector => {
         const image = document.querySelector(selector);
@@ -206,8 +215,7 @@ def test_browser_renders_the_comparison(served):
                 "#original-image img, #erased-image img", "images => images.map(image => image.naturalWidth)"
             )
             assert widths == [5 * 64 + 4 * app.GRID_GAP] * 2
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    assert Image.open(SCREENSHOT).width == 1280
+    assert Image.open(screenshot).width == 1280
