@@ -102,6 +102,7 @@ METHOD_OPTIONS = {
             "mask_batches",
             "forget_max_grad_norm",
             "remap_class",
+            "negative_guidance",
         )
     },  # fmt: skip
     "no_mask": "use_mask",
@@ -189,6 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sfr.add_argument("--remain_max_grad_norm", type=float, default=1.0)
     sfr.add_argument("--remap_class", default=None, help="Target class of --forget_loss remap (default: null).")
     sfr.add_argument("--label_dropout", type=float, default=0.1)
+    baselines = parser.add_argument_group("baselines (--method ft, ga, esd; SFR-on's --alpha also sets ga's weight)")
+    baselines.add_argument("--negative_guidance", type=float, default=1.0, help="ESD's η.")
     evaluation = parser.add_argument_group("sampling: evaluation (digits world only) and generated training images")
     evaluation.add_argument("--skip_eval", action="store_true")
     evaluation.add_argument("--eval_every", type=int, default=None, help="Also track FA/RA every N steps.")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import MethodConfig, Phase, UnlearningMethod
+from .esd import ESD, ESDConfig
 from .ft import FT, FTConfig
+from .ga import GA, GAConfig
 from .sfr_on import SFROn, SFROnConfig
 
-METHODS: dict[str, type[UnlearningMethod]] = {method.name: method for method in (SFROn, FT)}
+METHODS: dict[str, type[UnlearningMethod]] = {method.name: method for method in (SFROn, FT, GA, ESD)}
 
 
 def get_method_class(name: str) -> type[UnlearningMethod]:
@@ -16,8 +18,12 @@ def get_method_class(name: str) -> type[UnlearningMethod]:
 
 
 __all__ = [
+    "ESD",
+    "ESDConfig",
     "FT",
     "FTConfig",
+    "GA",
+    "GAConfig",
     "METHODS",
     "MethodConfig",
     "Phase",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
@@ -93,6 +94,11 @@ def timestep_quartile_terms(
 
 def family_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """θ₀: a frozen copy of the original denoiser, for targets that must not move with training."""
+    return copy.deepcopy(model).requires_grad_(False).eval()
 
 
 def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:

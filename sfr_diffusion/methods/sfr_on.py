@@ -8,14 +8,21 @@ weights the forget step produced. To first order the pair applies the forget dir
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
-from .base import MethodConfig, Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
+from .base import (
+    MethodConfig,
+    Phase,
+    UnlearningMethod,
+    family_device,
+    frozen_copy,
+    remain_terms,
+    timestep_quartile_terms,
+)
 
 FORGET_LOSSES = ("ascent", "remap")
 
@@ -83,7 +90,7 @@ class SFROn(UnlearningMethod):
         self.frozen = None
         if config.forget_loss == "remap":
             # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)).
-            self.frozen = copy.deepcopy(family.denoiser).requires_grad_(False).eval()
+            self.frozen = frozen_copy(family.denoiser)
             if config.remap_class is not None and not 0 <= config.remap_class < family.num_classes():
                 raise ValueError(f"remap_class {config.remap_class} out of range [0, {family.num_classes() - 1}].")
 

@@ -1,0 +1,70 @@
+"""ESD: Erased Stable Diffusion, negative-guidance distillation (Gandikota et al., "Erasing Concepts from Diffusion
+Models", ICCV 2023).
+
+The model's prediction for the concept is pulled toward the frozen original's prediction *guided away* from it:
+``ε_θ(x_t, c) → ε_θ₀(x_t, ∅) − η (ε_θ₀(x_t, c) − ε_θ₀(x_t, ∅))``. For class-conditional models the class label plays
+the prompt's role and the null class the empty prompt's. ESD draws x_t by sampling the model from the prompt; here
+x_t is the forget images noised at random timesteps, the data every method in this package shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Batch
+from ..losses import per_sample_mse
+from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_copy, timestep_quartile_terms
+
+
+@dataclass
+class ESDConfig(MethodConfig):
+    """Attributes:
+    negative_guidance: η, how far the target is guided away from the concept (ESD's default 1.0).
+    max_grad_norm: global-norm clipping (None: no clipping).
+    """
+
+    negative_guidance: float = 1.0
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.negative_guidance < 0:
+            raise ValueError(f"negative_guidance must be >= 0, got {self.negative_guidance}.")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+
+
+class ESD(UnlearningMethod):
+    name = "esd"
+    paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023"
+    config_class = ESDConfig
+
+    def __init__(self, config: ESDConfig, family):
+        super().__init__(config, family)
+        self.frozen = frozen_copy(family.denoiser)
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("forget", data="forget", masked=False, max_grad_norm=self.config.max_grad_norm),)
+
+    def target(self, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``ε_θ₀(x_t, ∅) − η (ε_θ₀(x_t, c) − ε_θ₀(x_t, ∅))``, no gradient."""
+        family = self.family
+        self.frozen.to(x_t.device)
+        with torch.no_grad():
+            conditional = family.predict(self.frozen, x_t, timesteps, labels)
+            unconditional = family.predict(self.frozen, x_t, timesteps, torch.full_like(labels, family.null_class_id))
+        return unconditional - self.config.negative_guidance * (conditional - unconditional)
+
+    def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
+        if phase.name != "forget":
+            raise ValueError(f"ESD has no phase {phase.name!r}.")
+        family = self.family
+        x0 = family.encode(batch.images.to(family_device(model)))
+        labels, timesteps = batch.labels.to(x0.device), batch.draw.timesteps.to(x0.device)
+        x_t = family.noisy(x0, batch.draw)
+        per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), self.target(x_t, timesteps, labels))
+        terms = {"loss": per_sample.mean(), "forget_esd": per_sample.detach().mean()}
+        terms.update(timestep_quartile_terms("forget_esd", per_sample, batch.draw.timesteps, family.num_timesteps))
+        return terms

@@ -1,0 +1,89 @@
+"""Baselines in the shared framework: GA (plain ascent) and ESD (negative-guidance distillation)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfr_diffusion.data import BatchSampler
+from sfr_diffusion.families import family_for
+from sfr_diffusion.losses import per_sample_mse
+from sfr_diffusion.methods import ESD, GA, ESDConfig, GAConfig, get_method_class
+from sfr_diffusion.training import TrainingArguments, run_erasure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def forget_batch(family, forget_remain, size=8):
+    return BatchSampler(forget_remain[0], family, size, seed=0, stream=9).batch(0)
+
+
+def call(method, batch):
+    phase = method.phases[0]
+    return method.loss(phase, method.family.denoiser, batch, step=0, total_steps=1, reduce_sum=lambda v: v,
+                       num_processes=1)  # fmt: skip
+
+
+def test_esd_target_is_the_original_guided_away_from_the_concept(pipeline, forget_remain):
+    """At θ = θ₀ the ESD loss is exactly (1 + η)² ‖ε(x_t, c) − ε(x_t, ∅)‖²."""
+    family = family_for(pipeline)
+    method = ESD(ESDConfig(negative_guidance=2.0), family)
+    batch = forget_batch(family, forget_remain)
+    terms = call(method, batch)
+    x_t, t = family.noisy(family.encode(batch.images), batch.draw), batch.draw.timesteps
+    with torch.no_grad():
+        conditional = family.predict(family.denoiser, x_t, t, batch.labels)
+        unconditional = family.predict(family.denoiser, x_t, t, torch.full_like(batch.labels, family.null_class_id))
+    expected = 9.0 * per_sample_mse(conditional, unconditional).mean()
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_esd_targets_come_from_the_frozen_original(pipeline, forget_remain, accelerator, tmp_path):
+    family = family_for(pipeline)
+    method = ESD(ESDConfig(), family)
+    frozen_before = {k: v.clone() for k, v in method.frozen.state_dict().items()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
+                             learning_rate=1e-2)  # fmt: skip
+    run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1], args=args)
+    assert all(torch.equal(v, method.frozen.state_dict()[k]) for k, v in frozen_before.items())
+    assert any(not torch.equal(v, family.denoiser.state_dict()[k]) for k, v in frozen_before.items())
+
+
+def test_ga_ascends_the_forget_loss_and_nothing_else(pipeline, forget_remain, accelerator, tmp_path):
+    family = family_for(pipeline)
+    method = GA(GAConfig(alpha=2.0), family)
+    assert [phase.data for phase in method.phases] == ["forget"] and not method.uses_mask
+    batch = forget_batch(family, forget_remain, size=64)
+    terms = call(method, batch)
+    assert terms["loss"].item() == pytest.approx(-2.0 * terms["forget_mse"].item(), rel=1e-6)
+    before = terms["forget_mse"].item()
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=5, forget_batch_size=64, remain_batch_size=8,
+                             learning_rate=1e-3)  # fmt: skip
+    run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1], args=args)
+    assert call(method, batch)["forget_mse"].item() > before
+
+
+@pytest.mark.parametrize(("name", "config"), [("ga", GAConfig), ("esd", ESDConfig)])
+def test_baselines_are_registered_and_validated(name, config):
+    assert get_method_class(name).config_class is config
+    with pytest.raises(ValueError):
+        config(max_grad_norm=0.0)
+
+
+def test_script_runs_esd_and_records_its_paper(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    AcceleratorState._reset_state(True)
+    try:
+        summary = script.main(["--method", "esd", "--negative_guidance", "3", "--max_train_steps", "2",
+                               "--forget_batch_size", "8", "--remain_batch_size", "8", "--skip_eval",
+                               "--output_dir", str(tmp_path / "esd")])  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(True)
+    assert summary["method"] == "esd" and "Gandikota" in summary["paper"]
+    assert summary["method_config"] == {"negative_guidance": 3.0, "max_grad_norm": 1.0}
+    assert summary["mask_statistics"] is None and "Gandikota" in (tmp_path / "esd" / "README.md").read_text()
