@@ -103,9 +103,11 @@ METHOD_OPTIONS = {
             "forget_max_grad_norm",
             "remap_class",
             "negative_guidance",
+            "mask_ratio",
         )
     },  # fmt: skip
     "no_mask": "use_mask",
+    "no_online": "online",
     "no_cosine_decay": "cosine_decay",
 }
 
@@ -190,8 +192,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     sfr.add_argument("--remain_max_grad_norm", type=float, default=1.0)
     sfr.add_argument("--remap_class", default=None, help="Target class of --forget_loss remap (default: null).")
     sfr.add_argument("--label_dropout", type=float, default=0.1)
-    baselines = parser.add_argument_group("baselines (--method ft, ga, esd; SFR-on's --alpha also sets ga's weight)")
+    sfr.add_argument(
+        "--no_online",
+        action="store_true",
+        help="Ablation: one joint forget+remain step instead of the fast-slow pair.",
+    )
+    baselines = parser.add_argument_group(
+        "baselines (--method ft, ga, rl, salun, esd; --alpha sets ga's weight, --remain_weight rl's and salun's)"
+    )
     baselines.add_argument("--negative_guidance", type=float, default=1.0, help="ESD's η.")
+    baselines.add_argument("--mask_ratio", type=float, default=0.5, help="SalUn: share of weights its mask keeps.")
     evaluation = parser.add_argument_group("sampling: evaluation (digits world only) and generated training images")
     evaluation.add_argument("--skip_eval", action="store_true")
     evaluation.add_argument("--eval_every", type=int, default=None, help="Also track FA/RA every N steps.")
@@ -307,6 +317,7 @@ def method_config_from_args(method_class, args: argparse.Namespace, family, pipe
         **vars(args),
         "cosine_decay": not args.no_cosine_decay,
         "use_mask": not args.no_mask,
+        "online": not args.no_online,
         "forget_loss": args.forget_loss or DEFAULT_FORGET_LOSS[family.name],
         "remap_class": remap_condition(args, family, pipeline),
         "max_grad_norm": args.remain_max_grad_norm,  # single-phase methods clip like the remain step

@@ -66,6 +66,16 @@ def saliency_mask(
     }
 
 
+def top_fraction_mask(scores: Mapping[str, torch.Tensor], fraction: float) -> Mask:
+    """The `fraction` of weights with the largest scores over the whole model (one global threshold; ties kept)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    flat = torch.cat([score.detach().double().flatten() for score in scores.values()])
+    keep = max(1, round(fraction * flat.numel()))
+    threshold = torch.topk(flat, keep).values.min()
+    return {name: score.double() >= threshold for name, score in scores.items()}
+
+
 def mask_density(mask: Mapping[str, torch.Tensor]) -> float:
     """Share of weights that the mask lets the forget phase move."""
     total = sum(m.numel() for m in mask.values())

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import BatchSampler, LabelledImages
 from .methods import Phase, UnlearningMethod
-from .saliency import Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, saliency_mask, save_mask
+from .saliency import Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def compute_saliency_mask(
 
     fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, grad_scale)
     fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, grad_scale)
-    return saliency_mask(fisher_forget, fisher_remain, cfg.gamma)
+    return method.saliency_mask(fisher_forget, fisher_remain)
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
@@ -302,7 +302,7 @@ def run_erasure(
     for step in progress:
         logs = {}
         for phase in method.phases:
-            batch = samplers[phase.data].batch(step, accelerator.process_index, accelerator.num_processes)
+            batch = _draw(samplers, phase.data, step, accelerator)
             terms = method.loss(
                 phase,
                 model,
@@ -346,6 +346,13 @@ def run_erasure(
         mask_statistics=mask_statistics(mask.keep) if mask is not None else None,
         history=history,
     )
+
+
+def _draw(samplers: dict, data: str | tuple[str, ...], step: int, accelerator):
+    """This process's share of the batch a phase draws: one batch, or a dict of them for a joint phase."""
+    if isinstance(data, str):
+        return samplers[data].batch(step, accelerator.process_index, accelerator.num_processes)
+    return {name: _draw(samplers, name, step, accelerator) for name in data}
 
 
 def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: ForgetMask | None) -> None:

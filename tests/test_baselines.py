@@ -87,3 +87,77 @@ def test_script_runs_esd_and_records_its_paper(tmp_path):
     assert summary["method"] == "esd" and "Gandikota" in summary["paper"]
     assert summary["method_config"] == {"negative_guidance": 3.0, "max_grad_norm": 1.0}
     assert summary["mask_statistics"] is None and "Gandikota" in (tmp_path / "esd" / "README.md").read_text()
+
+
+def test_top_fraction_mask_is_one_global_threshold():
+    from sfr_diffusion.saliency import mask_density, top_fraction_mask
+
+    scores = {"a": torch.tensor([1.0, 5.0, 3.0]), "b": torch.tensor([[4.0, 2.0], [6.0, 0.0]])}
+    mask = top_fraction_mask(scores, 3 / 7)
+    assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False], [True, False]]
+    assert mask_density(top_fraction_mask(scores, 1.0)) == 1.0
+    with pytest.raises(ValueError, match="fraction"):
+        top_fraction_mask(scores, 0.0)
+
+
+def test_rl_relabels_forget_images_with_remain_conditions(pipeline, forget_remain):
+    from sfr_diffusion.methods.rl import random_remain_conditions
+
+    family = family_for(pipeline)
+    forget = forget_batch(family, forget_remain, size=64)
+    remain = BatchSampler(forget_remain[1], family, 32, seed=0, stream=8).batch(0)
+    wrong = random_remain_conditions(forget, remain)
+    assert (wrong != 3).all() and set(wrong.tolist()) <= set(remain.labels.tolist()) and len(set(wrong.tolist())) > 3
+    assert torch.equal(wrong, random_remain_conditions(forget, remain))
+
+
+def test_salun_moves_only_its_salient_weights(pipeline, forget_remain, accelerator, tmp_path):
+    from sfr_diffusion.methods import SalUn, SalUnConfig
+    from sfr_diffusion.saliency import load_mask
+
+    family = family_for(pipeline)
+    method = SalUn(SalUnConfig(mask_ratio=0.3, mask_batches=1), family)
+    assert [phase.data for phase in method.phases] == [("forget", "remain")] and method.uses_mask
+    before = {k: v.detach().clone() for k, v in family.denoiser.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
+                             learning_rate=1e-2)  # fmt: skip
+    result = run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1],
+                         args=args)  # fmt: skip
+    assert result.mask_statistics["density"] == pytest.approx(0.3, abs=0.01)
+    mask = load_mask(tmp_path / "checkpoints" / "saliency_mask.safetensors")
+    after = dict(family.denoiser.named_parameters())
+    for name, keep in mask.items():
+        assert torch.equal(after[name].detach()[~keep], before[name][~keep]), name
+    assert any(not torch.equal(after[n].detach()[m], before[n][m]) for n, m in mask.items() if m.any())
+
+
+def test_sfr_on_without_online_is_one_joint_step(pipeline, forget_remain):
+    from sfr_diffusion.methods import SFROn, SFROnConfig
+
+    family = family_for(pipeline)
+    joint = SFROn(SFROnConfig(online=False, use_mask=False, temperature=0.0), family)  # the paper's "R" ablation
+    assert [(p.name, p.data) for p in joint.phases] == [("joint", ("forget", "remain"))]
+    batches = {"forget": forget_batch(family, forget_remain), "remain": forget_batch(family, forget_remain)}
+    kwargs = dict(step=0, total_steps=1, reduce_sum=lambda v: v, num_processes=1)
+    terms = joint.loss(joint.phases[0], family.denoiser, batches, **kwargs)
+    online = SFROn(SFROnConfig(use_mask=False, temperature=0.0), family)
+    forget = online.loss(online.phases[0], family.denoiser, batches["forget"], **kwargs)
+    remain = online.loss(online.phases[1], family.denoiser, batches["remain"], **kwargs)
+    assert terms["loss"].item() == pytest.approx((forget["loss"] + remain["loss"]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [["--method", "salun"], ["--method", "rl"], ["--no_online", "--no_mask"]])
+def test_script_runs_the_joint_methods(tmp_path, options):
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    AcceleratorState._reset_state(True)
+    try:
+        summary = script.main([*options, "--max_train_steps", "2", "--forget_batch_size", "8", "--remain_batch_size",
+                               "8", "--skip_eval", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(True)
+    assert summary["steps"] == 2 and (tmp_path / "out" / "model_index.json").exists()
+    assert (summary["mask_statistics"] is not None) == (options[-1] == "salun")

@@ -63,7 +63,7 @@ def test_config_from_dict_rejects_unknown_keys():
 def test_registry_names_the_valid_methods():
     assert get_method_class("sfr_on") is SFROn
     with pytest.raises(ValueError, match=r"available: \[.*'sfr_on'.*\]"):
-        get_method_class("salun")
+        get_method_class("selective_amnesia")
 
 
 def test_method_rejects_a_foreign_config(pipeline):

@@ -6,9 +6,11 @@ from .base import MethodConfig, Phase, UnlearningMethod
 from .esd import ESD, ESDConfig
 from .ft import FT, FTConfig
 from .ga import GA, GAConfig
+from .rl import RL, RLConfig
+from .salun import SalUn, SalUnConfig
 from .sfr_on import SFROn, SFROnConfig
 
-METHODS: dict[str, type[UnlearningMethod]] = {method.name: method for method in (SFROn, FT, GA, ESD)}
+METHODS: dict[str, type[UnlearningMethod]] = {method.name: method for method in (SFROn, FT, GA, RL, SalUn, ESD)}
 
 
 def get_method_class(name: str) -> type[UnlearningMethod]:
@@ -27,8 +29,12 @@ __all__ = [
     "METHODS",
     "MethodConfig",
     "Phase",
+    "RL",
+    "RLConfig",
     "SFROn",
     "SFROnConfig",
+    "SalUn",
+    "SalUnConfig",
     "UnlearningMethod",
     "get_method_class",
 ]

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from ..data import Batch
+from ..saliency import Mask
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Phase:
     """One optimizer step of an iteration: which data it draws, whether the saliency mask and clipping apply."""
 
     name: str
-    data: str  # "forget" or "remain"
+    data: str | tuple[str, ...]  # "forget", "remain", or a tuple of both: the loss then gets a dict of batches
     masked: bool
     max_grad_norm: float | None
 
@@ -28,6 +29,17 @@ class MethodConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check_grad_norms(self, *names: str) -> None:
+        """Clipping norms must be positive, or None for no clipping."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}.")
+
+    def check_label_dropout(self) -> None:
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
 
     @classmethod
     def from_dict(cls, values: dict) -> MethodConfig:
@@ -59,6 +71,10 @@ class UnlearningMethod:
     @property
     def uses_mask(self) -> bool:
         return any(phase.masked for phase in self.phases)
+
+    def saliency_mask(self, fisher_forget: Mask, fisher_remain: Mask) -> Mask:
+        """The mask of masked phases, from the diagonal Fisher of the original model on each set."""
+        raise NotImplementedError(f"{type(self).__name__} has masked phases but defines no saliency mask.")
 
     def loss(
         self,

@@ -31,8 +31,7 @@ class ESDConfig(MethodConfig):
     def __post_init__(self):
         if self.negative_guidance < 0:
             raise ValueError(f"negative_guidance must be >= 0, got {self.negative_guidance}.")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+        self.check_grad_norms("max_grad_norm")
 
 
 class ESD(UnlearningMethod):

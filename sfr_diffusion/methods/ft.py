@@ -23,10 +23,8 @@ class FTConfig(MethodConfig):
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+        self.check_label_dropout()
+        self.check_grad_norms("max_grad_norm")
 
 
 class FT(UnlearningMethod):

@@ -23,8 +23,7 @@ class GAConfig(MethodConfig):
     def __post_init__(self):
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}.")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
+        self.check_grad_norms("max_grad_norm")
 
 
 class GA(UnlearningMethod):

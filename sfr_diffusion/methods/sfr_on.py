@@ -14,6 +14,7 @@ import torch
 
 from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
+from ..saliency import saliency_mask
 from .base import (
     MethodConfig,
     Phase,
@@ -46,6 +47,8 @@ class SFROnConfig(MethodConfig):
         remap_class: target class of ``remap``; None means the null (unconditional) class.
         label_dropout: probability of replacing a remain label by the null class, as in pretraining, so the
             unconditional branch used by classifier-free guidance stays trained. The forget step never drops labels.
+        online: the fast-slow pair of steps ("on"); False sums the forget and remain losses into one joint step on
+            both batches, the ablation without it (with ``temperature=0`` and ``use_mask=False``: the paper's "R").
     """
 
     forget_loss: str = "ascent"
@@ -60,6 +63,7 @@ class SFROnConfig(MethodConfig):
     remain_max_grad_norm: float | None = 1.0
     remap_class: int | None = None
     label_dropout: float = 0.1
+    online: bool = True
 
     def __post_init__(self):
         if self.forget_loss not in FORGET_LOSSES:
@@ -69,12 +73,8 @@ class SFROnConfig(MethodConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.mask_batches < 1:
             raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}.")
-        for name in ("forget_max_grad_norm", "remain_max_grad_norm"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}.")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
+        self.check_grad_norms("forget_max_grad_norm", "remain_max_grad_norm")
+        self.check_label_dropout()
 
 
 class SFROn(UnlearningMethod):
@@ -96,18 +96,29 @@ class SFROn(UnlearningMethod):
 
     @property
     def phases(self) -> tuple[Phase, ...]:
+        cfg = self.config
+        if not cfg.online:
+            return (
+                Phase("joint", data=("forget", "remain"), masked=cfg.use_mask, max_grad_norm=cfg.forget_max_grad_norm),
+            )
         return (
-            Phase(
-                "forget", data="forget", masked=self.config.use_mask, max_grad_norm=self.config.forget_max_grad_norm
-            ),
-            Phase("remain", data="remain", masked=False, max_grad_norm=self.config.remain_max_grad_norm),
+            Phase("forget", data="forget", masked=cfg.use_mask, max_grad_norm=cfg.forget_max_grad_norm),
+            Phase("remain", data="remain", masked=False, max_grad_norm=cfg.remain_max_grad_norm),
         )
+
+    def saliency_mask(self, fisher_forget, fisher_remain):
+        """Forget-remain balanced saliency: ``(F_f + ε) / (F_r + ε) ≥ γ``."""
+        return saliency_mask(fisher_forget, fisher_remain, self.config.gamma)
 
     def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
         if phase.name == "forget":
             return self._forget_terms(model, batch, step, total_steps, reduce_sum, num_processes)
         if phase.name == "remain":
             return self._remain_terms(model, batch)
+        if phase.name == "joint":
+            forget = self._forget_terms(model, batch["forget"], step, total_steps, reduce_sum, num_processes)
+            remain = self._remain_terms(model, batch["remain"])
+            return {**forget, **remain, "loss": forget["loss"] + remain["loss"]}
         raise ValueError(f"SFR-on has no phase {phase.name!r}.")
 
     def _forget_terms(self, model, batch, step, total_steps, reduce_sum, num_processes):

@@ -1,0 +1,64 @@
+"""RL: random labelling — the forget images are trained under conditions they do not have, jointly with the remain
+loss, so the model relearns them as something else (Golatkar et al., "Eternal Sunshine of the Spotless Net", CVPR
+2020; the diffusion form is SalUn's, Fan et al., ICLR 2024).
+
+The wrong conditions are drawn from the remain batch's own conditions: other classes for class-conditional models,
+other prompts for text-to-image ones — never the forgotten one, on every family alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Batch
+from .base import Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
+from .ft import FTConfig
+
+
+@dataclass
+class RLConfig(FTConfig):
+    """Attributes (besides FT's ``label_dropout`` and ``max_grad_norm``):
+    remain_weight: β, weight of the remain loss in the joint step.
+    """
+
+    remain_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remain_weight < 0:
+            raise ValueError(f"remain_weight must be >= 0, got {self.remain_weight}.")
+
+
+class RL(UnlearningMethod):
+    name = "rl"
+    paper = "Golatkar et al., Eternal Sunshine of the Spotless Net, CVPR 2020 (random labelling)"
+    config_class = RLConfig
+    masked = False
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return (
+            Phase("joint", data=("forget", "remain"), masked=self.masked, max_grad_norm=self.config.max_grad_norm),
+        )
+
+    def loss(self, phase, model, batch: dict[str, Batch], *, step, total_steps, reduce_sum, num_processes):
+        if phase.name != "joint":
+            raise ValueError(f"{type(self).__name__} has no phase {phase.name!r}.")
+        forget, remain = batch["forget"], batch["remain"]
+        family = self.family
+        x0 = family.encode(forget.images.to(family_device(model)))
+        wrong = random_remain_conditions(forget, remain).to(x0.device)
+        per_sample = family.diffusion_loss(model, x0, wrong, forget.draw)
+        terms = remain_terms(family, model, remain, self.config.label_dropout, self.config.remain_weight)
+        terms.update(
+            timestep_quartile_terms("forget_relabelled", per_sample, forget.draw.timesteps, family.num_timesteps)
+        )
+        return {**terms, "loss": per_sample.mean() + terms["loss"], "forget_relabelled": per_sample.detach().mean()}
+
+
+def random_remain_conditions(forget: Batch, remain: Batch) -> torch.Tensor:
+    """For each forget sample, the condition of a remain sample picked by its own uniform draw (reproducible)."""
+    picks = (forget.uniform * len(remain.labels)).long().clamp(max=len(remain.labels) - 1)
+    return remain.labels[picks]
