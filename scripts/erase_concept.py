@@ -60,6 +60,7 @@ from sfr_diffusion.text_data import (
     PROMPT_ID_COLUMN,
     concept_prompts,
     generate_images,
+    model_fingerprint,
     read_prompts,
     split_by_caption,
     with_prompt_ids,
@@ -285,6 +286,7 @@ def text_target(args, family, pipeline, accelerator) -> ErasureTarget:
             guidance_scale=args.generation_guidance_scale,
             batch_size=args.generation_batch_size,
             cache_root=cache_dir() / "generated",
+            fingerprint=model_fingerprint(pipeline),  # once for both sets: it may hash every UNet weight
         )
         with accelerator.main_process_first():
             data = {

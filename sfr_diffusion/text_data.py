@@ -85,7 +85,7 @@ def mentions(caption: str, concept: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(concept.strip().lower())}(?!\w)", caption.lower()) is not None
 
 
-def _model_fingerprint(pipeline) -> dict:
+def model_fingerprint(pipeline) -> dict:
     """What identifies the model the images come from: its path, its UNet config and its weight files' stamps."""
     path = str(getattr(pipeline, "name_or_path", "") or pipeline.config.get("_name_or_path", ""))
     files = []
@@ -101,8 +101,8 @@ def _model_fingerprint(pipeline) -> dict:
     return {"path": path, "unet": dict(pipeline.unet.config), "files": files}
 
 
-def generated_cache_key(pipeline, prompts: Sequence[str], **settings) -> str:
-    key = {"model": _model_fingerprint(pipeline), "prompts": list(prompts), **settings}
+def generated_cache_key(fingerprint: dict, prompts: Sequence[str], **settings) -> str:
+    key = {"model": fingerprint, "prompts": list(prompts), **settings}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -118,19 +118,22 @@ def generate_images(
     batch_size: int,
     cache_root: str | Path,
     description: str = "generating",
+    fingerprint: dict | None = None,
 ):
     """``images_per_prompt`` images per prompt from `pipeline`, as a data set with ``image`` and ``text`` columns.
 
     Cached under `cache_root` by a key of the model, the prompts, the seed and the sampling settings; the cache is
     written to a staging folder and renamed, so an interrupted generation leaves nothing that looks complete. Batch
-    ``i`` uses the seed ``seed + i``, so the result does not depend on how often it was interrupted.
+    ``i`` uses the seed ``seed + i``, so the result does not depend on how often it was interrupted. Pass the
+    model's `fingerprint` (:func:`model_fingerprint`) when generating several sets, so that it is taken once.
     """
     from datasets import Dataset, Features, Image, Value, load_from_disk
 
     if images_per_prompt < 1 or batch_size < 1:
         raise ValueError("images_per_prompt and batch_size must be >= 1.")
     settings = dict(images_per_prompt=images_per_prompt, seed=seed, steps=num_inference_steps, guidance=guidance_scale)
-    folder = Path(cache_root) / generated_cache_key(pipeline, prompts, **settings)
+    fingerprint = model_fingerprint(pipeline) if fingerprint is None else fingerprint
+    folder = Path(cache_root) / generated_cache_key(fingerprint, prompts, **settings)
     if (folder / "dataset_info.json").exists():
         return load_from_disk(str(folder))
     texts = [p for p in prompts for _ in range(images_per_prompt)]

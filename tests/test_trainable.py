@@ -5,24 +5,13 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sfr_diffusion.families import family_for
+from sfr_diffusion.layouts import stable_diffusion_pipeline
 from sfr_diffusion.methods import SFROn, SFROnConfig
 from sfr_diffusion.training import TrainingArguments, run_erasure, select_trainable
 
 
 def tiny_text_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=12,
-        norm_num_groups=4,
-        attention_head_dim=4,
-    )
+    return stable_diffusion_pipeline("tiny", seed=0).unet
 
 
 def test_cross_attention_selection_picks_exactly_the_attn2_layers():
