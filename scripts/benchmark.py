@@ -1,12 +1,18 @@
-"""Benchmark SFR-on on the digits world and write the results into BENCHMARKS.md.
+"""SFR-on against the baselines and retrain on the digits world: methods × families × forget targets, one run.
 
-    python scripts/benchmark.py                      # all ten digits, default settings (about 15 minutes on 2 cores)
-    python scripts/benchmark.py --digits 3 7 --quick # a quick look
+    python scripts/benchmark.py                         # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
+    python scripts/benchmark.py --models digits-ddpm --digits 3 7
+    python scripts/benchmark.py --quick --output /tmp/BENCHMARKS.md   # a smoke run of every code path (CI)
 
-For every digit it runs ``scripts/erase_concept.py`` with its defaults (plus FA/RA tracking every ``--eval_every``
-iterations), then records FA, RA and FID-digits before and after, the first tracked iteration at which FA ≤ 1% with
-RA ≥ base − 1 point, and the wall time of the mask and of the erasure (evaluation excluded). It plots FA and RA
-against iteration for ``--plot_digit`` and replaces the marked section of BENCHMARKS.md.
+For each model and forget digit every method gets the same iteration budget (``--iterations``) through
+``scripts/erase_concept.py``, with FA/RA tracked every ``--eval_every`` iterations on ``--track_samples`` samples per
+class. Learning rates: on the first digit, each method (SFR-on and the baselines) runs the same grid, the model's
+SFR-on default × ``--lr_factors``, and keeps the rate that forgets soonest (FA ≤ 1% with RA ≥ base − 1 point; ties
+and misses: lower final FA, then higher final RA); the other digits and SFR-on's ablations R, R+on and F+R+on use that
+rate. Every final model is judged on ``--final_samples`` samples per class and compared with *retrain*, the bundled
+recipe trained without the digit (cached; `sfr_diffusion.retrain`): the total-variation distance between the judge's
+label distributions for the forgotten digit and, averaged, for the other digits, plus the RA and FID-digits
+differences. A short extra run per method measures peak memory. Tables, plots and the verdict go into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -15,20 +21,41 @@ import argparse
 import datetime
 import importlib.util
 import json
-import os
-import platform
+import math
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-import torch
-
 from sfr_diffusion.digits import DIGIT_NAMES
+from sfr_diffusion.pipelines import load_pipeline
+from sfr_diffusion.reporting import (
+    FA_TARGET,
+    git_commit,
+    iterations_to_forget,
+    machine_description,
+    write_section,
+)
+from sfr_diffusion.retrain import retrain
+from sfr_diffusion.world import BUNDLED_ALIASES, digits_world_metrics, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
-FA_TARGET, RA_TOLERANCE = 0.01, 0.01
+SWEPT_METHODS = ("sfr_on", "ft", "ga", "rl", "salun", "esd")
+# SFR-on's ablations (SPEC §1, the paper's Table 5): R = ascent + remain in one joint step; +on = the online
+# fast-slow pair; +F = the adaptive forget weights (temperature λ); SFR-on adds the saliency mask S.
+ABLATIONS = {
+    "R": ["--method", "sfr_on", "--no_online", "--no_mask", "--temperature", "0"],
+    "R+on": ["--method", "sfr_on", "--no_mask", "--temperature", "0"],
+    "F+R+on": ["--method", "sfr_on", "--no_mask"],
+}
+LABELS = {"sfr_on": "SFR-on", "ft": "FT", "ga": "GA", "rl": "RL", "salun": "SalUn", "esd": "ESD"}
 TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
+QUICK = dict(
+    models=["digits-ddpm"], digits=[3], methods=["sfr_on", "ft"], ablations=["R"], iterations=4, eval_every=2,
+    track_samples=2, final_samples=4, lr_factors=[1.0, 3.0], retrain_steps=20, memory_iterations=2,
+)  # fmt: skip
 
 
 def load_erase_script():
@@ -38,210 +65,454 @@ def load_erase_script():
     return module
 
 
-def iterations_to_forget(history: list[dict], base_ra: float) -> int | None:
-    """First tracked iteration with FA ≤ 1% and RA ≥ base − 1 point (None if never reached)."""
-    for record in history:
-        if record["FA"] <= FA_TARGET and record["RA"] >= base_ra - RA_TOLERANCE:
-            return record["step"]
-    return None
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(BUNDLED_ALIASES), choices=sorted(BUNDLED_ALIASES))
+    parser.add_argument("--digits", type=int, nargs="+", default=[3, 0, 1], help="The first one is the sweep's.")
+    parser.add_argument("--methods", nargs="+", default=list(SWEPT_METHODS), choices=SWEPT_METHODS)
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=sorted(ABLATIONS))
+    parser.add_argument("--iterations", type=int, default=100, help="The budget, the same for every method.")
+    parser.add_argument("--eval_every", type=int, default=10)
+    parser.add_argument("--track_samples", type=int, default=20, help="Samples per class when tracking FA/RA.")
+    parser.add_argument("--final_samples", type=int, default=50, help="Samples per class for the final judgement.")
+    parser.add_argument("--lr_factors", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
+    parser.add_argument("--retrain_steps", type=int, default=3000, help="The bundled recipe's steps.")
+    parser.add_argument("--memory_iterations", type=int, default=3, help="Iterations of the peak-memory run.")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plots_dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--results_json", type=Path, default=None, help="Default: <plots_dir>/benchmark_methods.json")
+    parser.add_argument("--quick", action="store_true", help=f"Smoke-run settings: {QUICK}.")
+    parser.add_argument("--render_only", type=Path, default=None, help="Rewrite tables and plots from a results JSON.")
+    args, erase_args = parser.parse_known_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
+    if bad:
+        parser.error(f"--digits must be 0..9, got {bad}.")
+    if not args.methods:
+        parser.error("--methods must name at least one method.")
+    if args.iterations < 1 or args.eval_every < 1 or args.eval_every > args.iterations:
+        parser.error("Need --iterations >= 1 and 1 <= --eval_every <= --iterations.")
+    args.erase_args = erase_args
+    args.results_json = args.results_json or args.plots_dir / "benchmark_methods.json"
+    return args
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, Python {platform.python_version()}"
+def erase_argv(args, model: str, digit: int, method_args: list[str], output_dir: Path, **overrides) -> list[str]:
+    settings = {
+        "max_train_steps": args.iterations,
+        "eval_every": args.eval_every,
+        "eval_samples_per_class": args.track_samples,
+        **overrides,
+    }
+    argv = ["--pretrained_model_name_or_path", model, "--concept", DIGIT_NAMES[digit], "--output_dir", str(output_dir)]
+    for key, value in settings.items():
+        argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return argv + method_args + args.erase_args
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "?"
-    except OSError:
-        return "?"
+def judged(path, digit: int, samples: int) -> dict:
+    """The final judgement of a model: FA, RA, FID-digits and the judge's label distribution per class."""
+    metrics = digits_world_metrics(load_pipeline(path), [digit], samples_per_class=samples)
+    return {k: metrics[k] for k in ("FA", "RA", "FID", "label_distribution") if k in metrics} | (
+        {"FA_paraphrases": metrics["FA_paraphrases"]} if "FA_paraphrases" in metrics else {}
+    )
 
 
-def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path, family: str) -> None:
+def total_variation(p: list[float], q: list[float]) -> float:
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
+
+
+def gap_to_retrain(final: dict, retrained: dict, digit: int) -> dict:
+    """How far an erased model's final judgement is from retrain's (0 = indistinguishable by these measures)."""
+    erased_labels, retrain_labels = final["label_distribution"], retrained["label_distribution"]
+    others = [c for c in retrain_labels if int(c) != digit]
+    return {
+        "forget_tv": total_variation(erased_labels[str(digit)], retrain_labels[str(digit)]),
+        "remain_tv": sum(total_variation(erased_labels[c], retrain_labels[c]) for c in others) / len(others),
+        "RA_difference": final["RA"] - retrained["RA"],
+        "FID_difference": final["FID"] - retrained["FID"],
+    }
+
+
+def run_one(erase, args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
+    output_dir = tmp / f"{label}-{digit}-{lr:g}"
+    summary = erase.main(erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr))
+    history = summary["history"]
+    final = judged(output_dir, digit, args.final_samples)
+    shutil.rmtree(output_dir)
+    return {
+        "method": label,
+        "digit": digit,
+        "learning_rate": lr,
+        "iterations_to_forget": iterations_to_forget(history, history[0]["RA"]),
+        "history": [{k: h[k] for k in ("step", "FA", "RA")} for h in history],
+        "final": json.loads(json.dumps(final)),  # int keys → str, as after a JSON round trip
+        "seconds_per_iteration": summary["seconds"]["train"] / summary["steps"],
+        "mask_seconds": summary["seconds"]["mask"],
+        "train_seconds": summary["seconds"]["train"],
+        "mask_density": (summary["mask_statistics"] or {}).get("density"),
+    }
+
+
+def sweep_key(row: dict) -> tuple:
+    """Soonest to forget; among rates that never do (or tie), lower final FA, then higher final RA."""
+    reached = row["iterations_to_forget"]
+    last = row["history"][-1]
+    return (reached is None, reached or 0, last["FA"], -last["RA"])
+
+
+# Run in a fresh process so that its peak resident memory belongs to this erasure alone.
+MEMORY_PROBE = """
+import resource, runpy, sys, torch
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print("PEAK_MEMORY", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, cuda)
+"""
+
+
+def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float, tmp: Path) -> dict:
+    """Peak memory of a short erasure without evaluation (load, data, mask, a few iterations, export).
+
+    Resident memory of the whole process (Linux reports ``ru_maxrss`` in KiB), and on a GPU the peak allocated.
+    """
+    output_dir = tmp / "memory"
+    short = dict(max_train_steps=args.memory_iterations, eval_every=args.memory_iterations, skip_eval=True)
+    argv = erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr, **short)
+    script = ROOT / "scripts" / "erase_concept.py"
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(script), *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"The memory run of {method_args} failed:\n{done.stderr[-3000:]}")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    resident, cuda = done.stdout.strip().splitlines()[-1].split()[1:]
+    return {"resident": int(resident), "cuda": None if cuda == "None" else int(cuda)}
+
+
+def benchmark_model(erase, args, model: str, tmp: Path) -> dict:
+    family_defaults = erase.DEFAULT_LEARNING_RATE
+    family = load_pipeline_family(model)
+    base_lr = family_defaults[family]
+    grid = [base_lr * f for f in args.lr_factors]
+    sweep_digit, runs, best_lr, retrained, memory = args.digits[0], [], {}, {}, {}
+    start = time.perf_counter()
+    for digit in args.digits:
+        path = retrain(family, digit, steps=args.retrain_steps)
+        retrained[digit] = judged(path, digit, args.final_samples)
+    for method in args.methods:
+        method_args = ["--method", method]
+        sweep = [run_one(erase, args, model, sweep_digit, method, method_args, lr, tmp) for lr in grid]
+        for row in sweep:
+            row["sweep"] = True
+        runs += sweep
+        best_lr[method] = min(sweep, key=sweep_key)["learning_rate"]
+        for digit in args.digits[1:]:
+            runs.append(run_one(erase, args, model, digit, method, method_args, best_lr[method], tmp))
+        memory[method] = peak_memory(args, model, sweep_digit, method_args, best_lr[method], tmp)
+    ablation_lr = best_lr.get("sfr_on", base_lr)
+    for name in args.ablations:
+        for digit in args.digits:
+            runs.append(run_one(erase, args, model, digit, name, ABLATIONS[name], ablation_lr, tmp))
+        memory[name] = peak_memory(args, model, sweep_digit, ABLATIONS[name], ablation_lr, tmp)
+    for row in runs:
+        row["gap"] = gap_to_retrain(row["final"], json.loads(json.dumps(retrained[row["digit"]])), row["digit"])
+    return {
+        "model": model,
+        "family": family,
+        "learning_rate_grid": grid,
+        "best_learning_rate": best_lr | {name: ablation_lr for name in args.ablations},
+        "retrain": {str(d): json.loads(json.dumps(m)) for d, m in retrained.items()},
+        "peak_memory_bytes": memory,
+        "runs": runs,
+        "minutes": (time.perf_counter() - start) / 60,
+    }
+
+
+def load_pipeline_family(model: str) -> str:
+    from sfr_diffusion.families import family_for
+
+    return family_for(load_pipeline(resolve_model(model))).name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def selected_runs(result: dict) -> dict[str, dict[int, dict]]:
+    """method → digit → the run at the method's chosen learning rate."""
+    chosen: dict[str, dict[int, dict]] = {}
+    for row in result["runs"]:
+        if row["learning_rate"] == result["best_learning_rate"][row["method"]]:
+            chosen.setdefault(row["method"], {})[row["digit"]] = row
+    return chosen
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, f"{method} (ablation)")
+
+
+def seconds_to_forget(row: dict) -> float | None:
+    its = row["iterations_to_forget"]
+    return None if its is None else row["mask_seconds"] + its * row["seconds_per_iteration"]
+
+
+def ratio_cell(base: dict, other: dict, measure, budget: int) -> str:
+    """other / base per digit; when `other` never forgets, a lower bound from the budget."""
+    mine, theirs = measure(base), measure(other)
+    if mine is None:
+        return "–"
+    if theirs is None:
+        bound = budget if measure is iterations_of else other["mask_seconds"] + budget * other["seconds_per_iteration"]
+        return f"> {bound / mine:.1f}×"
+    return f"{theirs / mine:.1f}×"
+
+
+def iterations_of(row: dict) -> int | None:
+    return row["iterations_to_forget"]
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f}"
+
+
+def render_family(result: dict, args_summary: dict) -> list[str]:
+    chosen = selected_runs(result)
+    digits = args_summary["digits"]
+    budget = args_summary["iterations"]
+    title = TITLES.get(result["family"], result["family"])
+    names = " / ".join(f"{d} ({DIGIT_NAMES[d]})" for d in digits)
+    lines = [
+        f"### {title}: `{result['model']}` ({result['minutes']:.0f} minutes)",
+        "",
+        f"Cells give digit {names}. FA, RA in %; *gap* = total-variation distance to retrain's judged labels "
+        "(forgotten digit / mean of the others; 0 = the same, 1 = disjoint); ΔRA, ΔFID = erased − retrain.",
+        "",
+        "| method | learning rate | iterations to forget | FA | RA | FID-digits | gap forgotten | gap others "
+        "| ΔRA | ΔFID | s / iteration | mask s | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    retrain = result["retrain"]
+    lines.append(
+        "| **retrain** | – | – | "
+        + " / ".join(pct(retrain[str(d)]["FA"]) for d in digits)
+        + " | "
+        + " / ".join(pct(retrain[str(d)]["RA"]) for d in digits)
+        + " | "
+        + " / ".join(f"{retrain[str(d)]['FID']:.1f}" for d in digits)
+        + " | 0 | 0 | 0 | 0 | – | – | – |"
+    )
+    for method, by_digit in chosen.items():
+        rows = [by_digit.get(d) for d in digits]
+
+        def cells(fn, rows=rows) -> str:
+            return " / ".join("–" if r is None else fn(r) for r in rows)
+
+        memory = result["peak_memory_bytes"].get(method)
+        lines.append(
+            f"| {label(method)} | {result['best_learning_rate'][method]:.2g} | "
+            + cells(lambda r: str(r["iterations_to_forget"] or f"> {budget}"))
+            + " | "
+            + cells(lambda r: pct(r["final"]["FA"]))
+            + " | "
+            + cells(lambda r: pct(r["final"]["RA"]))
+            + " | "
+            + cells(lambda r: f"{r['final']['FID']:.1f}")
+            + " | "
+            + cells(lambda r: f"{r['gap']['forget_tv']:.2f}")
+            + " | "
+            + cells(lambda r: f"{r['gap']['remain_tv']:.2f}")
+            + " | "
+            + cells(lambda r: f"{100 * r['gap']['RA_difference']:+.0f}")
+            + " | "
+            + cells(lambda r: f"{r['gap']['FID_difference']:+.1f}")
+            + f" | {mean(r['seconds_per_iteration'] for r in rows if r):.3f} | "
+            + f"{mean(r['mask_seconds'] for r in rows if r):.1f} | "
+            + memory_cell(memory)
+            + " |"
+        )
+    sweep = [r for r in result["runs"] if r.get("sweep")]
+    if sweep:
+        grid = result["learning_rate_grid"]
+        lines += [
+            "",
+            f"Learning-rate sweep on digit {digits[0]}: iterations to forget (final FA / RA %); the chosen rate in "
+            "bold.",
+            "",
+            "| method | " + " | ".join(f"{lr:.2g}" for lr in grid) + " |",
+            "|---|" + "---|" * len(grid),
+        ]
+        for method in dict.fromkeys(r["method"] for r in sweep):
+            cells = []
+            for lr in grid:
+                row = next((r for r in sweep if r["method"] == method and r["learning_rate"] == lr), None)
+                if row is None:
+                    cells.append("–")
+                    continue
+                last = row["history"][-1]
+                text = f"{row['iterations_to_forget'] or f'> {budget}'} ({pct(last['FA'])} / {pct(last['RA'])})"
+                cells.append(f"**{text}**" if lr == result["best_learning_rate"][method] else text)
+            lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_cell(memory: dict | None) -> str:
+    if memory is None:
+        return "–"
+    cuda = "" if memory["cuda"] is None else f" ({memory['cuda'] / 2**30:.1f} GiB GPU)"
+    return f"{memory['resident'] / 2**20:.0f} MiB{cuda}"
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def verdict(results: list[dict], args_summary: dict) -> list[str]:
+    budget, digits = args_summary["iterations"], args_summary["digits"]
+    lines = ["### Verdict (computed from the tables above)", ""]
+    for result in results:
+        chosen = selected_runs(result)
+        title = TITLES.get(result["family"], result["family"])
+        sfr = chosen.get("sfr_on", {})
+        if sfr:
+            reached = {d: r["iterations_to_forget"] for d, r in sfr.items()}
+            within = [d for d, its in reached.items() if its is not None and its <= 50]
+            lines.append(
+                f"- **{title}: SFR-on reaches the target within 50 iterations on {len(within)} of {len(reached)} "
+                f"digits** (" + ", ".join(f"{d}: {its or f'not in {budget}'}" for d, its in reached.items()) + ")."
+            )
+            for method, by_digit in chosen.items():
+                if method == "sfr_on":
+                    continue
+                pairs = [(sfr[d], by_digit[d]) for d in digits if d in sfr and d in by_digit]
+                its = ", ".join(ratio_cell(a, b, iterations_of, budget) for a, b in pairs)
+                wall = ", ".join(ratio_cell(a, b, seconds_to_forget, budget) for a, b in pairs)
+                lines.append(f"  - {label(method)}: {its} the iterations, {wall} the wall time (per digit).")
+            ft = chosen.get("ft", {})
+            if ft:
+                cost = mean(r["seconds_per_iteration"] for r in sfr.values()) / mean(
+                    r["seconds_per_iteration"] for r in ft.values()
+                )
+                share = mean(r["mask_seconds"] / (r["mask_seconds"] + r["train_seconds"]) for r in sfr.values())
+                lines.append(
+                    f"  - Cost: an SFR-on iteration takes {cost:.2f}× an FT iteration (forget + remain batch vs the "
+                    f"remain batch alone); the saliency mask is {share:.1%} of a {budget}-iteration erasure."
+                )
+        gaps = {
+            method: mean(r["gap"]["forget_tv"] + r["gap"]["remain_tv"] for r in by_digit.values())
+            for method, by_digit in chosen.items()
+        }
+        closest = sorted(gaps, key=gaps.get)
+        lines.append(
+            "  - Closest to retrain (mean of the two label gaps, summed): "
+            + ", ".join(f"{label(m)} {gaps[m]:.2f}" for m in closest[:3])
+            + "."
+        )
+    return lines
+
+
+def plot_family(result: dict, digits: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.plot(steps, [100 * h["FA"] for h in history], "o-", label=f"FA (samples of '{digit_name}' judged as it)")
-    ax.plot(steps, [100 * h["RA"] for h in history], "s-", label="RA (other digits judged correctly)")
-    ax.axhline(100 * (base_ra - RA_TOLERANCE), color="grey", ls=":", lw=1, label="base RA − 1 point")
-    ax.axhline(100 * FA_TARGET, color="grey", ls="--", lw=1, label="FA = 1%")
-    ax.set_xlabel("SFR-on iteration")
-    ax.set_ylabel("%")
-    ax.set_ylim(-3, 103)
-    ax.set_title(f"SFR-on erasing '{digit_name}' from the digits {TITLES.get(family, family)}")
-    ax.legend(fontsize=7, loc="center right")
+    chosen = selected_runs(result)
+    fig, axes = plt.subplots(len(digits), 2, figsize=(10, 2.8 * len(digits)), dpi=110, squeeze=False)
+    for i, digit in enumerate(digits):
+        for j, metric in enumerate(("FA", "RA")):
+            ax = axes[i][j]
+            for method, by_digit in chosen.items():
+                row = by_digit.get(digit)
+                if row is None:
+                    continue
+                style = "-" if method in SWEPT_METHODS else ":"
+                steps = [h["step"] for h in row["history"]]
+                ax.plot(steps, [100 * h[metric] for h in row["history"]], style, marker=".", label=label(method))
+            retrain_value = result["retrain"][str(digit)][metric]
+            ax.axhline(100 * retrain_value, color="black", ls="--", lw=1, label="retrain")
+            ax.set_title(f"{metric}, erasing {digit} ({DIGIT_NAMES[digit]})", fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+            ax.set_ylabel("%", fontsize=8)
+            ax.set_ylim(-3, 103)
+            if metric == "FA":
+                ax.axhline(100 * FA_TARGET, color="grey", ls="-", lw=0.5)
+    axes[0][1].legend(fontsize=7, ncol=2, loc="lower left")
+    fig.suptitle(f"Digits {TITLES.get(result['family'], result['family'])}: FA and RA against iteration", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 
 
-def fmt(value, percent: bool = False) -> str:
-    if value is None:
-        return "not reached"
-    return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
-
-
-def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str], family: str) -> str:
-    reached = sum(r["iterations_to_forget"] is not None for r in rows)
-    kept = sum(r["after"]["FA"] <= FA_TARGET and r["after"]["RA"] >= r["before"]["RA"] - RA_TOLERANCE for r in rows)
-    title = TITLES.get(family, family)
-    paraphrases = "FA_paraphrases" in rows[0]["after"]
-    prompts = (
-        " Each digit is prompted with its 8 training captions and 4 held-out phrasings (4 samples each); FA covers"
-        " all 12, *FA paraphrases* only the held-out ones, never used in training or erasure."
-        if paraphrases
-        else ""
-    )
+def render(payload: dict, output: Path, plots_dir: Path) -> None:
+    args_summary, results = payload["settings"], payload["results"]
     lines = [
-        f"<!-- digits-{family}-sfr-on:start -->",
-        f"## SFR-on on the digits {title}, one run per digit",
+        "<!-- methods-comparison:start -->",
+        "## SFR-on against the baselines and retrain",
         "",
-        f"- Command: `{command}`",
-        f"- Date: {rows[0]['date']}; commit: {rows[0]['commit']}; machine: {rows[0]['machine']}",
-        "- Settings: `scripts/erase_concept.py` defaults"
-        + (f" plus `{' '.join(extra_args)}`" if extra_args else "")
-        + "; FA/RA from 50 samples per class (guidance 2.0, 20 DDIM steps, seed 0) judged by the bundled classifier;"
-        " FID-digits on the nine remaining classes against held-out real digits." + prompts,
-        "- *Iterations to forget*: first tracked iteration with FA ≤ 1% and RA ≥ base RA − 1 point; in brackets,"
-        " how often FA/RA were tracked.",
-        "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
+        f"- Command: `{payload['command']}` ({payload['minutes']:.0f} minutes in all, retraining included)",
+        f"- Date: {payload['date']}; commit: {payload['commit']}; machine: {payload['machine']}",
+        f"- Every method: the same budget of {args_summary['iterations']} iterations at batch 64 forget + 64 remain "
+        "(FT: the remain batch only; GA: the forget batch only; RL and SalUn draw both in one joint step), FA/RA "
+        f"tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per class; "
+        f"the final model judged on {args_summary['final_samples']} samples per class (guidance 2, 20 DDIM steps, "
+        "seed 0).",
+        "- *Iterations to forget*: the first tracked iteration with FA ≤ 1% and RA ≥ base − 1 point "
+        f"(`> {args_summary['iterations']}`: not within the budget). Rows show each method at the learning rate its "
+        "sweep chose (grid: the family's SFR-on default × "
+        + ", ".join(f"{f:.3g}" for f in args_summary["lr_factors"])
+        + "); the ablations use SFR-on's. Baselines keep their published settings otherwise: SalUn keeps 50% of the "
+        "weights, ESD η = 1, GA and RL weight 1.",
+        f"- *Retrain*: the bundled recipe ({args_summary['retrain_steps']} steps) without the digit's images "
+        "(and, for SD, its captions); VAE and text encoder shared. *Peak memory*: peak resident memory of a fresh "
+        f"process running a {args_summary['memory_iterations']}-iteration erasure without evaluation; at this size "
+        "it is mostly Python, torch and the data, so differences between methods are small.",
         "",
-        "| digit | FA before | FA after | "
-        + ("FA paraphrases before | FA paraphrases after | " if paraphrases else "")
-        + "RA before | RA after | FID before | FID after | iterations | "
-        "iterations to forget | mask density | seconds (mask + erase) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paraphrases else ""),
     ]
-    for r in rows:
-        b, a = r["before"], r["after"]
-        held_out = f"{fmt(b['FA_paraphrases'], True)} | {fmt(a['FA_paraphrases'], True)} | " if paraphrases else ""
-        lines.append(
-            f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {held_out}"
-            f"{fmt(b['RA'], True)} | "
-            f"{fmt(a['RA'], True)} | {fmt(b['FID'])} | {fmt(a['FID'])} | {r['steps']} | "
-            f"{r['iterations_to_forget'] or 'not reached'} (every {r['eval_every']}) | {r['mask_density']:.1%} | "
-            f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f} |"
-        )
-    lines += [
-        "",
-        f"**Target (FA ≤ 1% with RA ≥ base − 1 point) reached on {reached} of {len(rows)} digits; "
-        f"still met at the last iteration on {kept} of {len(rows)}.**",
-    ]
-    if plot is not None:
-        lines += ["", f"![FA and RA against iteration]({plot.relative_to(ROOT).as_posix()})"]
-    lines += [f"<!-- digits-{family}-sfr-on:end -->"]
-    return "\n".join(lines) + "\n"
+    for result in results:
+        lines += render_family(result, args_summary)
+        plot = plots_dir / f"methods_digits_{result['family']}.png"
+        plot_family(result, args_summary["digits"], plot)
+        try:
+            shown = plot.resolve().relative_to(output.resolve().parent).as_posix()
+        except ValueError:
+            shown = plot.as_posix()
+        lines += ["", f"![FA and RA against iteration, one line per method]({shown})", ""]
+    lines += verdict(results, args_summary)
+    lines.append("<!-- methods-comparison:end -->")
+    write_section(output, "\n".join(lines) + "\n")
 
 
-def write_section(path: Path, section: str) -> None:
-    marker = section.split("\n", 1)[0][len("<!-- ") : -len(":start -->")]
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    header = "# Benchmarks\n\nEvery table here is written by a script in this repository, whose command it names.\n"
-    text = path.read_text() if path.exists() else header
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
-def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", default="digits-ddpm", help="digits-ddpm, digits-dit, digits-sd or a digits-world folder."
-    )
-    parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--eval_every", type=int, default=10)
-    parser.add_argument("--plot_digit", type=int, default=3)
-    parser.add_argument("--plot_eval_every", type=int, default=5, help="Finer tracking for the plotted digit.")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--plot", type=Path, default=None, help="Default: docs/sfr_on_digits_<family>_curve.png.")
-    parser.add_argument("--results_json", type=Path, default=None, help="Also write the raw results here.")
-    parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
-    parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
-    args, extra_args = parser.parse_known_args(argv)
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     if args.render_only:
         payload = json.loads(args.render_only.read_text())
-        rows = payload["rows"]
-        family = rows[0].get("family", "ddpm")
-        args.plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
-        plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
-        if plot_rows:
-            plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], args.plot, family)
-        write_section(args.output, render_section(rows, payload["command"], args.plot if plot_rows else None,
-                                                  payload["extra_args"], family))  # fmt: skip
-        return rows
-
+        render(payload, args.output, args.plots_dir)
+        return payload
     erase = load_erase_script()
-    rows = []
-    samples = ["--eval_samples_per_class", "10"] if args.quick else []
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for digit in args.digits:
-            every = args.plot_eval_every if digit == args.plot_digit else args.eval_every
-            summary = erase.main(
-                [
-                    "--concept",
-                    DIGIT_NAMES[digit],
-                    "--pretrained_model_name_or_path",
-                    args.model,
-                    "--output_dir",
-                    f"{tmp}/erase-{digit}",
-                    "--eval_every",
-                    str(every),
-                    *samples,
-                    *extra_args,
-                ]
-            )
-            before, after = summary["metrics"]["before"], summary["metrics"]["after"]
-            row = {
-                "digit": digit,
-                "name": summary["erased"]["concept"],
-                "before": before,
-                "after": after,
-                "steps": summary["steps"],
-                "eval_every": every,
-                "iterations_to_forget": iterations_to_forget(summary["history"], before["RA"]),
-                "mask_density": summary["mask_statistics"]["density"],
-                "seconds": summary["seconds"],
-                "history": summary["history"],
-                "family": summary["family"],
-                "date": datetime.date.today().isoformat(),
-                "commit": git_commit(),
-                "machine": machine_description(),
-            }
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "history"}, default=str), flush=True)
-
-    family = rows[0]["family"]
-    plot_rows = [r for r in rows if r["digit"] == args.plot_digit]
-    plot = None
-    if plot_rows and not args.quick:
-        plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
-        plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot, family)
-    command = ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    if args.results_json:
-        payload = {"command": command, "extra_args": extra_args, "rows": rows}
-        args.results_json.write_text(json.dumps(payload, indent=2, default=str))
-    if not args.quick:
-        write_section(args.output, render_section(rows, command, plot, extra_args, family))
-    return rows
+        results = [benchmark_model(erase, args, model, Path(tmp)) for model in args.models]
+    settings = {
+        key: getattr(args, key)
+        for key in "digits iterations eval_every track_samples final_samples lr_factors retrain_steps".split()
+        + ["memory_iterations"]
+    }
+    payload = {
+        "command": ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
+        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(ROOT),
+        "machine": machine_description(),
+        "minutes": (time.perf_counter() - start) / 60,
+        "settings": settings | {"erase_args": args.erase_args},
+        "results": results,
+    }
+    args.results_json.parent.mkdir(parents=True, exist_ok=True)
+    args.results_json.write_text(json.dumps(payload, indent=1, default=str))
+    render(payload, args.output, args.plots_dir)
+    return payload
 
 
 if __name__ == "__main__":

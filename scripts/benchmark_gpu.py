@@ -36,6 +36,7 @@ from sfr_diffusion.data import LabelledImages, split_by_class
 from sfr_diffusion.families import family_for
 from sfr_diffusion.layouts import dit_pipeline, stable_diffusion_pipeline
 from sfr_diffusion.methods import FT, FTConfig, SFROn, SFROnConfig
+from sfr_diffusion.reporting import write_section
 from sfr_diffusion.text_data import PROMPT_ID_COLUMN, split_by_caption, with_prompt_ids
 from sfr_diffusion.training import TrainingArguments, run_erasure
 
@@ -165,8 +166,6 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(report, indent=2))
     if args.write:
-        from benchmark import write_section
-
         command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
         peak = f"{sfr['peak_memory_gib']:.1f} GiB" if sfr["peak_memory_gib"] is not None else "n/a"
         forget_loss = sfr["method_config"]["forget_loss"]

@@ -27,16 +27,10 @@ from sfr_diffusion.world import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INFERENCE_STEPS,
     NEUTRAL_PROMPT,
-    NEUTRAL_PROMPTS,
     assembled_sd_path,
-    digit_prompts,
-    digits_ddpm_pipeline,
-    digits_dit_pipeline,
-    digits_sd_pipeline,
-    digits_sd_unet,
     digits_vae,
     digits_world_metrics,
-    train_denoiser,
+    pretrain_digits_model,
     train_vae,
 )
 
@@ -70,8 +64,7 @@ def build_judge(output_dir: Path, seed: int) -> dict:
 
 
 def build_ddpm(output_dir: Path, seed: int, steps: int) -> dict:
-    images, labels = digits_tensor("train")
-    pipeline = train_denoiser(family_for(digits_ddpm_pipeline(seed)), images, labels, steps=steps, seed=seed)
+    pipeline = pretrain_digits_model("ddpm", steps=steps, seed=seed)
     judge_samples(pipeline, output_dir)  # refuse to ship a model below the bar
     save_pipeline(pipeline, output_dir / "ddpm")
     return {"steps": steps}
@@ -87,8 +80,7 @@ def build_dit(output_dir: Path, seed: int, vae_steps: int, steps: int) -> dict:
     vae_accuracy = float((judge.predict(reconstructions.clamp(-1, 1)) == test_labels).float().mean())
     if vae_accuracy < 0.98:
         raise RuntimeError(f"VAE reconstructions judged {vae_accuracy:.1%}, below the 98% bar.")
-    pipeline = train_denoiser(family_for(digits_dit_pipeline(vae, seed)), images, labels, steps=steps, seed=seed,
-                                       learning_rate=1e-3)  # fmt: skip
+    pipeline = pretrain_digits_model("dit", vae=vae, steps=steps, seed=seed)
     judge_samples(pipeline, output_dir)
     save_pipeline(pipeline, output_dir / "dit")
     return {"vae_steps": vae_steps, "vae_reconstruction_accuracy": vae_accuracy, "steps": steps}
@@ -96,20 +88,8 @@ def build_dit(output_dir: Path, seed: int, vae_steps: int, steps: int) -> dict:
 
 def build_sd(output_dir: Path, seed: int, steps: int) -> dict:
     """The text-to-image edition: MiniLM (from its PyPI wheel, not shipped here) + a UNet trained on the captions."""
-    images, labels = digits_tensor("train")
     vae = AutoencoderKL.from_pretrained(output_dir / "dit" / "vae")
-    family = family_for(digits_sd_pipeline(vae, digits_sd_unet(seed)))
-    captions = torch.tensor([[family.prompt_id(p) for p in digit_prompts(int(d))] for d in labels])
-    # Blank images under the neutral captions: the concept an erased digit is remapped to by default.
-    neutral = [family.prompt_id(p) for p in NEUTRAL_PROMPTS]
-    blank_captions = torch.tensor([neutral[i % len(neutral)] for i in range(captions.shape[1])]).repeat(
-        len(images) // 10, 1
-    )
-    blank_images = torch.full((len(blank_captions), *images.shape[1:]), -1.0)
-    pipeline = train_denoiser(
-        family, torch.cat([images, blank_images]), torch.cat([captions, blank_captions]), steps=steps, seed=seed,
-        learning_rate=1e-3,
-    )  # fmt: skip
+    pipeline = pretrain_digits_model("sd", vae=vae, steps=steps, seed=seed)
     judge_samples(pipeline, output_dir, prompts="held_out")
     (output_dir / "sd").mkdir(parents=True, exist_ok=True)
     pipeline.unet.save_pretrained(output_dir / "sd" / "unet")

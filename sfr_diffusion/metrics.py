@@ -110,6 +110,13 @@ def class_erasure_metrics(
         "FA": float(correct[is_forget].float().mean()) if forget else None,
         "RA": float(correct[~is_forget].float().mean()),
         "per_class_accuracy": {int(c): float(correct[labels == c].float().mean()) for c in forget + remain},
+        # What the judge saw for each class: shares of its samples per judged label (the last one is "no digit").
+        "label_distribution": {
+            int(c): (
+                torch.bincount(predictions[labels == c], minlength=num_classes + 1) / (labels == c).sum()
+            ).tolist()
+            for c in forget + remain
+        },
         "samples_per_class": int((labels == labels[0]).sum()),
         "guidance_scale": guidance_scale,
         "num_inference_steps": num_inference_steps,

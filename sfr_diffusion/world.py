@@ -349,6 +349,59 @@ def train_denoiser(
     return family.pipeline
 
 
+DIGITS_PRETRAIN_STEPS = 3000
+
+
+def digits_training_set(exclude_digit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as (images, labels), without `exclude_digit`'s images when given (the retrain recipe)."""
+    from .digits import digits_tensor
+
+    images, labels = digits_tensor("train")
+    if exclude_digit is None:
+        return images, labels
+    if exclude_digit not in range(len(DIGIT_NAMES)):
+        raise ValueError(f"exclude_digit must be a digit 0..9, got {exclude_digit!r}.")
+    keep = labels != exclude_digit
+    return images[keep], labels[keep]
+
+
+def pretrain_digits_model(
+    name: str,
+    *,
+    vae: AutoencoderKL | None = None,
+    exclude_digit: int | None = None,
+    steps: int = DIGITS_PRETRAIN_STEPS,
+    seed: int = 0,
+):
+    """The bundled models' denoiser recipe ("ddpm", "dit" or "sd"); returns the trained pipeline.
+
+    `exclude_digit` trains the same recipe on data that never shows that digit (images, and for SD its captions):
+    the *retrain* model, the gold standard an erasure is compared with. DiT and SD need the shared `vae`.
+    """
+    images, labels = digits_training_set(exclude_digit)
+    if name == "ddpm":
+        return train_denoiser(family_for(digits_ddpm_pipeline(seed)), images, labels, steps=steps, seed=seed)
+    if vae is None:
+        raise ValueError(f"The digits {name} needs the shared VAE (vae=...).")
+    if name == "dit":
+        family = family_for(digits_dit_pipeline(vae, seed))
+        return train_denoiser(family, images, labels, steps=steps, seed=seed, learning_rate=1e-3)
+    if name != "sd":
+        raise ValueError(f"Unknown digits model {name!r}; expected 'ddpm', 'dit' or 'sd'.")
+    family = family_for(digits_sd_pipeline(vae, digits_sd_unet(seed)))
+    captions = torch.tensor([[family.prompt_id(p) for p in digit_prompts(int(d))] for d in labels])
+    # Blank images under the neutral captions (as many as one digit has): the concept an erased digit is remapped to
+    # by default. The count does not depend on `exclude_digit`, so a retrain sees the same blanks.
+    neutral = [family.prompt_id(p) for p in NEUTRAL_PROMPTS]
+    num_blanks = len(digits_training_set()[0]) // len(DIGIT_NAMES)
+    blank_captions = torch.tensor([neutral[i % len(neutral)] for i in range(captions.shape[1])]).repeat(num_blanks, 1)
+    blank_images = torch.full((num_blanks, *images.shape[1:]), -1.0)
+    return train_denoiser(
+        family, torch.cat([images, blank_images]), torch.cat([captions, blank_captions]), steps=steps, seed=seed,
+        learning_rate=1e-3,
+    )  # fmt: skip
+
+
 def class_names(pipeline) -> dict[int, str]:
     """id → name from the pipeline's ``labels`` (DiTPipeline and ClassConditionalDDPMPipeline both keep one)."""
     labels = getattr(pipeline, "labels", None) or {}

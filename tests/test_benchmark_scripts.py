@@ -64,7 +64,7 @@ def test_gpu_cost_sd_data_splits_by_caption():
 
 
 def test_iterations_to_forget_needs_both_fa_and_ra():
-    benchmark = load("benchmark")
+    from sfr_diffusion import reporting as benchmark
     history = [
         {"step": 0, "FA": 1.0, "RA": 0.99},
         {"step": 10, "FA": 0.0, "RA": 0.95},  # forgotten, but the rest is damaged
@@ -76,7 +76,7 @@ def test_iterations_to_forget_needs_both_fa_and_ra():
 
 
 def test_sections_are_replaced_in_place(tmp_path):
-    benchmark = load("benchmark")
+    from sfr_diffusion import reporting as benchmark
     path = tmp_path / "BENCHMARKS.md"
     benchmark.write_section(path, "<!-- a:start -->\nold a\n<!-- a:end -->\n")
     benchmark.write_section(path, "<!-- b:start -->\nb\n<!-- b:end -->\n")

@@ -1,0 +1,51 @@
+"""Retrain: the digits world's gold standard for erasure, the bundled recipe trained without the forgotten digit.
+
+An erased model is judged by how close it comes to a model that never saw the digit at all. Retraining takes minutes
+on CPU, so each retrained model is kept in the cache (keyed by model, digit, steps, seed and recipe version) and
+written atomically, so that an interrupted or concurrent run never leaves a half-written folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from diffusers import AutoencoderKL
+
+from .digits import DIGIT_NAMES
+from .export import save_pipeline
+from .world import DIGITS_PRETRAIN_STEPS, bundled_path, cache_dir, pretrain_digits_model
+
+RETRAIN_RECIPE_VERSION = 1  # bump when `pretrain_digits_model` changes what it trains
+RETRAINABLE = ("ddpm", "dit", "sd")
+
+
+def retrained_path(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS, seed: int = 0) -> Path:
+    """Where the retrained model for (`name`, `forget_digit`) lives in the cache, built or not."""
+    if name not in RETRAINABLE:
+        raise ValueError(f"Retrain exists for the digits models {RETRAINABLE}, got {name!r}.")
+    if forget_digit not in range(len(DIGIT_NAMES)):
+        raise ValueError(f"forget_digit must be a digit 0..9, got {forget_digit!r}.")
+    key = f"{name}-without-{forget_digit}-steps{steps}-seed{seed}-v{RETRAIN_RECIPE_VERSION}"
+    return cache_dir() / "retrain" / key
+
+
+def retrain(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS, seed: int = 0) -> Path:
+    """Train (or find in the cache) the digits `name` model ("ddpm", "dit", "sd") without `forget_digit`.
+
+    Only the denoiser is retrained: DiT and SD keep the shared VAE (and SD its frozen text encoder), as an erasure
+    does. Returns a folder that loads with ``load_pipeline``.
+    """
+    target = retrained_path(name, forget_digit, steps=steps, seed=seed)
+    if (target / "model_index.json").exists():
+        return target
+    vae = None if name == "ddpm" else AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")
+    pipeline = pretrain_digits_model(name, vae=vae, exclude_digit=forget_digit, steps=steps, seed=seed)
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    save_pipeline(pipeline, staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
