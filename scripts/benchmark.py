@@ -82,7 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plots_dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--results_json", type=Path, default=None, help="Default: <plots_dir>/benchmark_methods.json")
     parser.add_argument("--quick", action="store_true", help=f"Smoke-run settings: {QUICK}.")
-    parser.add_argument("--render_only", type=Path, default=None, help="Rewrite tables and plots from a results JSON.")
+    parser.add_argument(
+        "--render_only", type=Path, nargs="+", default=None,
+        help="Rewrite tables and plots from results JSONs (several: runs of different models, merged).",
+    )  # fmt: skip
     args, erase_args = parser.parse_known_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -220,6 +223,7 @@ def benchmark_model(erase, args, model: str, tmp: Path) -> dict:
     return {
         "model": model,
         "family": family,
+        "iterations": args.iterations,
         "learning_rate_grid": grid,
         "best_learning_rate": best_lr | {name: ablation_lr for name in args.ablations},
         "retrain": {str(d): json.loads(json.dumps(m)) for d, m in retrained.items()},
@@ -279,7 +283,7 @@ def pct(value) -> str:
 def render_family(result: dict, args_summary: dict) -> list[str]:
     chosen = selected_runs(result)
     digits = args_summary["digits"]
-    budget = args_summary["iterations"]
+    budget = result["iterations"]
     title = TITLES.get(result["family"], result["family"])
     names = " / ".join(f"{d} ({DIGIT_NAMES[d]})" for d in digits)
     lines = [
@@ -369,9 +373,10 @@ def mean(values) -> float:
 
 
 def verdict(results: list[dict], args_summary: dict) -> list[str]:
-    budget, digits = args_summary["iterations"], args_summary["digits"]
+    digits = args_summary["digits"]
     lines = ["### Verdict (computed from the tables above)", ""]
     for result in results:
+        budget = result["iterations"]
         chosen = selected_runs(result)
         title = TITLES.get(result["family"], result["family"])
         sfr = chosen.get("sfr_on", {})
@@ -448,19 +453,20 @@ def plot_family(result: dict, digits: list[int], path: Path) -> None:
 
 def render(payload: dict, output: Path, plots_dir: Path) -> None:
     args_summary, results = payload["settings"], payload["results"]
+    budgets = ", ".join(f"{TITLES.get(r['family'], r['family'])}: {r['iterations']} iterations" for r in results)
     lines = [
         "<!-- methods-comparison:start -->",
         "## SFR-on against the baselines and retrain",
         "",
         f"- Command: `{payload['command']}` ({payload['minutes']:.0f} minutes in all, retraining included)",
         f"- Date: {payload['date']}; commit: {payload['commit']}; machine: {payload['machine']}",
-        f"- Every method: the same budget of {args_summary['iterations']} iterations at batch 64 forget + 64 remain "
+        f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
         "(FT: the remain batch only; GA: the forget batch only; RL and SalUn draw both in one joint step), FA/RA "
         f"tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per class; "
         f"the final model judged on {args_summary['final_samples']} samples per class (guidance 2, 20 DDIM steps, "
         "seed 0).",
         "- *Iterations to forget*: the first tracked iteration with FA ≤ 1% and RA ≥ base − 1 point "
-        f"(`> {args_summary['iterations']}`: not within the budget). Rows show each method at the learning rate its "
+        "(`> budget`: not within it). Rows show each method at the learning rate its "
         "sweep chose (grid: the family's SFR-on default × "
         + ", ".join(f"{f:.3g}" for f in args_summary["lr_factors"])
         + "); the ablations use SFR-on's. Baselines keep their published settings otherwise: SalUn keeps 50% of the "
@@ -485,10 +491,27 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
     write_section(output, "\n".join(lines) + "\n")
 
 
+def merge(payloads: list[dict]) -> dict:
+    """One report from runs of different models (e.g. run side by side); the settings must agree but for the budget."""
+    if len(payloads) == 1:
+        return payloads[0]
+    first = payloads[0]
+    for other in payloads[1:]:
+        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != other["settings"][k]}
+        if differs:
+            raise ValueError(f"Cannot merge results whose settings differ in {sorted(differs)}.")
+    return first | {
+        "command": " and ".join(f"`{p['command']}`" for p in payloads).strip("`"),
+        "machine": " / ".join(dict.fromkeys(p["machine"] for p in payloads)),
+        "minutes": max(p["minutes"] for p in payloads),
+        "results": [r for p in payloads for r in p["results"]],
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.render_only:
-        payload = json.loads(args.render_only.read_text())
+        payload = merge([json.loads(path.read_text()) for path in args.render_only])
         render(payload, args.output, args.plots_dir)
         return payload
     erase = load_erase_script()
