@@ -1,6 +1,7 @@
 """The benchmark scripts run (tiny settings) and compute what they report from what they measured."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,7 @@ def test_gpu_cost_sd_data_splits_by_caption():
 
 def test_iterations_to_forget_needs_both_fa_and_ra():
     from sfr_diffusion import reporting as benchmark
+
     history = [
         {"step": 0, "FA": 1.0, "RA": 0.99},
         {"step": 10, "FA": 0.0, "RA": 0.95},  # forgotten, but the rest is damaged
@@ -77,9 +79,82 @@ def test_iterations_to_forget_needs_both_fa_and_ra():
 
 def test_sections_are_replaced_in_place(tmp_path):
     from sfr_diffusion import reporting as benchmark
+
     path = tmp_path / "BENCHMARKS.md"
     benchmark.write_section(path, "<!-- a:start -->\nold a\n<!-- a:end -->\n")
     benchmark.write_section(path, "<!-- b:start -->\nb\n<!-- b:end -->\n")
     benchmark.write_section(path, "<!-- a:start -->\nnew a\n<!-- a:end -->\n")
     text = path.read_text()
     assert "new a" in text and "old a" not in text and text.index("new a") < text.index("\nb\n")
+
+
+def test_gap_to_retrain_is_a_total_variation_distance():
+    benchmark = load("benchmark")
+    same = {"RA": 0.9, "FID": 20.0, "label_distribution": {"3": [0.5, 0.5, 0.0], "4": [0.0, 1.0, 0.0]}}
+    assert benchmark.gap_to_retrain(same, same, 3) == {
+        "forget_tv": 0.0,
+        "remain_tv": 0.0,
+        "RA_difference": 0.0,
+        "FID_difference": 0.0,
+    }
+    other = {"RA": 0.8, "FID": 25.0, "label_distribution": {"3": [0.0, 0.0, 1.0], "4": [0.0, 0.5, 0.5]}}
+    gap = benchmark.gap_to_retrain(other, same, 3)
+    assert gap["forget_tv"] == 1.0 and gap["remain_tv"] == 0.5  # disjoint; half the mass moved
+    assert gap["RA_difference"] == pytest.approx(-0.1) and gap["FID_difference"] == 5.0
+
+
+def test_sweep_prefers_forgetting_soonest_then_lower_fa_then_higher_ra():
+    benchmark = load("benchmark")
+
+    def row(reached, fa, ra):
+        return {"iterations_to_forget": reached, "history": [{"step": 0, "FA": 1.0, "RA": 1.0}, {"FA": fa, "RA": ra}]}
+
+    late, early, never_low_fa, never_high_fa = (
+        row(30, 0.0, 1.0),
+        row(10, 0.0, 0.99),
+        row(None, 0.1, 0.5),
+        row(None, 0.5, 1.0),
+    )
+    assert min([late, never_low_fa, early], key=benchmark.sweep_key) is early
+    assert min([never_high_fa, never_low_fa], key=benchmark.sweep_key) is never_low_fa
+    assert min([row(None, 0.1, 0.9), row(None, 0.1, 0.95)], key=benchmark.sweep_key)["history"][-1]["RA"] == 0.95
+
+
+def test_methods_benchmark_quick_mode(tmp_path):
+    """The CI run of the comparison: the sweep, retrain, the gap, the memory probe and the report."""
+    benchmark = load("benchmark")
+    output = tmp_path / "BENCHMARKS.md"
+    payload = benchmark.main(["--quick", "--output", str(output), "--plots_dir", str(tmp_path)])
+    (result,) = payload["results"]
+    assert result["family"] == "ddpm" and result["iterations"] == 4
+    grid = result["learning_rate_grid"]
+    assert grid == pytest.approx([2e-3, 6e-3])  # the DDPM default × the quick factors
+    runs = result["runs"]
+    # The sweep: every swept method at every rate on digit 3; the ablation R once, at SFR-on's chosen rate.
+    sweep = {(r["method"], r["learning_rate"]) for r in runs if r.get("sweep")}
+    assert sweep == {(m, lr) for m in ("sfr_on", "ft") for lr in grid}
+    (ablation,) = [r for r in runs if r["method"] == "R"]
+    assert ablation["learning_rate"] == result["best_learning_rate"]["sfr_on"]
+    for r in runs:
+        assert [h["step"] for h in r["history"]] == [0, 2, 4]
+        assert r["seconds_per_iteration"] > 0
+        reached = benchmark.iterations_to_forget(r["history"], r["history"][0]["RA"])
+        assert r["iterations_to_forget"] == reached
+        assert 0 <= r["gap"]["forget_tv"] <= 1 and 0 <= r["gap"]["remain_tv"] <= 1
+        retrained = result["retrain"]["3"]
+        assert r["gap"]["RA_difference"] == pytest.approx(r["final"]["RA"] - retrained["RA"])
+    assert {r["mask_seconds"] > 0 for r in runs if r["method"] == "sfr_on"} == {True}
+    assert {r["mask_seconds"] for r in runs if r["method"] in ("ft", "R")} == {0.0}  # no mask, no mask time
+    for memory in result["peak_memory_bytes"].values():
+        assert memory["resident"] > 100 * 2**20  # a fresh Python process with torch
+    text = output.read_text()
+    assert "<!-- methods-comparison:start -->" in text and "| **retrain** |" in text and "### Verdict" in text
+    sfr = [r for r in runs if r["method"] == "sfr_on" and r["learning_rate"] == result["best_learning_rate"]["sfr_on"]]
+    ft = [r for r in runs if r["method"] == "ft" and r["learning_rate"] == result["best_learning_rate"]["ft"]]
+    cost = sfr[0]["seconds_per_iteration"] / ft[0]["seconds_per_iteration"]
+    assert f"an SFR-on iteration takes {cost:.2f}× an FT iteration" in text
+    assert (tmp_path / "methods_digits_ddpm.png").stat().st_size > 10_000
+    results_json = tmp_path / "benchmark_methods.json"
+    again = ["--render_only", str(results_json), "--output", str(output), "--plots_dir", str(tmp_path)]
+    rendered = benchmark.main(again)
+    assert rendered["results"] == json.loads(json.dumps(payload["results"]))

@@ -97,5 +97,10 @@ def test_metrics_when_the_class_is_gone(judge):
     )
     assert metrics["FA"] == 0.0
     assert metrics["per_class_accuracy"][3] == 0.0
+    # The judge's label distribution per class: all of class 3's samples went to "no digit" (label 10).
+    assert metrics["label_distribution"][3] == [0.0] * 10 + [1.0]
+    for c, shares in metrics["label_distribution"].items():
+        assert len(shares) == 11 and sum(shares) == pytest.approx(1.0)
+        assert shares[c] == pytest.approx(metrics["per_class_accuracy"][c])
     assert metrics["RA"] >= 0.95
     assert np.isfinite(metrics["FID"])  # on the nine remaining classes only: unaffected by the blanks
