@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sfr_diffusion import reporting
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +67,7 @@ def test_gpu_cost_sd_data_splits_by_caption():
 
 
 def test_iterations_to_forget_needs_both_fa_and_ra():
-    from sfr_diffusion import reporting as benchmark
+    benchmark = reporting
 
     history = [
         {"step": 0, "FA": 1.0, "RA": 0.99},
@@ -78,7 +80,7 @@ def test_iterations_to_forget_needs_both_fa_and_ra():
 
 
 def test_sections_are_replaced_in_place(tmp_path):
-    from sfr_diffusion import reporting as benchmark
+    benchmark = reporting
 
     path = tmp_path / "BENCHMARKS.md"
     benchmark.write_section(path, "<!-- a:start -->\nold a\n<!-- a:end -->\n")
@@ -158,3 +160,10 @@ def test_methods_benchmark_quick_mode(tmp_path):
     again = ["--render_only", str(results_json), "--output", str(output), "--plots_dir", str(tmp_path)]
     rendered = benchmark.main(again)
     assert rendered["results"] == json.loads(json.dumps(payload["results"]))
+
+
+def test_per_digit_sfr_on_benchmark_quick_mode():
+    argv = ["--digits", "3", "--quick", "--plot_eval_every", "1", "--max_train_steps", "2"]
+    (row,) = load("benchmark_sfr_on").main(argv)
+    assert row["name"] == "three" and row["steps"] == 2 and [h["step"] for h in row["history"]] == [0, 1, 2]
+    assert row["iterations_to_forget"] == reporting.iterations_to_forget(row["history"], row["before"]["RA"])
