@@ -461,10 +461,10 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         f"- Command: `{payload['command']}` ({payload['minutes']:.0f} minutes in all, retraining included)",
         f"- Date: {payload['date']}; commit: {payload['commit']}; machine: {payload['machine']}",
         f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
-        "(FT: the remain batch only; GA: the forget batch only; RL and SalUn draw both in one joint step), FA/RA "
-        f"tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per class; "
-        f"the final model judged on {args_summary['final_samples']} samples per class (guidance 2, 20 DDIM steps, "
-        "seed 0).",
+        "(FT: the remain batch only; GA and ESD: the forget batch only; RL, SalUn and R: both in one joint step), "
+        f"FA/RA tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per "
+        f"class; the final model judged on {args_summary['final_samples']} samples per class (guidance 2, 20 DDIM "
+        "steps, seed 0).",
         "- *Iterations to forget*: the first tracked iteration with FA ≤ 1% and RA ≥ base − 1 point "
         "(`> budget`: not within it). Rows show each method at the learning rate its "
         "sweep chose (grid: the family's SFR-on default × "
