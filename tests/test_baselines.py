@@ -111,6 +111,31 @@ def test_rl_relabels_forget_images_with_remain_conditions(pipeline, forget_remai
     assert torch.equal(wrong, random_remain_conditions(forget, remain))
 
 
+def test_rl_remaps_the_forget_condition_onto_a_wrong_ones_prediction(pipeline, forget_remain):
+    """SalUn's diffusion form ‖ε_θ(x_t | c′) − ε_θ(x_t | c)‖²: the gradient flows through the forgotten side."""
+    from sfr_diffusion.methods import RL, RLConfig
+    from sfr_diffusion.methods.rl import random_remain_conditions
+
+    family = family_for(pipeline)
+    model = family.denoiser
+    method = RL(RLConfig(remain_weight=0.0, label_dropout=0.0), family)
+    forget = forget_batch(family, forget_remain, size=16)
+    remain = BatchSampler(forget_remain[1], family, 16, seed=0, stream=8).batch(0)
+    model.zero_grad()
+    terms = method.loss(method.phases[0], model, {"forget": forget, "remain": remain}, step=0, total_steps=1,
+                        reduce_sum=lambda v: v, num_processes=1)  # fmt: skip
+    x_t, t = family.noisy(family.encode(forget.images), forget.draw), forget.draw.timesteps
+    wrong = random_remain_conditions(forget, remain)
+    with torch.no_grad():
+        expected = per_sample_mse(family.predict(model, x_t, t, forget.labels), family.predict(model, x_t, t, wrong))
+    assert terms["forget_remap"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    terms["loss"].backward()
+    embedding_grad = model.class_embedding.weight.grad
+    assert embedding_grad[3].abs().sum() > 0  # the forgotten class's embedding moves...
+    assert embedding_grad[sorted(set(wrong.tolist()))].abs().sum() == 0  # ...the wrong conditions' do not
+    model.zero_grad()
+
+
 def test_salun_moves_only_its_salient_weights(pipeline, forget_remain, accelerator, tmp_path):
     from sfr_diffusion.methods import SalUn, SalUnConfig
     from sfr_diffusion.saliency import load_mask

@@ -1,7 +1,10 @@
-"""RL: random labelling — the forget images are trained under conditions they do not have, jointly with the remain
-loss, so the model relearns them as something else (Golatkar et al., "Eternal Sunshine of the Spotless Net", CVPR
-2020; the diffusion form is SalUn's, Fan et al., ICLR 2024).
+"""RL: random labelling — the forget images' prediction under their own condition is pulled onto the model's own
+prediction under a condition they do not have, jointly with the remain loss (Golatkar et al., "Eternal Sunshine of
+the Spotless Net", CVPR 2020; the diffusion form is SalUn's, Fan et al., ICLR 2024: ‖ε_θ(x_t | c′) − ε_θ(x_t | c)‖²
+on the forget data, the c′ side without gradient as in SalUn's DDPM code).
 
+Training the forget images *under* the wrong condition (the classifier recipe) would teach the other classes to draw
+the forgotten one and leave its own condition untouched; the remap changes what the forgotten condition produces.
 The wrong conditions are drawn from the remain batch's own conditions: other classes for class-conditional models,
 other prompts for text-to-image ones — never the forgotten one, on every family alike.
 """
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Batch
+from ..losses import per_sample_mse
 from .base import Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
 from .ft import FTConfig
 
@@ -49,13 +53,14 @@ class RL(UnlearningMethod):
         forget, remain = batch["forget"], batch["remain"]
         family = self.family
         x0 = family.encode(forget.images.to(family_device(model)))
-        wrong = random_remain_conditions(forget, remain).to(x0.device)
-        per_sample = family.diffusion_loss(model, x0, wrong, forget.draw)
+        labels, timesteps = forget.labels.to(x0.device), forget.draw.timesteps.to(x0.device)
+        x_t = family.noisy(x0, forget.draw)
+        with torch.no_grad():
+            target = family.predict(model, x_t, timesteps, random_remain_conditions(forget, remain).to(x0.device))
+        per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
         terms = remain_terms(family, model, remain, self.config.label_dropout, self.config.remain_weight)
-        terms.update(
-            timestep_quartile_terms("forget_relabelled", per_sample, forget.draw.timesteps, family.num_timesteps)
-        )
-        return {**terms, "loss": per_sample.mean() + terms["loss"], "forget_relabelled": per_sample.detach().mean()}
+        terms.update(timestep_quartile_terms("forget_remap", per_sample, forget.draw.timesteps, family.num_timesteps))
+        return {**terms, "loss": per_sample.mean() + terms["loss"], "forget_remap": per_sample.detach().mean()}
 
 
 def random_remain_conditions(forget: Batch, remain: Batch) -> torch.Tensor:
