@@ -246,7 +246,7 @@ def load_pipeline_family(model: str) -> str:
 def selected_runs(result: dict) -> dict[str, dict[int, dict]]:
     """method → digit → the run at the method's chosen learning rate."""
     chosen: dict[str, dict[int, dict]] = {}
-    for row in result["runs"]:
+    for row in sorted(result["runs"], key=lambda r: method_order(r["method"])):
         if row["learning_rate"] == result["best_learning_rate"][row["method"]]:
             chosen.setdefault(row["method"], {})[row["digit"]] = row
     return chosen
@@ -291,6 +291,11 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
         "",
         f"Cells give digit {names}. FA, RA in %; *gap* = total-variation distance to retrain's judged labels "
         "(forgotten digit / mean of the others; 0 = the same, 1 = disjoint); ΔRA, ΔFID = erased − retrain.",
+        *(
+            f"Rows of {', '.join(label(m) for m in sup['methods'])}: from a later run on the same machine and "
+            f"settings, `{sup['command']}`."
+            for sup in result.get("supplements", [])
+        ),
         "",
         "| method | learning rate | iterations to forget | FA | RA | FID-digits | gap forgotten | gap others "
         "| ΔRA | ΔFID | s / iteration | mask s | peak memory |",
@@ -346,7 +351,7 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
             "| method | " + " | ".join(f"{lr:.2g}" for lr in grid) + " |",
             "|---|" + "---|" * len(grid),
         ]
-        for method in dict.fromkeys(r["method"] for r in sweep):
+        for method in sorted(dict.fromkeys(r["method"] for r in sweep), key=method_order):
             cells = []
             for lr in grid:
                 row = next((r for r in sweep if r["method"] == method and r["learning_rate"] == lr), None)
@@ -458,7 +463,9 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         "<!-- methods-comparison:start -->",
         "## SFR-on against the baselines and retrain",
         "",
-        f"- Command: `{payload['command']}` ({payload['minutes']:.0f} minutes in all, retraining included)",
+        "- Commands: "
+        + "; ".join(f"`{c}`" for c in payload["command"].split("; "))
+        + f" ({payload['minutes']:.0f} minutes in all, retraining included; each model's time is in its heading)",
         f"- Date: {payload['date']}; commit: {payload['commit']}; machine: {payload['machine']}",
         f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
         "(FT: the remain batch only; GA and ESD: the forget batch only; RL, SalUn and R: both in one joint step), "
@@ -492,20 +499,41 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
 
 
 def merge(payloads: list[dict]) -> dict:
-    """One report from runs of different models (e.g. run side by side); the settings must agree but for the budget."""
-    if len(payloads) == 1:
-        return payloads[0]
-    first = payloads[0]
-    for other in payloads[1:]:
-        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != other["settings"][k]}
+    """One report from several runs: models run side by side, or a later run that redoes some methods of a model
+    (its runs of those methods replace the earlier ones). The settings must agree, except for the budget."""
+    first, by_model = payloads[0], {}
+    for payload in payloads:
+        settings = payload["settings"]
+        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != settings[k]}
         if differs:
             raise ValueError(f"Cannot merge results whose settings differ in {sorted(differs)}.")
+        for result in payload["results"]:
+            base = by_model.get(result["model"])
+            by_model[result["model"]] = result if base is None else supplemented(base, result, payload["command"])
     return first | {
-        "command": " and ".join(f"`{p['command']}`" for p in payloads).strip("`"),
+        "command": "; ".join(p["command"] for p in payloads),
         "machine": " / ".join(dict.fromkeys(p["machine"] for p in payloads)),
-        "minutes": max(p["minutes"] for p in payloads),
-        "results": [r for p in payloads for r in p["results"]],
+        "minutes": sum(p["minutes"] for p in payloads),
+        "results": list(by_model.values()),
     }
+
+
+def supplemented(base: dict, extra: dict, command: str) -> dict:
+    if base["iterations"] != extra["iterations"] or base["learning_rate_grid"] != extra["learning_rate_grid"]:
+        raise ValueError(f"The runs of {base['model']} to merge differ in budget or learning-rate grid.")
+    methods = sorted({r["method"] for r in extra["runs"]}, key=method_order)
+    return base | {
+        "runs": [r for r in base["runs"] if r["method"] not in methods] + extra["runs"],
+        "best_learning_rate": base["best_learning_rate"] | extra["best_learning_rate"],
+        "peak_memory_bytes": base["peak_memory_bytes"] | extra["peak_memory_bytes"],
+        "minutes": base["minutes"] + extra["minutes"],
+        "supplements": base.get("supplements", []) + [{"methods": methods, "command": command}],
+    }
+
+
+def method_order(method: str) -> int:
+    order = list(SWEPT_METHODS) + list(ABLATIONS)
+    return order.index(method) if method in order else len(order)
 
 
 def main(argv=None) -> dict:

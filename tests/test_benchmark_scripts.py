@@ -167,3 +167,38 @@ def test_per_digit_sfr_on_benchmark_quick_mode():
     (row,) = load("benchmark_sfr_on").main(argv)
     assert row["name"] == "three" and row["steps"] == 2 and [h["step"] for h in row["history"]] == [0, 1, 2]
     assert row["iterations_to_forget"] == reporting.iterations_to_forget(row["history"], row["before"]["RA"])
+
+
+def test_a_later_run_of_some_methods_replaces_theirs():
+    benchmark = load("benchmark")
+
+    def payload(command, methods, seconds):
+        runs = [
+            {"method": m, "digit": 3, "learning_rate": 1e-3, "seconds_per_iteration": seconds, "sweep": True}
+            for m in methods
+        ]
+        result = {
+            "model": "digits-ddpm",
+            "iterations": 4,
+            "learning_rate_grid": [1e-3],
+            "best_learning_rate": dict.fromkeys(methods, 1e-3),
+            "peak_memory_bytes": dict.fromkeys(methods, {"resident": seconds, "cuda": None}),
+            "runs": runs,
+            "minutes": 2.0,
+        }
+        return {"command": command, "settings": {"digits": [3]}, "machine": "m", "minutes": 2.0, "results": [result]}
+
+    merged = benchmark.merge([payload("first", ["sfr_on", "rl", "R"], 1.0), payload("second", ["rl"], 2.0)])
+    (result,) = merged["results"]
+    assert {(r["method"], r["seconds_per_iteration"]) for r in result["runs"]} == {
+        ("sfr_on", 1.0),
+        ("rl", 2.0),
+        ("R", 1.0),
+    }
+    assert result["supplements"] == [{"methods": ["rl"], "command": "second"}]
+    assert result["peak_memory_bytes"]["rl"]["resident"] == 2.0 and result["minutes"] == 4.0
+    assert list(benchmark.selected_runs(result)) == ["sfr_on", "rl", "R"]  # the table's order, whatever the run order
+    with pytest.raises(ValueError, match="differ"):
+        other = payload("third", ["rl"], 2.0)
+        other["settings"]["digits"] = [0]
+        benchmark.merge([payload("first", ["rl"], 1.0), other])
