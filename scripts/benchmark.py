@@ -3,6 +3,7 @@
     python scripts/benchmark.py                         # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
     python scripts/benchmark.py --models digits-ddpm --digits 3 7
     python scripts/benchmark.py --quick --output /tmp/BENCHMARKS.md   # a smoke run of every code path (CI)
+    python scripts/benchmark.py --resume                # after an interruption: reuse the finished runs
 
 For each model and forget digit every method gets the same iteration budget (``--iterations``) through
 ``scripts/erase_concept.py``, with FA/RA tracked every ``--eval_every`` iterations on ``--track_samples`` samples per
@@ -82,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plots_dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--results_json", type=Path, default=None, help="Default: <plots_dir>/benchmark_methods.json")
     parser.add_argument("--quick", action="store_true", help=f"Smoke-run settings: {QUICK}.")
+    parser.add_argument("--resume", action="store_true", help="Reuse the finished runs of an interrupted benchmark.")
     parser.add_argument(
         "--render_only", type=Path, nargs="+", default=None,
         help="Rewrite tables and plots from results JSONs (several: runs of different models, merged).",
@@ -139,7 +141,38 @@ def gap_to_retrain(final: dict, retrained: dict, digit: int) -> dict:
     }
 
 
+class FinishedRuns:
+    """Every finished run, saved to ``<results_json stem>.partial.json`` as it ends: an interrupted benchmark loses
+    only the run in progress, and ``--resume`` reuses the saved runs (same settings; keyed by model, method, digit
+    and learning rate)."""
+
+    def __init__(self, path: Path, settings: dict, resume: bool):
+        self.path, self.settings, self.runs = path, settings, {}
+        if resume and path.exists():
+            saved = json.loads(path.read_text())
+            if saved["settings"] == settings:
+                self.runs = saved["runs"]
+            else:
+                print(f"Not resuming from {path}: it was run with other settings.", flush=True)
+
+    def get_or_run(self, key: str, run) -> dict:
+        if key not in self.runs:
+            self.runs[key] = run()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staging = self.path.with_name(self.path.name + ".tmp")
+            staging.write_text(json.dumps({"settings": self.settings, "runs": self.runs}, default=str))
+            staging.replace(self.path)
+        return self.runs[key]
+
+
 def run_one(erase, args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
+    key = f"{model}|{label}|{digit}|{lr!r}"
+    return args.finished.get_or_run(
+        key, lambda: erase_and_judge(erase, args, model, digit, label, method_args, lr, tmp)
+    )
+
+
+def erase_and_judge(erase, args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path):
     output_dir = tmp / f"{label}-{digit}-{lr:g}"
     summary = erase.main(erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr))
     history = summary["history"]
@@ -543,25 +576,28 @@ def main(argv=None) -> dict:
         render(payload, args.output, args.plots_dir)
         return payload
     erase = load_erase_script()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [benchmark_model(erase, args, model, Path(tmp)) for model in args.models]
     settings = {
         key: getattr(args, key)
         for key in "digits iterations eval_every track_samples final_samples lr_factors retrain_steps".split()
-        + ["memory_iterations"]
+        + ["memory_iterations", "erase_args"]
     }
+    partial = args.results_json.with_name(args.results_json.stem + ".partial.json")
+    args.finished = FinishedRuns(partial, settings, args.resume)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [benchmark_model(erase, args, model, Path(tmp)) for model in args.models]
     payload = {
         "command": ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
         "date": datetime.date.today().isoformat(),
         "commit": git_commit(ROOT),
         "machine": machine_description(),
         "minutes": (time.perf_counter() - start) / 60,
-        "settings": settings | {"erase_args": args.erase_args},
+        "settings": settings,
         "results": results,
     }
     args.results_json.parent.mkdir(parents=True, exist_ok=True)
     args.results_json.write_text(json.dumps(payload, indent=1, default=str))
+    partial.unlink(missing_ok=True)
     render(payload, args.output, args.plots_dir)
     return payload
 

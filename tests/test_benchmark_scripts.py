@@ -202,3 +202,28 @@ def test_a_later_run_of_some_methods_replaces_theirs():
         other = payload("third", ["rl"], 2.0)
         other["settings"]["digits"] = [0]
         benchmark.merge([payload("first", ["rl"], 1.0), other])
+
+
+def test_finished_runs_survive_an_interruption(tmp_path):
+    benchmark = load("benchmark")
+    path = tmp_path / "results.partial.json"
+    calls = []
+
+    def run(value):
+        def go():
+            calls.append(value)
+            if value == "boom":
+                raise KeyboardInterrupt
+            return {"value": value}
+
+        return go
+
+    finished = benchmark.FinishedRuns(path, {"iterations": 4}, resume=False)
+    assert finished.get_or_run("a", run("a")) == {"value": "a"}
+    with pytest.raises(KeyboardInterrupt):
+        finished.get_or_run("b", run("boom"))
+    resumed = benchmark.FinishedRuns(path, {"iterations": 4}, resume=True)
+    assert resumed.get_or_run("a", run("again")) == {"value": "a"} and calls == ["a", "boom"]  # not run again
+    assert resumed.get_or_run("b", run("b")) == {"value": "b"}
+    assert benchmark.FinishedRuns(path, {"iterations": 8}, resume=True).runs == {}  # other settings: start over
+    assert benchmark.FinishedRuns(path, {"iterations": 4}, resume=False).runs == {}
