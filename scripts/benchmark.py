@@ -583,13 +583,13 @@ def main(argv=None) -> dict:
     }
     partial = args.results_json.with_name(args.results_json.stem + ".partial.json")
     args.finished = FinishedRuns(partial, settings, args.resume)
-    start = time.perf_counter()
+    commit, start = git_commit(ROOT), time.perf_counter()  # the code that runs, even if the checkout changes meanwhile
     with tempfile.TemporaryDirectory() as tmp:
         results = [benchmark_model(erase, args, model, Path(tmp)) for model in args.models]
     payload = {
         "command": ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
         "date": datetime.date.today().isoformat(),
-        "commit": git_commit(ROOT),
+        "commit": commit,
         "machine": machine_description(),
         "minutes": (time.perf_counter() - start) / 60,
         "settings": settings,
