@@ -499,7 +499,8 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         "- Commands: "
         + "; ".join(f"`{c}`" for c in payload["command"].split("; "))
         + f" ({payload['minutes']:.0f} minutes in all, retraining included; each model's time is in its heading)",
-        f"- Date: {payload['date']}; commit: {payload['commit']}; machine: {payload['machine']}",
+        f"- Date: {payload['date']}; commits (in the order of the commands): {payload['commit']}; machine: "
+        f"{payload['machine']}",
         f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
         "(FT: the remain batch only; GA and ESD: the forget batch only; RL, SalUn and R: both in one joint step), "
         f"FA/RA tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per "
@@ -545,6 +546,7 @@ def merge(payloads: list[dict]) -> dict:
             by_model[result["model"]] = result if base is None else supplemented(base, result, payload["command"])
     return first | {
         "command": "; ".join(p["command"] for p in payloads),
+        "commit": "; ".join(dict.fromkeys(p["commit"] for p in payloads)),
         "machine": " / ".join(dict.fromkeys(p["machine"] for p in payloads)),
         "minutes": sum(p["minutes"] for p in payloads),
         "results": list(by_model.values()),
