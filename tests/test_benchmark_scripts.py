@@ -186,7 +186,14 @@ def test_a_later_run_of_some_methods_replaces_theirs():
             "runs": runs,
             "minutes": 2.0,
         }
-        return {"command": command, "settings": {"digits": [3]}, "machine": "m", "minutes": 2.0, "results": [result]}
+        return {
+            "command": command,
+            "commit": "c",
+            "settings": {"digits": [3]},
+            "machine": "m",
+            "minutes": 2.0,
+            "results": [result],
+        }
 
     merged = benchmark.merge([payload("first", ["sfr_on", "rl", "R"], 1.0), payload("second", ["rl"], 2.0)])
     (result,) = merged["results"]
