@@ -511,7 +511,8 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         "",
         "- Commands: "
         + "; ".join(f"`{c}`" for c in payload["command"].split("; "))
-        + f" ({payload['minutes']:.0f} minutes in all, retraining included; each model's time is in its heading)",
+        + f" ({payload['minutes']:.0f} minutes of runs in all, retraining included; each model's time is in its "
+        "heading)",
         f"- Date: {payload['date']}; commits (in the order of the commands): {payload['commit']}; machine: "
         f"{payload['machine']}",
         f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
