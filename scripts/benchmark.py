@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py                         # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
     python scripts/benchmark.py --models digits-ddpm --digits 3 7
-    python scripts/benchmark.py --quick --output /tmp/BENCHMARKS.md   # a smoke run of every code path (CI)
+    python scripts/benchmark.py --quick                 # a smoke run of every code path, into a temp folder
     python scripts/benchmark.py --resume                # after an interruption: reuse the finished runs
 
 For each model and forget digit every method gets the same iteration budget (``--iterations``) through
@@ -79,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr_factors", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
     parser.add_argument("--retrain_steps", type=int, default=3000, help="The bundled recipe's steps.")
     parser.add_argument("--memory_iterations", type=int, default=3, help="Iterations of the peak-memory run.")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--plots_dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--output", type=Path, default=None, help="Default: BENCHMARKS.md (--quick: a temp folder).")
+    parser.add_argument("--plots_dir", type=Path, default=None, help="Default: docs/ (--quick: next to --output).")
     parser.add_argument("--results_json", type=Path, default=None, help="Default: <plots_dir>/benchmark_methods.json")
     parser.add_argument("--quick", action="store_true", help=f"Smoke-run settings: {QUICK}.")
     parser.add_argument("--resume", action="store_true", help="Reuse the finished runs of an interrupted benchmark.")
@@ -92,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+        # A smoke run never touches the repository's BENCHMARKS.md or docs/.
+        args.output = args.output or Path(tempfile.mkdtemp(prefix="sfr-benchmark-quick-")) / "BENCHMARKS.md"
+    args.output = args.output or ROOT / "BENCHMARKS.md"
+    args.plots_dir = args.plots_dir or (args.output.parent if args.quick else ROOT / "docs")
     bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
     if bad:
         parser.error(f"--digits must be 0..9, got {bad}.")

@@ -234,3 +234,9 @@ def test_finished_runs_survive_an_interruption(tmp_path):
     assert resumed.get_or_run("b", run("b")) == {"value": "b"}
     assert benchmark.FinishedRuns(path, {"iterations": 8}, resume=True).runs == {}  # other settings: start over
     assert benchmark.FinishedRuns(path, {"iterations": 4}, resume=False).runs == {}
+
+
+def test_quick_mode_never_writes_into_the_repository():
+    args = load("benchmark").parse_args(["--quick"])
+    assert ROOT not in args.output.parents and ROOT not in args.plots_dir.parents
+    assert args.iterations == 4 and args.models == ["digits-ddpm"]
