@@ -40,7 +40,7 @@ from sfr_diffusion.reporting import (
     write_section,
 )
 from sfr_diffusion.retrain import retrain
-from sfr_diffusion.world import BUNDLED_ALIASES, digits_world_metrics, resolve_model
+from sfr_diffusion.world import BUNDLED_ALIASES, digits_world_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEPT_METHODS = ("sfr_on", "ft", "ga", "rl", "salun", "esd")
@@ -122,11 +122,11 @@ def erase_argv(args, model: str, digit: int, method_args: list[str], output_dir:
 
 
 def judged(path, digit: int, samples: int) -> dict:
-    """The final judgement of a model: FA, RA, FID-digits and the judge's label distribution per class."""
+    """The final judgement of a model: FA, RA, FID-digits and the judge's label distribution per class (keyed by the
+    class as a string, as it reads back from the results JSON)."""
     metrics = digits_world_metrics(load_pipeline(path), [digit], samples_per_class=samples)
-    return {k: metrics[k] for k in ("FA", "RA", "FID", "label_distribution") if k in metrics} | (
-        {"FA_paraphrases": metrics["FA_paraphrases"]} if "FA_paraphrases" in metrics else {}
-    )
+    keys = ("FA", "FA_paraphrases", "RA", "FID", "label_distribution")
+    return json.loads(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 
 
 def total_variation(p: list[float], q: list[float]) -> float:
@@ -188,7 +188,7 @@ def erase_and_judge(erase, args, model: str, digit: int, label: str, method_args
         "learning_rate": lr,
         "iterations_to_forget": iterations_to_forget(history, history[0]["RA"]),
         "history": [{k: h[k] for k in ("step", "FA", "RA")} for h in history],
-        "final": json.loads(json.dumps(final)),  # int keys → str, as after a JSON round trip
+        "final": final,
         "seconds_per_iteration": summary["seconds"]["train"] / summary["steps"],
         "mask_seconds": summary["seconds"]["mask"],
         "train_seconds": summary["seconds"]["train"],
@@ -231,9 +231,8 @@ def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float,
 
 
 def benchmark_model(erase, args, model: str, tmp: Path) -> dict:
-    family_defaults = erase.DEFAULT_LEARNING_RATE
-    family = load_pipeline_family(model)
-    base_lr = family_defaults[family]
+    family = BUNDLED_ALIASES[model]  # the bundled digits models are named after their family
+    base_lr = erase.DEFAULT_LEARNING_RATE[family]
     grid = [base_lr * f for f in args.lr_factors]
     sweep_digit, runs, best_lr, retrained, memory = args.digits[0], [], {}, {}, {}
     start = time.perf_counter()
@@ -256,24 +255,18 @@ def benchmark_model(erase, args, model: str, tmp: Path) -> dict:
             runs.append(run_one(erase, args, model, digit, name, ABLATIONS[name], ablation_lr, tmp))
         memory[name] = peak_memory(args, model, sweep_digit, ABLATIONS[name], ablation_lr, tmp)
     for row in runs:
-        row["gap"] = gap_to_retrain(row["final"], json.loads(json.dumps(retrained[row["digit"]])), row["digit"])
+        row["gap"] = gap_to_retrain(row["final"], retrained[row["digit"]], row["digit"])
     return {
         "model": model,
         "family": family,
         "iterations": args.iterations,
         "learning_rate_grid": grid,
         "best_learning_rate": best_lr | {name: ablation_lr for name in args.ablations},
-        "retrain": {str(d): json.loads(json.dumps(m)) for d, m in retrained.items()},
+        "retrain": {str(d): m for d, m in retrained.items()},
         "peak_memory_bytes": memory,
         "runs": runs,
         "minutes": (time.perf_counter() - start) / 60,
     }
-
-
-def load_pipeline_family(model: str) -> str:
-    from sfr_diffusion.families import family_for
-
-    return family_for(load_pipeline(resolve_model(model))).name
 
 
 # ----------------------------------------------------------------------------------------------------------------

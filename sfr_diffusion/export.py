@@ -43,6 +43,18 @@ def save_pipeline(pipeline, folder: str | Path) -> None:
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+def save_pipeline_once(pipeline, target: Path) -> Path:
+    """`save_pipeline` into a cache folder that is written once: staged, then renamed, so that concurrent processes
+    and interrupted runs never see a half-written folder (if another process finished first, its folder is kept)."""
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    save_pipeline(pipeline, staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _copy_custom_pipeline_code(pipeline, folder: Path) -> None:
     """Pipelines that diffusers does not ship travel with their code as ``pipeline.py`` (for ``custom_pipeline``)."""
     if hasattr(diffusers, type(pipeline).__name__):

@@ -7,14 +7,12 @@ written atomically, so that an interrupted or concurrent run never leaves a half
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from diffusers import AutoencoderKL
 
 from .digits import DIGIT_NAMES
-from .export import save_pipeline
+from .export import save_pipeline_once
 from .world import DIGITS_PRETRAIN_STEPS, bundled_path, cache_dir, pretrain_digits_model
 
 RETRAIN_RECIPE_VERSION = 1  # bump when `pretrain_digits_model` changes what it trains
@@ -42,10 +40,4 @@ def retrain(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS,
         return target
     vae = None if name == "ddpm" else AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")
     pipeline = pretrain_digits_model(name, vae=vae, exclude_digit=forget_digit, steps=steps, seed=seed)
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    save_pipeline(pipeline, staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_pipeline_once(pipeline, target)

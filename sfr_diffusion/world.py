@@ -6,7 +6,6 @@ import copy
 import importlib.util
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -176,7 +175,7 @@ def assembled_sd_path(shipped: Path) -> Path:
     Keyed by the assembly recipe's version and the shipped UNet's size and time stamp; written to a staging folder and
     renamed, so concurrent processes and interrupted runs never see a half-written folder.
     """
-    from .export import save_pipeline
+    from .export import save_pipeline_once
 
     weights = next((shipped / "unet").glob("*.safetensors"))
     stat = weights.stat()
@@ -187,13 +186,7 @@ def assembled_sd_path(shipped: Path) -> Path:
     unet = UNet2DConditionModel.from_pretrained(shipped / "unet")
     pipeline = digits_sd_pipeline(vae, unet)
     pipeline.scheduler = DDIMScheduler.from_pretrained(shipped / "scheduler")
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    save_pipeline(pipeline, staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_pipeline_once(pipeline, target)
 
 
 def digits_ddpm_pipeline(seed: int = 0) -> ClassConditionalDDPMPipeline:
