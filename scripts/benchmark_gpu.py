@@ -98,7 +98,7 @@ def time_method(method_name: str, args, output_dir: str) -> dict:
     else:
         method = FT(FTConfig(), family)
     total = args.warmup + args.iterations
-    training_args = TrainingArguments(output_dir=output_dir, max_train_steps=total, forget_batch_size=args.batch_size,
+    training_args = TrainingArguments(checkpoints_dir=None, max_train_steps=total, forget_batch_size=args.batch_size,
                                       remain_batch_size=args.batch_size, optimizer="adamw")  # fmt: skip
     ends: list[float] = []
     last_phase = method.phases[-1].name

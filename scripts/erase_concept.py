@@ -2,9 +2,9 @@
 
 The family is read from the pipeline: a class-conditional UNet2DModel (DDPM), a DiTPipeline (class erasure in latent
 space) or a StableDiffusionPipeline (concept erasure from text prompts). With no arguments it erases "three" from the
-bundled digits-world DDPM into ./outputs/erase-three:
+bundled digits-world DDPM into ./outputs/digits-ddpm-erase-three:
 
-    accelerate launch scripts/erase_concept.py
+    accelerate launch -q scripts/erase_concept.py
 
 On your own class-conditional UNet2DModel pipeline (e.g. a CIFAR-10 one) with its training data:
 
@@ -31,7 +31,13 @@ the concept onto --anchor_concept. On the bundled digits SD, or e.g. CompVis/sta
         --num_inference_steps 50 --guidance_scale 7.5 --learning_rate 1e-5 --forget_batch_size 2 \
         --remain_batch_size 2 --max_train_steps 500 --trainable cross_attention --mixed_precision bf16
 
-Resume an interrupted run with the same command plus ``--resume_from_checkpoint latest``.
+Resume an interrupted run with the same command plus ``--resume_from_checkpoint latest`` (checkpoints are written
+to ``<output_dir>-checkpoints`` with ``--checkpointing_steps``, never into the export). An existing --output_dir is
+replaced only when it is an earlier export and ``--overwrite_output_dir`` is given; anything else is refused.
+
+A mistake in the command (a value out of range, a missing file, a folder that must not be replaced) ends in one line
+on stderr and exit status 2 before any data or model work; ``--debug`` (or ``SFR_DIFFUSION_DEBUG=1``) shows the
+traceback instead. ``accelerate launch -q`` keeps accelerate from adding a traceback of its own after that line.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import re
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -49,9 +59,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from sfr_diffusion.data import LabelledImages, check_label_names, load_image_dataset, split_by_class
+from sfr_diffusion.data import LabelledImages, align_label_ids, load_image_dataset, split_by_class, verify_images
 from sfr_diffusion.digits import load_digits_dataset
-from sfr_diffusion.export import export_pipeline, render_model_card
+from sfr_diffusion.export import check_output_dir, export_pipeline, render_model_card
 from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import METHODS, get_method_class
 from sfr_diffusion.pipelines import load_pipeline
@@ -65,7 +75,14 @@ from sfr_diffusion.text_data import (
     split_by_caption,
     with_prompt_ids,
 )
-from sfr_diffusion.training import MASK_FILE, TrainingArguments, run_erasure
+from sfr_diffusion.training import (
+    TrainingArguments,
+    check_checkpoints_dir,
+    make_checkpoints_dir,
+    resolve_resume,
+    run_erasure,
+)
+from sfr_diffusion.validation import USER_ERRORS, one_line
 from sfr_diffusion.world import (
     BUNDLED_ALIASES,
     NEUTRAL_PROMPT,
@@ -113,8 +130,59 @@ METHOD_OPTIONS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its usage text for this many options would bury the message)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model and target")
     model.add_argument(
         "--pretrained_model_name_or_path",
@@ -133,15 +201,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"digits SD {NEUTRAL_PROMPT!r}).",
     )
     model.add_argument("--method", default="sfr_on", choices=sorted(METHODS))
-    model.add_argument("--output_dir", default=None, help="Default: outputs/erase-<concept>.")
+    model.add_argument("--output_dir", default=None, help="Default: outputs/<model>-erase-<concept>.")
+    model.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace --output_dir when it holds an earlier export (any other existing folder is always refused).",
+    )
+    model.add_argument(
+        "--checkpoints_dir",
+        default=None,
+        help="Training checkpoints (with --checkpointing_steps or --report_to); default: <output_dir>-checkpoints.",
+    )
+    model.add_argument("--debug", action="store_true", help="Show the traceback of an error instead of one line.")
     text = parser.add_argument_group("text-to-image data (default: images generated by the model itself)")
     text.add_argument("--forget_prompts", default=None, help="A .txt (one per line) or .csv (`prompt` column).")
     text.add_argument("--remain_prompts", default=None, help="Same formats; default: generic everyday prompts.")
-    text.add_argument("--images_per_prompt", type=int, default=8)
-    text.add_argument("--generation_batch_size", type=int, default=64)
+    text.add_argument("--images_per_prompt", type=positive_int, default=8)
+    text.add_argument("--generation_batch_size", type=positive_int, default=64)
     text.add_argument(
         "--generation_guidance_scale",
-        type=float,
+        type=non_negative_float,
         default=1.0,
         help="Guidance of the generated training images (default 1: the model's own conditional distribution).",
     )
@@ -157,15 +236,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--label_column", default="label")
     data.add_argument("--cache_dir", default=None)
     train = parser.add_argument_group("training")
-    train.add_argument("--max_train_steps", type=int, default=DEFAULTS["max_train_steps"])
+    train.add_argument("--max_train_steps", type=positive_int, default=DEFAULTS["max_train_steps"])
     train.add_argument(
-        "--learning_rate", type=float, default=None, help=f"Default per family: {DEFAULT_LEARNING_RATE}."
+        "--learning_rate", type=positive_float, default=None, help=f"Default per family: {DEFAULT_LEARNING_RATE}."
     )
     train.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
-    train.add_argument("--adam_weight_decay", type=float, default=0.0)
-    train.add_argument("--forget_batch_size", type=int, default=DEFAULTS["forget_batch_size"], help="Global batch.")
-    train.add_argument("--remain_batch_size", type=int, default=DEFAULTS["remain_batch_size"], help="Global batch.")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0)
+    train.add_argument(
+        "--forget_batch_size", type=positive_int, default=DEFAULTS["forget_batch_size"], help="Global batch."
+    )
+    train.add_argument(
+        "--remain_batch_size", type=positive_int, default=DEFAULTS["remain_batch_size"], help="Global batch."
+    )
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument(
         "--trainable",
         default="all",
@@ -174,25 +257,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     train.add_argument("--gradient_checkpointing", action="store_true")
-    train.add_argument("--checkpointing_steps", type=int, default=None)
-    train.add_argument("--checkpoints_total_limit", type=int, default=None)
+    train.add_argument("--checkpointing_steps", type=positive_int, default=None)
+    train.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     train.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder or "latest".')
     train.add_argument("--report_to", default=None, help='"tensorboard", "wandb", "all"... (default: none).')
     sfr = parser.add_argument_group("SFR-on (defaults: the official DDPM CIFAR-10 setting)")
     sfr.add_argument(
         "--forget_loss", default=None, choices=["ascent", "remap"], help=f"Default: {DEFAULT_FORGET_LOSS}."
     )
-    sfr.add_argument("--alpha", type=float, default=10.0, help="α_0, weight of the forget loss.")
+    sfr.add_argument("--alpha", type=non_negative_float, default=10.0, help="α_0, weight of the forget loss.")
     sfr.add_argument("--no_cosine_decay", action="store_true", help="Keep α constant instead of cosine decay.")
-    sfr.add_argument("--temperature", type=float, default=0.5, help="λ of the adaptive forget weights.")
-    sfr.add_argument("--remain_weight", type=float, default=1.0, help="β, weight of the remain loss.")
-    sfr.add_argument("--gamma", type=float, default=1.0, help="Saliency threshold on F_f / F_r.")
+    sfr.add_argument("--temperature", type=non_negative_float, default=0.5, help="λ of the adaptive forget weights.")
+    sfr.add_argument("--remain_weight", type=non_negative_float, default=1.0, help="β, weight of the remain loss.")
+    sfr.add_argument("--gamma", type=non_negative_float, default=1.0, help="Saliency threshold on F_f / F_r.")
     sfr.add_argument("--no_mask", action="store_true", help="Ablation: no saliency mask on the forget step.")
-    sfr.add_argument("--mask_batches", type=int, default=4)
-    sfr.add_argument("--forget_max_grad_norm", type=float, default=1.0)
-    sfr.add_argument("--remain_max_grad_norm", type=float, default=1.0)
+    sfr.add_argument("--mask_batches", type=positive_int, default=4)
+    sfr.add_argument("--forget_max_grad_norm", type=positive_float, default=1.0)
+    sfr.add_argument("--remain_max_grad_norm", type=positive_float, default=1.0)
     sfr.add_argument("--remap_class", default=None, help="Target class of --forget_loss remap (default: null).")
-    sfr.add_argument("--label_dropout", type=float, default=0.1)
+    sfr.add_argument("--label_dropout", type=non_negative_float, default=0.1)
     sfr.add_argument(
         "--no_online",
         action="store_true",
@@ -201,14 +284,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     baselines = parser.add_argument_group(
         "baselines (--method ft, ga, rl, salun, esd; --alpha sets ga's weight, --remain_weight rl's and salun's)"
     )
-    baselines.add_argument("--negative_guidance", type=float, default=1.0, help="ESD's η.")
-    baselines.add_argument("--mask_ratio", type=float, default=0.5, help="SalUn: share of weights its mask keeps.")
+    baselines.add_argument("--negative_guidance", type=non_negative_float, default=1.0, help="ESD's η.")
+    baselines.add_argument(
+        "--mask_ratio", type=positive_float, default=0.5, help="SalUn: share of weights its mask keeps."
+    )
     evaluation = parser.add_argument_group("sampling: evaluation (digits world only) and generated training images")
     evaluation.add_argument("--skip_eval", action="store_true")
-    evaluation.add_argument("--eval_every", type=int, default=None, help="Also track FA/RA every N steps.")
-    evaluation.add_argument("--eval_samples_per_class", type=int, default=50)
-    evaluation.add_argument("--guidance_scale", type=float, default=2.0)
-    evaluation.add_argument("--num_inference_steps", type=int, default=20)
+    evaluation.add_argument("--eval_every", type=positive_int, default=None, help="Also track FA/RA every N steps.")
+    evaluation.add_argument("--eval_samples_per_class", type=positive_int, default=50)
+    evaluation.add_argument("--guidance_scale", type=non_negative_float, default=2.0)
+    evaluation.add_argument("--num_inference_steps", type=positive_int, default=20)
     return parser.parse_args(argv)
 
 
@@ -245,30 +330,39 @@ def image_kwargs(args, family) -> dict:
     return dict(resolution=height, channels=channels, image_column=args.image_column)
 
 
-def class_target(args, family, pipeline, accelerator) -> ErasureTarget:
+def class_target(args, family, pipeline, accelerator, user_prompts: dict) -> ErasureTarget:
     """Class erasure: the forget class's images and all the others, from the user's data or the digits world."""
+    if user_prompts:
+        raise ValueError("--forget_prompts and --remain_prompts are for text-to-image models; this one takes classes.")
     forget_class = family.resolve_class(args.concept)
     kwargs = image_kwargs(args, family)
     if args.dataset_name or args.train_data_dir:
         dataset = user_dataset(args)
+        if args.label_column not in dataset.column_names and args.train_data_dir:
+            raise ValueError(
+                f"--train_data_dir {args.train_data_dir} has fewer than two class sub-folders, so it has no labels: "
+                "class erasure needs one sub-folder per class (e.g. zero/ … nine/), the forget class among them."
+            )
+        verify_images(dataset, args.image_column)
     elif is_digits_world(pipeline):
         dataset, kwargs["image_column"] = load_digits_dataset("train"), "image"
     else:
         raise ValueError("This model is not the digits world: pass --dataset_name or --train_data_dir.")
-    check_label_names(dataset, args.label_column, getattr(pipeline, "labels", None))
+    dataset = align_label_ids(dataset, args.label_column, getattr(pipeline, "labels", None))
     with accelerator.main_process_first():
         forget, remain = split_by_class(dataset, [forget_class], label_column=args.label_column, **kwargs)
     name = class_names(pipeline).get(forget_class, str(forget_class))
     return ErasureTarget(name, forget_class, forget, remain, [forget_class])
 
 
-def text_target(args, family, pipeline, accelerator) -> ErasureTarget:
+def text_target(args, family, pipeline, accelerator, user_prompts: dict) -> ErasureTarget:
     """Concept erasure: captioned images that name the concept and the others, generated by the model or given."""
     concept = args.concept.strip()
     condition = family.prompt_id(concept)
     kwargs = {**image_kwargs(args, family), "label_column": PROMPT_ID_COLUMN}
     if args.dataset_name or args.train_data_dir:
         dataset = user_dataset(args)
+        verify_images(dataset, args.image_column)
         forget_rows, remain_rows = split_by_caption(dataset, concept, args.caption_column)
         dataset = with_prompt_ids(dataset, family, args.caption_column)
         forget, remain = LabelledImages(dataset, forget_rows, **kwargs), LabelledImages(dataset, remain_rows, **kwargs)
@@ -277,8 +371,8 @@ def text_target(args, family, pipeline, accelerator) -> ErasureTarget:
             forget_prompts, remain_prompts = digits_sd_prompts(concept)
         else:
             forget_prompts, remain_prompts = concept_prompts(concept), list(GENERIC_REMAIN_PROMPTS)
-        forget_prompts = read_prompts(args.forget_prompts) if args.forget_prompts else forget_prompts
-        remain_prompts = read_prompts(args.remain_prompts) if args.remain_prompts else remain_prompts
+        forget_prompts = user_prompts.get("forget") or forget_prompts
+        remain_prompts = user_prompts.get("remain") or remain_prompts
         settings = dict(
             images_per_prompt=args.images_per_prompt,
             seed=args.seed,
@@ -353,16 +447,52 @@ def prompts_of(images: LabelledImages, family) -> list[str]:
     return sorted({family.prompts[int(i)] for i in ids})
 
 
+def slug(text: str) -> str:
+    """A folder-name form of a model or concept name: letters, digits, '.', '_' and '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._") or "model"
+
+
+def default_output_dir(args: argparse.Namespace) -> Path:
+    """outputs/<model>-erase-<concept>: runs with other models or concepts never share a folder."""
+    model = Path(str(args.pretrained_model_name_or_path).rstrip("/\\")).name
+    return Path("outputs") / f"{slug(model)}-erase-{slug(args.concept)}"
+
+
+def mixed_precision(requested: str | None) -> str | None:
+    """fp16 needs CUDA's loss scaling; without a GPU the run trains in fp32 and says so."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        logger.warning("--mixed_precision fp16 needs a CUDA GPU and none was found: this run trains in fp32 (no).")
+        return "no"
+    return requested
+
+
 def main(argv=None, callbacks: tuple = ()) -> dict:
-    """Run the script; `callbacks` receive a `sfr_diffusion.training.PhaseEvent` after every optimizer step."""
+    """Run the script; `callbacks` receive a `sfr_diffusion.training.PhaseEvent` after every optimizer step.
+
+    Raises the library's errors (``ValueError``, ``OSError``...) for what the user got wrong; `cli` prints them as
+    one line. Everything that can be checked without the model's data is checked before any data or mask work.
+    """
     args = parse_args(argv)
-    output_dir = Path(args.output_dir or f"outputs/erase-{args.concept}".replace(" ", "_"))
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not args.concept.strip():
+        raise ValueError("--concept is empty: give a class name or id, or a concept text.")
+    output_dir = check_output_dir(args.output_dir or default_output_dir(args), overwrite=args.overwrite_output_dir)
+    wants_checkpoints = args.checkpointing_steps or args.resume_from_checkpoint or args.report_to
+    checkpoints_dir = args.checkpoints_dir or (f"{output_dir}-checkpoints" if wants_checkpoints else None)
+    if checkpoints_dir is not None and Path(checkpoints_dir).resolve() == output_dir:
+        raise ValueError("--checkpoints_dir must not be the --output_dir: the export holds no training state.")
+    user_prompts = {
+        kind: read_prompts(path)
+        for kind, path in (("forget", args.forget_prompts), ("remain", args.remain_prompts))
+        if path is not None
+    }
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(args.mixed_precision),
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=checkpoints_dir, logging_dir=None if checkpoints_dir is None else f"{checkpoints_dir}/logs"
+        ),
+    )
     set_seed(args.seed)
 
     pipeline, base_model = load_base_pipeline(args.pretrained_model_name_or_path)
@@ -370,8 +500,16 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
     pipeline.to(accelerator.device)
     family = family_for(pipeline)
     method_class = get_method_class(args.method)
-    method_config = method_config_from_args(method_class, args, family, pipeline)  # validates before data work
-    target = (text_target if family.name == "sd" else class_target)(args, family, pipeline, accelerator)
+    method_config = method_config_from_args(method_class, args, family, pipeline)
+    options = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.name in vars(args)}
+    options["checkpoints_dir"] = checkpoints_dir
+    if options["learning_rate"] is None:
+        options["learning_rate"] = DEFAULT_LEARNING_RATE.get(family.name, 1e-4)  # 1e-4: the paper's setting
+    training_args = TrainingArguments(**options)
+    check_checkpoints_dir(training_args)
+    resolve_resume(training_args)  # a checkpoint that cannot be resumed from is an error now, not after the data
+
+    target = (text_target if family.name == "sd" else class_target)(args, family, pipeline, accelerator, user_prompts)
     logger.info(
         "Erasing %r (%s, condition %d): %d forget / %d remain images",
         target.name,
@@ -380,11 +518,6 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
         len(target.forget),
         len(target.remain),
     )
-    options = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.name in vars(args)}
-    options["output_dir"] = str(output_dir)
-    if options["learning_rate"] is None:
-        options["learning_rate"] = DEFAULT_LEARNING_RATE.get(family.name, 1e-4)  # 1e-4: the paper's setting
-    training_args = TrainingArguments(**options)
     method = method_class(method_config, family)
 
     evaluate = None
@@ -402,6 +535,8 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
 
     metrics_before = evaluate() if evaluate and accelerator.is_main_process else None
     if accelerator.is_main_process:
+        if checkpoints_dir is not None:
+            make_checkpoints_dir(training_args)  # before the trackers write their logs into it
         accelerator.init_trackers("sfr-diffusion", config={k: v for k, v in vars(args).items() if v is not None})
     result = run_erasure(
         accelerator=accelerator,
@@ -412,7 +547,7 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
         evaluate=evaluate,
         callbacks=callbacks,
     )
-    accelerator.end_training()  # close trackers before the export moves logs/ into the new folder
+    accelerator.end_training()
     summary = {}
     if accelerator.is_main_process:
         metrics_after = evaluate() if evaluate else None
@@ -444,13 +579,13 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
             mask_statistics=result.mask_statistics,
             pipeline_class=type(pipeline).__name__,
         )
-        mask_file = training_args.checkpoints_dir / MASK_FILE
         export_pipeline(
             pipeline,
             output_dir,
             unlearning_config=summary,
             model_card=card,
-            extra_files={MASK_FILE: mask_file} if result.mask_statistics is not None else None,
+            saliency_mask=result.mask,
+            overwrite=args.overwrite_output_dir,
         )
         brief = {k: summary[k] for k in ("erased", "steps", "seconds")}
         if metrics_after:
@@ -461,7 +596,21 @@ def main(argv=None, callbacks: tuple = ()) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """The command line: a user's mistake is one line on stderr and exit status 2 (the traceback with --debug)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("SFR_DIFFUSION_DEBUG", "") not in ("", "0")
     start = time.perf_counter()
-    main()
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"erase_concept.py: error: {one_line(error)}", file=sys.stderr)
+        return 2
     logger.info("done in %.1f s", time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -8,13 +8,19 @@ one, with no sampler state to checkpoint.
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .families import NoiseDraw
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +72,11 @@ class LabelledImages:
         return len(self.rows)
 
     def load(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        records = self.dataset[self.rows[np.asarray(positions)].tolist()]
+        rows = self.rows[np.asarray(positions)].tolist()
+        try:
+            records = self.dataset[rows]
+        except OSError as error:  # PIL decodes lazily: a damaged file surfaces here
+            raise ValueError(f"An image in rows {rows[:8]} of the data set cannot be read: {error}") from error
         mode = "L" if self.channels == 1 else "RGB"
         arrays = []
         for image in records[self.image_column]:
@@ -74,6 +84,27 @@ class LabelledImages:
             arrays.append(np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, -1))
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div(127.5).sub(1.0)
         return images, torch.as_tensor(records[self.label_column], dtype=torch.long)
+
+
+def verify_images(dataset, image_column: str = "image", max_rows: int = 20_000) -> None:
+    """Open every image of a user's data set before any training work, so a damaged file is reported by name at
+    once rather than from inside the saliency mask's batches. Larger data sets are checked as they are read."""
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if not isinstance(dataset.features.get(image_column), ImageFeature):
+        return
+    if len(dataset) > max_rows:
+        logger.info("%d images: checked as they are read rather than up front.", len(dataset))
+        return
+    raw = dataset.cast_column(image_column, ImageFeature(decode=False))
+    for row, entry in enumerate(tqdm(raw[image_column], desc="checking images", leave=False)):
+        source = entry.get("path") or f"row {row}"
+        try:
+            with Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]) as image:
+                image.load()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Image {source} (row {row} of the data set) cannot be read: {error}") from error
 
 
 def split_by_class(
@@ -91,23 +122,37 @@ def split_by_class(
     return forget, remain
 
 
-def check_label_names(dataset, label_column: str, labels: dict[str, int] | None) -> None:
-    """A data set whose class names disagree with the model's would erase the wrong class: refuse it.
+def align_label_ids(dataset, label_column: str, labels: dict[str, int] | None):
+    """The data set with its class ids renumbered to the model's, matched by name.
 
-    ``labels`` maps each of the model's class names to its id (a pipeline's ``labels``; DiT lists several aliases per
-    ImageNet class). A data set class agrees when one of its comma-separated aliases names the same id.
+    An imagefolder numbers its class folders alphabetically (``eight`` = 0, ``five`` = 1, ...), not as the model's
+    ``id2label`` does; ``labels`` maps each of the model's class names to its id (a pipeline's ``labels``; DiT lists
+    several aliases per ImageNet class). A data set class matches when one of its comma-separated aliases names a
+    model class. A data set without class names, or a model without them, is returned as it is; a class the model
+    does not know is an error (training on it under a wrong id would erase or keep the wrong class).
     """
     feature = dataset.features.get(label_column)
     names = getattr(feature, "names", None)
     if not names or not labels:
-        return
-    agrees = [any(labels.get(alias.strip()) == idx for alias in name.split(",")) for idx, name in enumerate(names)]
-    mismatched = [f"{idx}: {name!r}" for idx, (name, ok) in enumerate(zip(names, agrees, strict=True)) if not ok]
-    if mismatched:
+        return dataset
+    model_ids = []
+    for name in names:
+        matches = [labels[alias.strip()] for alias in name.split(",") if alias.strip() in labels]
+        model_ids.append(matches[0] if matches else None)
+    unknown = [name for name, idx in zip(names, model_ids, strict=True) if idx is None]
+    if unknown:
+        known = sorted(labels, key=labels.get)[:12]
         raise ValueError(
-            f"The data set's classes do not match the model's id2label (first mismatches: {mismatched[:5]}); "
-            "relabel the data or fix id2label so the ids agree."
+            f"The data set's classes {unknown[:5]} are not among the model's class names (id2label: {known}...); "
+            "name the class folders or labels as the model does."
         )
+    if model_ids == list(range(len(names))):
+        return dataset
+    from datasets import Value
+
+    mapping = np.asarray(model_ids, dtype=np.int64)
+    dataset = dataset.cast_column(label_column, Value("int64"))
+    return dataset.map(lambda batch: {label_column: mapping[np.asarray(batch[label_column])].tolist()}, batched=True)
 
 
 def stream_generator(seed: int, stream: int, step: int) -> torch.Generator:
@@ -162,6 +207,8 @@ def load_image_dataset(
     if dataset_name:
         return load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
     if train_data_dir:
+        if not Path(train_data_dir).is_dir():
+            raise FileNotFoundError(f"--train_data_dir {train_data_dir} is not a folder.")
         # imagefolder infers a ClassLabel `label` column from sub-folder names (one folder per class).
         return load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
     raise ValueError("No data: pass --dataset_name or --train_data_dir (the digits world needs neither).")

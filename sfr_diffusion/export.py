@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import platform
 import shutil
@@ -14,8 +15,12 @@ import torch
 
 import sfr_diffusion
 
-UNLEARNING_CONFIG_FILE = "unlearning_config.json"
-KEEP_ON_REPLACE = ("checkpoints", "logs")  # training state living inside output_dir survives a re-export
+from .saliency import MASK_FILE, Mask, save_mask
+
+UNLEARNING_CONFIG_FILE = "unlearning_config.json"  # written last: a folder that has it is a whole export of ours
+STAGING_PREFIXES = ("partial", "previous")  # .NAME.partial-PID (being written), .NAME.previous-PID (being replaced)
+
+logger = logging.getLogger(__name__)
 
 
 def versions() -> dict:
@@ -62,43 +67,144 @@ def _copy_custom_pipeline_code(pipeline, folder: Path) -> None:
     shutil.copyfile(inspect.getsourcefile(type(pipeline)), folder / "pipeline.py")
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether `path` is a folder this package exported (it holds ``unlearning_config.json``, written last)."""
+    return (Path(path) / UNLEARNING_CONFIG_FILE).is_file()
+
+
+def check_output_dir(output_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an `output_dir` that the export would have to replace without the right to.
+
+    Accepted: a path that does not exist, an empty folder, or (with `overwrite`) an earlier export of ours. Anything
+    else — a file, a folder of a user's files, the current folder or one above it — is never replaced. A swap that
+    an earlier run left half done is finished or rolled back first (see `recover_interrupted_export`).
+    """
+    output_dir = Path(output_dir).expanduser().resolve()
+    recover_interrupted_export(output_dir)
+    if output_dir == Path.cwd().resolve() or output_dir in Path.cwd().resolve().parents:
+        raise FileExistsError(
+            f"--output_dir {output_dir} is the current folder or one above it; give a new folder for the export."
+        )
+    for parent in output_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"--output_dir {output_dir}: {parent} is a file, not a folder.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"--output_dir {output_dir}: {parent} is not writable.")
+            break
+    if not output_dir.exists() and not output_dir.is_symlink():
+        return output_dir
+    if not output_dir.is_dir() or output_dir.is_symlink():
+        raise FileExistsError(f"--output_dir {output_dir} exists and is not a folder; it is never replaced.")
+    if not any(output_dir.iterdir()):
+        return output_dir
+    if not is_export(output_dir):
+        raise FileExistsError(
+            f"--output_dir {output_dir} exists and is not an sfr-diffusion export (no {UNLEARNING_CONFIG_FILE}); it "
+            "is never replaced: choose a new folder."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"--output_dir {output_dir} holds an earlier export; pass --overwrite_output_dir to replace it, or "
+            "choose a new folder."
+        )
+    return output_dir
+
+
+def _staging(output_dir: Path, kind: str, pid: int | None = None) -> Path:
+    return output_dir.with_name(f".{output_dir.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _leftovers(output_dir: Path) -> dict[str, list[Path]]:
+    """Staging folders of exports to `output_dir` whose process is gone, by kind."""
+    found: dict[str, list[Path]] = {kind: [] for kind in STAGING_PREFIXES}
+    if not output_dir.parent.is_dir():
+        return found
+    for kind in STAGING_PREFIXES:
+        for path in output_dir.parent.glob(f".{output_dir.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if path.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+                found[kind].append(path)
+    return found
+
+
+def recover_interrupted_export(output_dir: str | Path) -> None:
+    """Finish or roll back an export that a killed process left between its steps, so `output_dir` holds a whole
+    export (the old one or the new one) and no staging folder is left.
+
+    The swap is: write ``.NAME.partial-PID`` (``unlearning_config.json`` last), rename the old export to
+    ``.NAME.previous-PID``, rename the partial to ``NAME``, delete the previous one. Only folders with those names,
+    of a process that no longer runs, are touched; a staging folder is deleted only once it holds a whole export
+    (ours by `is_export`) or, for a partial, when ``NAME`` is whole: it can only be an unfinished copy we wrote.
+    """
+    output_dir = Path(output_dir).expanduser().resolve()
+    leftovers = _leftovers(output_dir)
+    partials = [p for p in leftovers["partial"] if is_export(p)]
+    previous = [p for p in leftovers["previous"] if is_export(p)]
+    if not output_dir.exists():
+        if partials:  # killed between the two renames: the new export is whole, finish the swap
+            partials[0].rename(output_dir)
+            logger.warning("Finished an interrupted export: %s is now the new export.", output_dir)
+        elif previous:  # the new export never got whole: roll back to the old one
+            previous[0].rename(output_dir)
+            previous = previous[1:]
+            logger.warning("Rolled back an interrupted export: %s is the earlier export again.", output_dir)
+    if not is_export(output_dir):
+        return  # never delete staging folders beside something that is not a whole export of ours
+    for leftover in [*leftovers["partial"], *previous]:
+        if leftover.exists():
+            shutil.rmtree(leftover)
+            logger.info("Removed %s, left by an interrupted export.", leftover)
+
+
 def export_pipeline(
     pipeline,
     output_dir: str | Path,
     *,
     unlearning_config: dict,
     model_card: str,
-    extra_files: dict[str, str | Path] | None = None,
+    saliency_mask: Mask | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Save `pipeline` to `output_dir` so that it appears whole or not at all.
+    """Save `pipeline` to `output_dir` so that it appears whole or not at all, and replace nothing but an export.
 
-    Everything is written to a sibling ``.partial`` folder first; only a complete export replaces `output_dir`
-    (whose ``checkpoints/`` folder, if any, is carried over). An interrupted run leaves the previous export intact.
+    Everything is written to a sibling ``.NAME.partial-PID`` folder first (``unlearning_config.json`` last); only a
+    whole export then takes the name. An existing `output_dir` must be empty or, with `overwrite`, an earlier export
+    (`check_output_dir`); a kill at any point leaves the old export or the new one under the name, and the next call
+    finishes or rolls back the swap (`recover_interrupted_export`).
     """
-    output_dir = Path(output_dir).resolve()
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    output_dir = check_output_dir(output_dir, overwrite=overwrite)
+    staging = _staging(output_dir, "partial")
     staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
     try:
         save_pipeline(pipeline, staging)
         _copy_custom_pipeline_code(pipeline, staging)
+        (staging / "README.md").write_text(model_card)
+        if saliency_mask is not None:
+            save_mask(saliency_mask, staging / MASK_FILE)
         config = {**unlearning_config, "versions": versions()}
         (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        (staging / "README.md").write_text(model_card)
-        for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    previous = output_dir.with_name(f".{output_dir.name}.previous-{os.getpid()}")
-    if output_dir.exists():
+    previous = _staging(output_dir, "previous")
+    replacing = is_export(output_dir)
+    if replacing:
         output_dir.rename(previous)
-    staging.rename(output_dir)
-    if previous.exists():
-        for name in KEEP_ON_REPLACE:
-            if (previous / name).exists():
-                (previous / name).rename(output_dir / name)
+    staging.rename(output_dir)  # onto a missing name, or an empty folder (rename(2) replaces an empty directory)
+    if replacing:
         shutil.rmtree(previous)
     return output_dir
 
@@ -140,12 +246,18 @@ def render_model_card(
         loader = (
             f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
         )
+        loader_note = ""
     else:
-        # The pipeline's code travels in the folder as pipeline.py; diffusers asks for explicit trust to run it.
+        # diffusers ships no such pipeline: the installed package's class loads it and runs no code from the folder.
         loader = (
-            "from diffusers import DiffusionPipeline\n\n"
-            "pipe = DiffusionPipeline.from_pretrained(\n"
-            '    "path/to/this/folder", custom_pipeline="path/to/this/folder", trust_remote_code=True\n)'
+            "# pip install sfr-diffusion\n"
+            f"from sfr_diffusion import {pipeline_class}\n\n"
+            f'pipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
+        )
+        loader_note = (
+            "\nThe folder also carries the pipeline's code as `pipeline.py`, for `DiffusionPipeline.from_pretrained("
+            "path, custom_pipeline=path, trust_remote_code=True)` without sfr-diffusion installed. That route **runs "
+            "the folder's `pipeline.py`** on your machine: use it only for a folder whose source you trust.\n"
         )
     return f"""---
 license: apache-2.0
@@ -178,6 +290,6 @@ RA: accuracy on the other classes. FID: Fréchet distance of judge features, oth
 ```python
 {loader}
 ```
-
+{loader_note}
 The full configuration, library versions and metrics are in `unlearning_config.json`.
 """

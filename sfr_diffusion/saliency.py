@@ -16,6 +16,9 @@ from safetensors.torch import load_file, save_file
 Mask = dict[str, torch.Tensor]
 
 
+MASK_FILE = "saliency_mask.safetensors"  # the mask as exports and checkpoints store it
+
+
 def diagonal_fisher(
     model: torch.nn.Module,
     batch_losses: Iterable[Callable[[], torch.Tensor]],

@@ -66,6 +66,13 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Prompt file {path} does not exist.")
+    try:
+        return _read_prompts(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"Prompt file {path} is not UTF-8 text ({error.reason} at byte {error.start}).") from error
+
+
+def _read_prompts(path: Path) -> list[str]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .data import BatchSampler, LabelledImages
 from .methods import Phase, UnlearningMethod
-from .saliency import Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
+from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
+from .validation import check_field_values
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +31,23 @@ TRAINABLE = {
 }
 # Independent random streams per kind of batch (see sfr_diffusion.data).
 FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM = 1, 2, 3, 4
-MASK_FILE = "saliency_mask.safetensors"
-HISTORY_FILE = "history.json"
+PROGRESS_FILE = "progress.json"  # in each checkpoint: the evaluations so far and the seconds spent
+# Written first into a checkpoints folder this package creates: what tells our folders from a user's.
+CHECKPOINTS_MARKER = "sfr_diffusion_checkpoints.json"
+# What a checkpoint folder must hold to be resumed from (accelerate's optimizer state, our denoiser hook's output).
+CHECKPOINT_CONTENTS = ("optimizer.bin", "denoiser/config.json")
 
 
 @dataclass
 class TrainingArguments:
-    """Optimisation settings shared by every method. Defaults: the official DDPM CIFAR-10 SFR-on run."""
+    """Optimisation settings shared by every method. Defaults: the official DDPM CIFAR-10 SFR-on run.
 
-    output_dir: str
+    ``checkpoints_dir`` holds this run's training state (``checkpoint-N/`` folders and the original model's saliency
+    mask, needed to resume); it is never the export folder, and None means no checkpoints. A folder that holds
+    anything sfr-diffusion did not write is refused, so a run never mixes its state with a user's files.
+    """
+
+    checkpoints_dir: str | None = None
     max_train_steps: int = 150
     learning_rate: float = 1e-4
     optimizer: str = "adam"
@@ -57,31 +66,49 @@ class TrainingArguments:
     trainable: str = "all"
 
     def __post_init__(self):
+        check_field_values(self)
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {sorted(TRAINABLE)}, got {self.trainable!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
-        if self.max_train_steps < 1:
-            raise ValueError(f"max_train_steps must be >= 1, got {self.max_train_steps}.")
+        for name in ("max_train_steps", "forget_batch_size", "remain_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}.")
+        if self.adam_weight_decay < 0 or self.adam_epsilon <= 0:
+            raise ValueError(
+                f"adam_weight_decay must be >= 0 and adam_epsilon > 0, got {self.adam_weight_decay}, "
+                f"{self.adam_epsilon}."
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}.")
         for name in ("checkpointing_steps", "checkpoints_total_limit", "eval_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}.")
+        if self.checkpoints_dir is None:
+            for name in ("checkpointing_steps", "resume_from_checkpoint"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs a checkpoints_dir to write to or read from.")
 
     @property
-    def checkpoints_dir(self) -> Path:
-        return Path(self.output_dir) / "checkpoints"
+    def checkpoints_path(self) -> Path | None:
+        return None if self.checkpoints_dir is None else Path(self.checkpoints_dir)
 
 
 @dataclass
 class ErasureResult:
+    """What a run did; after a resume, the seconds are the whole run's (the interrupted part included)."""
+
     steps: int
     mask_seconds: float
     train_seconds: float
     mask_statistics: dict | None
     history: list = field(default_factory=list)
+    mask: Mask | None = None  # the original model's saliency mask (on the CPU), for the export
 
 
 @dataclass
@@ -170,26 +197,77 @@ def compute_saliency_mask(
     return method.saliency_mask(fisher_forget, fisher_remain)
 
 
-def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+def list_checkpoints(checkpoints_dir: Path | None) -> list[Path]:
     """Complete checkpoints, oldest first (a ``.partial`` folder is an interrupted save and is ignored)."""
-    if not checkpoints_dir.exists():
+    if checkpoints_dir is None or not checkpoints_dir.is_dir():
         return []
     found = [p for p in checkpoints_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def check_checkpoints_dir(args: TrainingArguments) -> None:
+    """Refuse, before any work, a checkpoints folder this run must not write into: a file, a folder with files that
+    sfr-diffusion did not write, or the checkpoints of an earlier run when this run does not resume it."""
+    folder = args.checkpoints_path
+    if folder is None or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"checkpoints_dir {folder} is a file; choose a folder that does not exist yet.")
+    if any(folder.iterdir()) and not (folder / CHECKPOINTS_MARKER).is_file():
+        raise FileExistsError(
+            f"checkpoints_dir {folder} holds files that sfr-diffusion did not write (no {CHECKPOINTS_MARKER}); it is "
+            "never written into: choose a folder that does not exist yet."
+        )
+    if args.resume_from_checkpoint is None and list_checkpoints(folder):
+        raise FileExistsError(
+            f"{folder} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to continue it, or "
+            "choose another --output_dir or --checkpoints_dir."
+        )
+
+
+def make_checkpoints_dir(args: TrainingArguments) -> Path:
+    """Create the checkpoints folder (after `check_checkpoints_dir`), marked as ours."""
+    folder = args.checkpoints_path
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / CHECKPOINTS_MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"written_by": "sfr-diffusion", "contents": "training checkpoints"}) + "\n")
+    return folder
+
+
 def resolve_resume(args: TrainingArguments) -> Path | None:
+    """The checkpoint to resume from, checked to be one before any work; None to start from step 0."""
     if args.resume_from_checkpoint is None:
         return None
     if args.resume_from_checkpoint == "latest":
-        found = list_checkpoints(args.checkpoints_dir)
+        found = list_checkpoints(args.checkpoints_path)
         if not found:
-            logger.warning("No checkpoint in %s: starting from step 0.", args.checkpoints_dir)
-        return found[-1] if found else None
-    path = Path(args.resume_from_checkpoint)
-    if not path.is_dir():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist (use 'latest' to pick the newest one).")
+            logger.warning(
+                "--resume_from_checkpoint latest: %s holds no checkpoint (the earlier run saved none: "
+                "--checkpointing_steps was off, or it stopped before the first one); starting from step 0.",
+                args.checkpoints_dir,
+            )
+            return None
+        path = found[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {path} does not exist (give a checkpoint-N folder, or 'latest' for the "
+                "newest one)."
+            )
+    missing = [name for name in CHECKPOINT_CONTENTS if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"--resume_from_checkpoint {path} is not an sfr-diffusion checkpoint: it lacks {', '.join(missing)}."
+        )
     return path
+
+
+def checkpoint_mask_path(args: TrainingArguments, resume_from: Path) -> Path:
+    """The original model's saliency mask of a checkpoint: in its checkpoints folder (written before step 1)."""
+    beside = resume_from.parent / MASK_FILE
+    return beside if beside.is_file() else args.checkpoints_path / MASK_FILE
 
 
 def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
@@ -212,9 +290,9 @@ def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int, history: list) -> None:
+def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int, progress: dict) -> None:
     """Write ``checkpoint-{step}`` atomically (``.partial``, then rename), then rotate: never fewer than one whole."""
-    final = args.checkpoints_dir / f"checkpoint-{step}"
+    final = args.checkpoints_path / f"checkpoint-{step}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -222,12 +300,12 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process has written its random states before the rename
     if accelerator.is_main_process:
-        (partial / HISTORY_FILE).write_text(json.dumps(history))
+        (partial / PROGRESS_FILE).write_text(json.dumps(progress))
         if final.exists():  # resumed from an older checkpoint: this step's state replaces the abandoned one
             shutil.rmtree(final)
         partial.rename(final)
         if args.checkpoints_total_limit is not None:
-            existing = list_checkpoints(args.checkpoints_dir)
+            existing = list_checkpoints(args.checkpoints_path)
             for old in existing[: max(0, len(existing) - args.checkpoints_total_limit)]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -267,22 +345,22 @@ def run_erasure(
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
+    check_checkpoints_dir(args)
     resume_from = resolve_resume(args)
-    if resume_from is None and list_checkpoints(args.checkpoints_dir):
-        raise FileExistsError(
-            f"{args.checkpoints_dir} holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to "
-            "continue it, or choose another --output_dir."
-        )
+    if args.checkpoints_path is not None and accelerator.is_main_process:
+        make_checkpoints_dir(args)
     start = time.perf_counter()
-    mask = _original_model_mask(accelerator, model, method, forget, remain, args, resuming=resume_from is not None)
-    mask_seconds = time.perf_counter() - start if resume_from is None else 0.0
+    mask = _original_model_mask(accelerator, model, method, forget, remain, args, resume_from)
+    mask_seconds = time.perf_counter() - start
 
-    start_step, history = 0, []
+    start_step, history, resumed_seconds = 0, [], 0.0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         start_step = int(resume_from.name.split("-")[-1])
-        history_path = resume_from / HISTORY_FILE
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        progress_path = resume_from / PROGRESS_FILE
+        saved = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+        history, resumed_seconds = saved.get("history", []), saved.get("train_seconds", 0.0)
+        mask_seconds = saved.get("mask_seconds", 0.0)  # the mask was computed by the interrupted run
         logger.info("Resumed from %s at step %d", resume_from, start_step)
 
     def reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -333,9 +411,12 @@ def run_erasure(
             history.append({"step": step + 1, **_evaluate_on_main(accelerator, raw_model, evaluate)})
             eval_seconds += time.perf_counter() - eval_start
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, step + 1, history)
+            seconds = resumed_seconds + time.perf_counter() - start - eval_seconds
+            state = {"history": history, "train_seconds": seconds, "mask_seconds": mask_seconds}
+            save_checkpoint(accelerator, args, step + 1, state)
     progress.close()
-    train_seconds = time.perf_counter() - start - eval_seconds  # evaluation is measurement, not erasure
+    # Evaluation is measurement, not erasure; after a resume the interrupted part's seconds count too.
+    train_seconds = resumed_seconds + time.perf_counter() - start - eval_seconds
     # Remove accelerate's autocast wrapper from the denoiser's forward: exports and "after" metrics run in the
     # precision the user loads the pipeline in, like the "before" metrics.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
@@ -345,6 +426,7 @@ def run_erasure(
         train_seconds=train_seconds,
         mask_statistics=mask_statistics(mask.keep) if mask is not None else None,
         history=history,
+        mask=None if mask is None else {name: m.cpu() for name, m in mask.keep.items()},
     )
 
 
@@ -368,15 +450,12 @@ def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: For
     optimizer.zero_grad(set_to_none=True)
 
 
-def _original_model_mask(accelerator, model, method, forget, remain, args, *, resuming: bool) -> ForgetMask | None:
+def _original_model_mask(accelerator, model, method, forget, remain, args, resume_from) -> ForgetMask | None:
     """The saliency mask of the *original* weights: computed before the first step, reloaded when resuming."""
     if not method.uses_mask:
         return None
-    mask_path = args.checkpoints_dir / MASK_FILE
-    if resuming:
-        explicit = args.resume_from_checkpoint not in (None, "latest")
-        beside = Path(args.resume_from_checkpoint).parent / MASK_FILE if explicit else None
-        mask_path = beside if beside is not None and beside.exists() else mask_path
+    if resume_from is not None:
+        mask_path = checkpoint_mask_path(args, resume_from)
         if not mask_path.exists():
             # Recomputing it from checkpoint weights would give a different mask than the original model's.
             raise FileNotFoundError(f"Cannot resume: the saliency mask {mask_path} of the original model is missing.")
@@ -388,9 +467,8 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, *, re
             BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=FISHER_REMAIN_STREAM),
         )
         mask = compute_saliency_mask(accelerator, model, method, *fisher_samplers)
-        if accelerator.is_main_process:
-            args.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-            save_mask(mask, mask_path)
+        if args.checkpoints_path is not None and accelerator.is_main_process:
+            save_mask(mask, args.checkpoints_path / MASK_FILE)
     check_mask_matches(mask, accelerator.unwrap_model(model))
     return ForgetMask.from_mask({name: m.to(accelerator.device) for name, m in mask.items()})
 

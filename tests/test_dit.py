@@ -61,7 +61,9 @@ def test_sfr_on_trains_only_the_transformer(dit_pipeline, digits_train, accelera
     dit_before = {k: v.clone() for k, v in dit_pipeline.transformer.state_dict().items()}
     forget, remain = split_by_class(digits_train, [3], resolution=8, channels=1)
     method = SFROn(SFROnConfig(mask_batches=1), family)
-    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=2, forget_batch_size=4, remain_batch_size=4)
+    args = TrainingArguments(
+        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=2, forget_batch_size=4, remain_batch_size=4
+    )
     result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
     assert 0 < result.mask_statistics["density"] < 1
     assert all(torch.equal(v, dit_pipeline.vae.state_dict()[k]) for k, v in vae_before.items())

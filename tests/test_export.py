@@ -14,7 +14,14 @@ import torch
 
 import sfr_diffusion
 from sfr_diffusion import ClassConditionalDDPMPipeline
-from sfr_diffusion.export import UNLEARNING_CONFIG_FILE, export_pipeline, render_model_card
+from sfr_diffusion.export import (
+    UNLEARNING_CONFIG_FILE,
+    check_output_dir,
+    export_pipeline,
+    recover_interrupted_export,
+    render_model_card,
+    versions,
+)
 
 STEPS, SEED, LABELS, GUIDANCE = 2, 0, [1, 3, 7], 2.0
 CONFIG = {"method": "sfr_on", "erased": ["three"], "config": {"alpha": 10.0}}
@@ -30,8 +37,10 @@ def generate(pipe, output_type="pt"):
     ).images
 
 
-def export(pipe, output_dir, model_card="# erased\n", **config):
-    return export_pipeline(pipe, output_dir, unlearning_config={**CONFIG, **config}, model_card=model_card)
+def export(pipe, output_dir, model_card="# erased\n", overwrite=False, **config):
+    return export_pipeline(
+        pipe, output_dir, unlearning_config={**CONFIG, **config}, model_card=model_card, overwrite=overwrite
+    )
 
 
 def tree(folder):
@@ -86,14 +95,14 @@ def test_failed_export_leaves_the_previous_export_untouched(pipeline, tmp_path, 
     out = tmp_path / "erased"
     out.mkdir()
     (out / "model_index.json").write_text('{"previous": true}')
-    (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "saliency_mask.safetensors").write_bytes(b"mask")
+    (out / UNLEARNING_CONFIG_FILE).write_text('{"run": 1}')
     before = tree(out)
 
     with pytest.raises(OSError, match="disk full"):
-        export(pipeline, out)
+        export(pipeline, out, overwrite=True)
 
     assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["erased"]
 
 
 def test_failed_export_creates_no_output_dir(pipeline, tmp_path, failing_save):
@@ -112,20 +121,133 @@ def test_failed_export_leaves_no_staging_folder_behind(pipeline, tmp_path, faili
     assert list(tmp_path.iterdir()) == []
 
 
-def test_re_export_replaces_the_pipeline_but_keeps_checkpoints(pipeline, tmp_path):
+def test_re_export_replaces_an_export_only_when_asked(pipeline, tmp_path):
     out = export(pipeline, tmp_path / "erased", run=1)
-    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    (out / "checkpoints" / "saliency_mask.safetensors").write_bytes(b"mask")
-    (out / "checkpoints" / "checkpoint-2" / "history.json").write_text("[]")
     (out / "stale.txt").write_text("from the first export")
 
-    export(pipeline, out, run=2)
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        export(pipeline, out, run=2)
+    assert json.loads((out / UNLEARNING_CONFIG_FILE).read_text())["run"] == 1
+
+    export(pipeline, out, run=2, overwrite=True)
 
     assert json.loads((out / UNLEARNING_CONFIG_FILE).read_text())["run"] == 2
-    assert (out / "checkpoints" / "saliency_mask.safetensors").read_bytes() == b"mask"
-    assert (out / "checkpoints" / "checkpoint-2" / "history.json").read_text() == "[]"
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["erased"]  # no staging or previous folder left
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_an_export_is_never_replaced(pipeline, tmp_path, overwrite):
+    user = tmp_path / "mine"
+    (user / ".git").mkdir(parents=True)
+    (user / "notes.txt").write_text("my work")
+    (user / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("data")
+    before = tree(tmp_path)
+
+    with pytest.raises(FileExistsError, match="not an sfr-diffusion export"):
+        export(pipeline, user, overwrite=overwrite)
+    with pytest.raises(FileExistsError, match="not a folder"):
+        export(pipeline, a_file, overwrite=overwrite)
+
+    assert tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mine"]
+
+
+def test_an_empty_folder_takes_the_export(pipeline, tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = export(pipeline, tmp_path / "empty")
+    assert (out / UNLEARNING_CONFIG_FILE).is_file()
+
+
+def test_the_current_folder_is_refused(pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileExistsError, match="current folder"):
+        export(pipeline, ".")
+    assert list(tmp_path.iterdir()) == []
+
+
+# Export `run` 2 over `out` in a fresh process killed (os._exit, as kill -9 would) right after its `kill_after`-th
+# rename: 1 = the old export moved aside, before the new one takes the name.
+KILLED_EXPORT = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from sfr_diffusion.export import export_pipeline
+    from sfr_diffusion.world import digits_ddpm_pipeline
+
+    renames, rename = [0], Path.rename
+
+    def rename_then_die(self, target):
+        result = rename(self, target)
+        renames[0] += 1
+        if renames[0] == int(sys.argv[2]):
+            os._exit(137)
+        return result
+
+    Path.rename = rename_then_die
+    export_pipeline(digits_ddpm_pipeline(), sys.argv[1], unlearning_config={"run": 2}, model_card="#", overwrite=True)
+    """
+)
+
+
+def kill_export(out: Path, kill_after: int) -> None:
+    result = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(out), str(kill_after)], capture_output=True)
+    assert result.returncode == 137, result.stderr.decode()[-2000:]
+
+
+def test_a_kill_between_the_renames_is_finished_by_the_next_run(pipeline, tmp_path):
+    out = export(pipeline, tmp_path / "erased", run=1)
+
+    kill_export(out, kill_after=1)  # the old export is aside, the new one whole in its staging folder
+
+    assert not out.exists()
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [".erased.partial", ".erased.previous"]
+    recover_interrupted_export(out)
+    assert json.loads((out / UNLEARNING_CONFIG_FILE).read_text()) == {"run": 2, "versions": versions()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["erased"]
+
+
+def test_a_kill_after_the_swap_leaves_the_new_export_and_the_next_run_cleans_up(pipeline, tmp_path):
+    out = export(pipeline, tmp_path / "erased", run=1)
+
+    kill_export(out, kill_after=2)  # the new export has the name, the old one is still aside
+
+    assert json.loads((out / UNLEARNING_CONFIG_FILE).read_text())["run"] == 2
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):  # the next run recovers, then checks
+        check_output_dir(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["erased"]
+
+
+def test_an_unfinished_new_export_is_rolled_back(pipeline, tmp_path):
+    """A kill while the new export was still being written, after a (hypothetical) early move of the old one:
+    the staging folder is incomplete (no unlearning_config.json), so the old export comes back."""
+    out = export(pipeline, tmp_path / "erased", run=1)
+    dead = 2**22 + 12345  # above any pid_max: no such process
+    out.rename(tmp_path / f".erased.previous-{dead}")
+    (tmp_path / f".erased.partial-{dead}").mkdir()
+    (tmp_path / f".erased.partial-{dead}" / "model_index.json").write_text("{}")
+
+    recover_interrupted_export(out)
+
+    assert json.loads((out / UNLEARNING_CONFIG_FILE).read_text())["run"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["erased"]
+
+
+def test_staging_folders_of_a_running_export_or_beside_a_user_folder_are_left_alone(pipeline, tmp_path):
+    live = tmp_path / f".erased.partial-{os.getpid()}"  # this process is alive: its export may be in progress
+    live.mkdir()
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    orphan = tmp_path / f".mine.partial-{2**22 + 1}"
+    orphan.mkdir()
+
+    recover_interrupted_export(tmp_path / "erased")
+    recover_interrupted_export(user)
+
+    assert live.exists() and orphan.exists()
 
 
 BLOCK_SFR_DIFFUSION = textwrap.dedent(

@@ -9,7 +9,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features
 from PIL import Image
 
-from sfr_diffusion.data import center_crop, check_label_names
+from sfr_diffusion.data import align_label_ids, center_crop
 from sfr_diffusion.saliency import diagonal_fisher
 from sfr_diffusion.world import bundled_path, digits_ddpm_pipeline, is_digits_world
 
@@ -20,9 +20,13 @@ def labelled(names):
 
 def test_imagenet_style_aliases_agree_with_dit_labels():
     labels = {"tench": 0, "Tinca tinca": 0, "goldfish": 1, "Carassius auratus": 1}  # DiTPipeline.labels layout
-    check_label_names(labelled(["tench, Tinca tinca", "goldfish, Carassius auratus"]), "label", labels)
-    with pytest.raises(ValueError, match="1: 'tench, Tinca tinca'"):
-        check_label_names(labelled(["goldfish", "tench, Tinca tinca"]), "label", labels)
+    same = labelled(["tench, Tinca tinca", "goldfish, Carassius auratus"])
+    assert align_label_ids(same, "label", labels) is same  # ids already agree: nothing to renumber
+    # Alphabetical folder ids (goldfish = 0) are renumbered to the model's (goldfish = 1).
+    swapped = align_label_ids(labelled(["goldfish", "tench, Tinca tinca"]), "label", labels)
+    assert swapped["label"] == [1, 0]
+    with pytest.raises(ValueError, match="'carp'"):
+        align_label_ids(labelled(["tench", "carp"]), "label", labels)
 
 
 def test_center_crop_keeps_the_aspect_ratio():

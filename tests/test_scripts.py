@@ -118,6 +118,10 @@ def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".partial" in p.name or ".previous" in p.name]
 
 
+def checkpoints_of(output_dir: Path) -> Path:
+    return output_dir.with_name(f"{output_dir.name}-checkpoints")
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, hf_home):
     """One process, 6 steps, a checkpoint every 3 steps and no rotation: checkpoint-3 and checkpoint-6 are kept."""
@@ -135,7 +139,7 @@ def test_default_run_erases_three(tmp_path, hf_home, capsys, monkeypatch):
 
     check_ok(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["erase-three"]  # nothing else written, no staging left
-    for name in ("model_index.json", "unet", "scheduler", "pipeline.py", "README.md", "checkpoints"):
+    for name in ("model_index.json", "unet", "scheduler", "pipeline.py", "README.md"):
         assert (output_dir / name).exists(), name
     assert not leftovers(output_dir)
     card = (output_dir / "README.md").read_text()
@@ -167,16 +171,20 @@ def test_default_run_erases_three(tmp_path, hf_home, capsys, monkeypatch):
 
 def test_resume_matches_uninterrupted(short_run, tmp_path, hf_home):
     """Resuming at step 3 of 6 gives the very weights of the uninterrupted run; the resumed run rotates checkpoints."""
-    assert sorted(p.name for p in (short_run / "checkpoints").iterdir()) == [
+    checkpoints = checkpoints_of(short_run)  # beside the export, never inside it
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
         "checkpoint-3",
         "checkpoint-6",
         "saliency_mask.safetensors",
+        "sfr_diffusion_checkpoints.json",
     ]
+    assert not (short_run / "checkpoints").exists()
     # The interrupted run: only what the uninterrupted one had on disk after step 3.
     resumed = tmp_path / "b"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(short_run / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
-    shutil.copy(short_run / "checkpoints" / "saliency_mask.safetensors", resumed / "checkpoints")
+    checkpoints_of(resumed).mkdir(parents=True)
+    shutil.copytree(checkpoints / "checkpoint-3", checkpoints_of(resumed) / "checkpoint-3")
+    for name in ("saliency_mask.safetensors", "sfr_diffusion_checkpoints.json"):
+        shutil.copy(checkpoints / name, checkpoints_of(resumed))
 
     result = launch(
         *SHORT,
@@ -200,12 +208,13 @@ def test_resume_matches_uninterrupted(short_run, tmp_path, hf_home):
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
     # The final checkpoint holds the exported weights, in diffusers format.
-    checkpoint = load_file(short_run / "checkpoints" / "checkpoint-6" / "denoiser" / UNET_WEIGHTS.name)
+    checkpoint = load_file(checkpoints / "checkpoint-6" / "denoiser" / UNET_WEIGHTS.name)
     assert all(torch.equal(checkpoint[name], expected[name]) for name in expected)
     # --checkpoints_total_limit 1: checkpoint-3 (from before the resume) made room for checkpoint-6.
-    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in checkpoints_of(resumed).iterdir()) == [
         "checkpoint-6",
         "saliency_mask.safetensors",
+        "sfr_diffusion_checkpoints.json",
     ]
     assert not leftovers(resumed) and not leftovers(short_run)
     assert load_file(resumed / "saliency_mask.safetensors").keys() == expected.keys()
@@ -255,7 +264,7 @@ def test_checkpoint_waits_for_every_process(tmp_path, hf_home):
 
     check_ok(result)
     for step in (1, 2):
-        checkpoint = output_dir / "checkpoints" / f"checkpoint-{step}"
+        checkpoint = checkpoints_of(output_dir) / f"checkpoint-{step}"
         assert (checkpoint / "random_states_0.pkl").exists() and (checkpoint / "random_states_1.pkl").exists()
     assert not leftovers(output_dir)
 
@@ -274,7 +283,7 @@ def test_bad_inputs_fail_clearly(tmp_path, hf_home):
 
     unknown = results["unknown concept"]
     assert unknown.returncode != 0
-    message = next(line for line in unknown.stderr.splitlines() if "eleven" in line and "Error" in line)
+    message = next(line for line in unknown.stderr.splitlines() if "eleven" in line and "error:" in line)
     assert "Unknown class 'eleven'" in message and all(repr(name) in message for name in DIGIT_NAMES), message
 
     missing = results["no model_index.json"]

@@ -156,7 +156,9 @@ def test_sfr_on_trains_only_the_unet(sd_pipeline, accelerator, tmp_path):
     kwargs = dict(resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
     forget, remain = LabelledImages(data, forget_rows, **kwargs), LabelledImages(data, remain_rows, **kwargs)
     method = SFROn(SFROnConfig(forget_loss="remap", remap_class=0, mask_batches=1), family)
-    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=2, forget_batch_size=2, remain_batch_size=2)
+    args = TrainingArguments(
+        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=2, forget_batch_size=2, remain_batch_size=2
+    )
     result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
     assert 0 < result.mask_statistics["density"] < 1
     for name, state in frozen.items():
@@ -282,7 +284,9 @@ def test_an_sd2_layout_with_v_prediction_trains_on_the_velocity(accelerator, tmp
     forget_rows, remain_rows = split_by_caption(data, "cat")
     kwargs = dict(resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
     method = SFROn(SFROnConfig(forget_loss="remap", remap_class=0, mask_batches=1), family)
-    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=1, forget_batch_size=2, remain_batch_size=2)
+    args = TrainingArguments(
+        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=1, forget_batch_size=2, remain_batch_size=2
+    )
     result = run_erasure(accelerator=accelerator, method=method, forget=LabelledImages(data, forget_rows, **kwargs),
                          remain=LabelledImages(data, remain_rows, **kwargs), args=args)  # fmt: skip
     assert result.steps == 1 and 0 < result.mask_statistics["density"] < 1

@@ -3,6 +3,8 @@
 import copy
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,7 +110,7 @@ def parameters_of(model):
 def erase(accelerator, method, forget_remain, output_dir, callbacks=()):
     forget, remain = forget_remain
     args = TrainingArguments(
-        output_dir=str(output_dir),
+        checkpoints_dir=str(Path(output_dir) / "checkpoints"),
         max_train_steps=STEPS,
         forget_batch_size=BATCH,
         remain_batch_size=BATCH,

@@ -39,7 +39,7 @@ def test_frozen_weights_do_not_move_during_erasure(pipeline, forget_remain, acce
 
     monkeypatch.setitem(training.TRAINABLE, "test_no_up_blocks", lambda name: not name.startswith("up_blocks."))
     before = {k: v.clone() for k, v in pipeline.unet.state_dict().items()}
-    args = TrainingArguments(output_dir=str(tmp_path), max_train_steps=2, forget_batch_size=4,
+    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=2, forget_batch_size=4,
                              remain_batch_size=4, learning_rate=1e-2, trainable="test_no_up_blocks")  # fmt: skip
     method = SFROn(SFROnConfig(mask_batches=1), family_for(pipeline))
     forget, remain = forget_remain

@@ -11,6 +11,7 @@ import torch
 
 from ..data import Batch
 from ..saliency import Mask
+from ..validation import check_field_values
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,11 @@ class Phase:
 
 @dataclass
 class MethodConfig:
-    """Base of method configs: serialisable, validated in ``__post_init__`` by subclasses."""
+    """Base of method configs: serialisable; every field is checked against its annotation (finite floats, whole
+    integers) before the subclass's own checks in ``__post_init__``, which call ``super().__post_init__()`` first."""
+
+    def __post_init__(self):
+        check_field_values(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,6 +29,7 @@ class ESDConfig(MethodConfig):
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.negative_guidance < 0:
             raise ValueError(f"negative_guidance must be >= 0, got {self.negative_guidance}.")
         self.check_grad_norms("max_grad_norm")

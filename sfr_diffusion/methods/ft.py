@@ -23,6 +23,7 @@ class FTConfig(MethodConfig):
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         self.check_label_dropout()
         self.check_grad_norms("max_grad_norm")
 

@@ -21,6 +21,7 @@ class GAConfig(MethodConfig):
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}.")
         self.check_grad_norms("max_grad_norm")

@@ -8,13 +8,14 @@ weights the forget step produced. To first order the pair applies the forget dir
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
-from ..saliency import saliency_mask
+from ..saliency import mask_density, saliency_mask
 from .base import (
     MethodConfig,
     Phase,
@@ -24,6 +25,8 @@ from .base import (
     remain_terms,
     timestep_quartile_terms,
 )
+
+logger = logging.getLogger(__name__)
 
 FORGET_LOSSES = ("ascent", "remap")
 
@@ -66,6 +69,7 @@ class SFROnConfig(MethodConfig):
     online: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}.")
         for name in ("alpha", "temperature", "remain_weight", "gamma"):
@@ -107,8 +111,25 @@ class SFROn(UnlearningMethod):
         )
 
     def saliency_mask(self, fisher_forget, fisher_remain):
-        """Forget-remain balanced saliency: ``(F_f + ε) / (F_r + ε) ≥ γ``."""
-        return saliency_mask(fisher_forget, fisher_remain, self.config.gamma)
+        """Forget-remain balanced saliency: ``(F_f + ε) / (F_r + ε) ≥ γ``.
+
+        A mask that selects no weight would make the forget step a no-op (an "erasure" that only fine-tunes on the
+        remain set): an error. One that selects every weight is the ablation without S: a loud warning.
+        """
+        mask = saliency_mask(fisher_forget, fisher_remain, self.config.gamma)
+        density = mask_density(mask)
+        if density == 0:
+            raise ValueError(
+                f"The saliency mask selects no weight (density 0 at gamma={self.config.gamma:g}): the forget step "
+                "could not change the model. Lower --gamma (default 1)."
+            )
+        if density == 1:
+            logger.warning(
+                "The saliency mask selects every weight (density 1 at gamma=%g): the forget step is unmasked, as "
+                "with --no_mask. Raise --gamma for a selective mask.",
+                self.config.gamma,
+            )
+        return mask
 
     def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
         if phase.name == "forget":
