@@ -182,7 +182,9 @@ def non_negative_int(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="erase_concept.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     model = parser.add_argument_group("model and target")
     model.add_argument(
         "--pretrained_model_name_or_path",
@@ -603,6 +605,8 @@ def cli(argv=None) -> int:
     start = time.perf_counter()
     try:
         main(argv)
+    except SystemExit as exit_:  # argparse has printed its one line (or the help)
+        return exit_.code if isinstance(exit_.code, int) else 2
     except USER_ERRORS as error:
         if debug:
             raise
