@@ -207,7 +207,11 @@ def sweep_key(row: dict) -> tuple:
 MEMORY_PROBE = """
 import resource, runpy, sys, torch
 sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit_:  # the script ends with sys.exit(status)
+    if exit_.code:
+        raise
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 print("PEAK_MEMORY", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, cuda)
 """

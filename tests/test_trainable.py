@@ -30,7 +30,7 @@ def test_empty_and_unknown_selections_are_errors(pipeline):
     with pytest.raises(ValueError, match="valid"):
         select_trainable(pipeline.unet, "attention_only")
     with pytest.raises(ValueError, match="trainable must be one of"):
-        TrainingArguments(output_dir="x", trainable="attention_only")
+        TrainingArguments(trainable="attention_only")
 
 
 def test_frozen_weights_do_not_move_during_erasure(pipeline, forget_remain, accelerator, tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def test_class_names_that_disagree_with_the_model_are_refused(tmp_path, user_pip
     for name in ("ant", "bee", "cow"):  # imagefolder labels: ant=0, bee=1, cow=2 — not the model's cat/dog/frog
         (data / name).mkdir(parents=True)
         Image.new("RGB", (16, 16)).save(data / name / "0.png")
-    with pytest.raises(ValueError, match="do not match the model's id2label"):
+    with pytest.raises(ValueError, match="are not among the model's class names"):
         run(
             load_script(),
             ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
@@ -145,6 +145,9 @@ def test_rerun_into_a_folder_with_checkpoints_asks_to_resume(tmp_path, user_pipe
             "--output_dir", str(tmp_path / "o"), "--checkpointing_steps", "1"]  # fmt: skip
     script = load_script()
     run(script, argv)
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        run(script, argv)
+    argv.append("--overwrite_output_dir")
     with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
         run(script, argv)
     summary = run(script, [*argv, "--resume_from_checkpoint", "latest"])  # nothing left to do: exports again
