@@ -1,6 +1,6 @@
 """Print FA, RA and FID-digits of a digits-world pipeline (DDPM, DiT or SD) as JSON.
 
-python scripts/evaluate.py outputs/erase-three                 # the erased class is read from the export
+python scripts/evaluate.py outputs/digits-ddpm-erase-three                 # the erased class is read from the export
 python scripts/evaluate.py digits-ddpm --forget three          # a bundled model: digits-ddpm, digits-dit, digits-sd
 
 For the text-to-image SD each digit is prompted with its training captions and with held-out phrasings never used in

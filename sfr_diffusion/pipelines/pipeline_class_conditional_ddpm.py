@@ -95,7 +95,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         >>> import torch
         >>> from sfr_diffusion import ClassConditionalDDPMPipeline
 
-        >>> pipe = ClassConditionalDDPMPipeline.from_pretrained("outputs/erase-three")
+        >>> pipe = ClassConditionalDDPMPipeline.from_pretrained("outputs/digits-ddpm-erase-three")
         >>> images = pipe(["one", "three"], guidance_scale=2.0, generator=torch.manual_seed(0)).images
         ```
         """
