@@ -2,9 +2,9 @@
 
     pip install -e ".[demo]"
     python app.py                                                  # the bundled digits world
-    python app.py --erased outputs/erase-three                    # the original: its export's base model
-    python app.py --original digits-dit --erased outputs/erase-seven --port 7861
-    python app.py --original path/to/sd-folder --erased outputs/erase-van_gogh --outputs_dir runs
+    python app.py --erased outputs/digits-ddpm-erase-three        # the original: its export's base model
+    python app.py --original digits-dit --erased outputs/digits-dit-erase-seven --port 7861
+    python app.py --original path/to/sd-folder --erased outputs/sd-folder-erase-van_gogh --outputs_dir runs
 
 **Compare** samples both pipelines with one seed: a class, or a grid of all classes, for class-conditional models
 (DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion). Beside the images it shows what the erased model's
@@ -12,7 +12,16 @@
 **Erase** runs ``scripts/erase_concept.py`` in this process with a live progress bar and FA/RA curve, and offers the
 export for comparison. Pipelines are local diffusers folders or the bundled digits-world models (digits-ddpm,
 digits-dit, digits-sd); erased outputs are found in ``outputs/*/unlearning_config.json`` and every --outputs_dir.
-The server binds to 127.0.0.1 unless --host says otherwise.
+
+The app writes only into the first outputs folder (``outputs/`` unless --outputs_dir says otherwise): the Erase tab
+takes an export *name*, not a path (letters, digits, ``.``, ``_``, ``-`` and spaces; no leading ``.``; empty:
+``app-<model>-erase-<concept>``). An existing export of that name is replaced only when "Replace an existing export
+of the same name" is ticked; anything else already there (a file, a folder of your own) is never replaced.
+
+The server binds to 127.0.0.1 unless --host says otherwise. Anyone who reaches the page can run erasures and write
+to disk, so serve it beyond this machine (--host 0.0.0.0, --share) only with a login:
+
+    SFR_APP_AUTH=me:secret python app.py --host 0.0.0.0       # or --auth me:secret (visible to other local users)
 """
 
 from __future__ import annotations
@@ -20,11 +29,14 @@ from __future__ import annotations
 import argparse
 import html
 import importlib.util
+import ipaddress
 import json
 import logging
 import math
+import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +49,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from sfr_diffusion.export import UNLEARNING_CONFIG_FILE
+from sfr_diffusion.export import UNLEARNING_CONFIG_FILE, is_export
 from sfr_diffusion.families import DiffusionFamily, family_for
 from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.world import (
@@ -66,6 +78,12 @@ METRIC_COLUMNS = {"FA": "FA ↓", "FA_paraphrases": "FA, unseen phrasings ↓", 
 USER_ERRORS = (ValueError, OSError, ImportError)
 # accelerate keeps process-wide state: one erasure at a time in this process, each from a fresh state.
 ERASE_LOCK = threading.Lock()
+# The Erase tab takes a folder name inside the outputs folder, never a path (issue "never lose a user's data").
+EXPORT_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._ -]+")
+EXPORT_NAME_RULE = "letters, digits, '.', '_', '-' and spaces, not starting with '.'"
+MAX_EXPORT_NAME_LENGTH = 100  # room left for the exporter's ".NAME.partial-PID" staging names in 255 bytes
+REPLACE_LABEL = "Replace an existing export of the same name"
+AUTH_ENV = "SFR_APP_AUTH"  # USER:PASSWORD, read when --auth is not given
 
 
 def user_error(error: Exception) -> gr.Error:
@@ -303,6 +321,55 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("_") or "model"
 
 
+def export_name(text: str | None, default: str) -> str:
+    """The Erase tab's export name, checked before any work: a plain folder name, or `default` when empty."""
+    name = (text or "").strip()
+    if not name:
+        return default
+    if "/" in name or "\\" in name:
+        raise ValueError(f"Export name {name!r} is a path: give a folder name ({EXPORT_NAME_RULE}).")
+    if name in (".", ".."):
+        raise ValueError(f"Export name {name!r} is the outputs folder or the one above it: give a new folder name.")
+    if name.startswith("."):
+        # Hidden names are also the exporter's staging folders (.NAME.partial-PID), which it may delete.
+        raise ValueError(f"Export name {name!r} starts with '.', which hides it: accepted are {EXPORT_NAME_RULE}.")
+    rejected = sorted({character for character in name if not EXPORT_NAME_CHARACTERS.fullmatch(character)})
+    if rejected:
+        raise ValueError(f"Export name {name!r} contains {''.join(rejected)!r}: accepted are {EXPORT_NAME_RULE}.")
+    if len(name) > MAX_EXPORT_NAME_LENGTH:
+        raise ValueError(f"Export name is {len(name)} characters long: at most {MAX_EXPORT_NAME_LENGTH} are accepted.")
+    return name
+
+
+def check_export_target(target: Path, *, replace: bool) -> None:
+    """Refuse, before the run, an export that would replace something without the user's consent.
+
+    Only an earlier export of ours (it has ``unlearning_config.json``) is ever replaced, and only with the
+    Replace box ticked; a file, a link or a folder of anything else is never touched, ticked or not. The script
+    checks again (``--overwrite_output_dir``); this check makes the page's answer immediate.
+    """
+    if target.is_symlink() or (target.exists() and not is_export(target)):
+        raise FileExistsError(
+            f"{target} exists and is not an sfr-diffusion export; choose another name (without an "
+            f"{UNLEARNING_CONFIG_FILE} it is never replaced, ticked or not)."
+        )
+    if target.exists() and not replace:
+        raise FileExistsError(
+            f"{target} holds an earlier export: tick {REPLACE_LABEL!r} to replace it, or choose another name."
+        )
+
+
+def failure_text(error: BaseException | None) -> str:
+    """One line for the page: the message of a user error, the type too for anything else."""
+    if error is None:
+        return "it returned no summary (see the server log)."
+    if isinstance(error, USER_ERRORS):
+        return str(error)
+    if isinstance(error, SystemExit):  # argparse has printed its one line to the server's stderr
+        return f"the script refused its arguments (exit status {error.code}; see the server log)."
+    return f"{type(error).__name__}: {error}"
+
+
 def curve_frame(history: list[dict]) -> pd.DataFrame | None:
     """The evaluation history in long form (step, metric, value), for a line per metric; None while it is empty.
 
@@ -340,7 +407,10 @@ class ErasureRun:
             try:
                 script = load_erase_script()
                 self.summary = script.main(self.argv, callbacks=(self._on_step,))
-            # Whatever the run raised (argparse exits too) is shown in the page; the app keeps serving.
+            except USER_ERRORS as error:  # the script refuses bad input by raising: one line, no traceback
+                logger.warning("Erasure refused: %s", error)
+                self.error = error
+            # Whatever else the run raised (argparse exits too) is shown in the page; the app keeps serving.
             except (Exception, SystemExit) as error:
                 logger.exception("Erasure failed")
                 self.error = error
@@ -458,8 +528,11 @@ def build_demo(
         return *images, export_card(config, erased_path) + "\n\n" + settings
 
     # A gr.Progress() default is how Gradio hands a handler its progress bar.
-    def erase(base_name, concept, steps, eval_every, eval_samples, output_dir, progress=gr.Progress()):  # noqa: B008
-        """Runs a short erasure, streaming its progress and FA/RA curve; offers the export for comparison."""
+    def erase(base_name, concept, steps, eval_every, eval_samples, name, replace, progress=gr.Progress()):  # noqa: B008
+        """Runs a short erasure, streaming its progress and FA/RA curve; offers the export for comparison.
+
+        It writes only ``outputs_dirs[0] / name``, and replaces only an earlier export there, with `replace`.
+        """
         concept = (concept or "").strip()
         steps, eval_every, eval_samples = int(steps), int(eval_every), int(eval_samples)
         try:
@@ -468,13 +541,14 @@ def build_demo(
                 raise ValueError("Type what to erase: a class name or id (e.g. 'three'), or a concept for SD models.")
             if steps < 1 or eval_every < 0 or eval_samples < 0:
                 raise ValueError("Iterations must be >= 1; evaluation interval and samples >= 0.")
+            base_name = base_name.strip()
+            output = outputs_dirs[0] / export_name(name, f"app-{slug(Path(base_name).name)}-erase-{slug(concept)}")
+            check_export_target(output, replace=bool(replace))
         except USER_ERRORS as error:
             raise user_error(error) from error
-        base_name = base_name.strip()
-        default_dir = outputs_dirs[0] / f"app-{slug(Path(base_name).name)}-erase-{slug(concept)}"
-        output = Path(output_dir.strip()) if (output_dir or "").strip() else default_dir
         argv = ["--pretrained_model_name_or_path", base_name, "--concept", concept, "--max_train_steps", str(steps)]
         argv += ["--output_dir", str(output)]
+        argv += ["--overwrite_output_dir"] if replace else []
         if eval_samples == 0:
             argv.append("--skip_eval")
         else:
@@ -501,10 +575,8 @@ def build_demo(
                 last_yield = time.monotonic()
                 yield progress_html(step + 1, steps, text), curve_frame(history), gr.update(), gr.update(), gr.update()
         if run.error is not None or run.summary is None:
-            raise gr.Error(f"The erasure failed: {type(run.error).__name__}: {run.error}")
+            raise gr.Error(f"The erasure failed: {failure_text(run.error)}", print_exception=False)
         history = run.summary.get("history") or []
-        if str(output) not in [path for _, path in erased_choices()]:  # written outside the outputs folders
-            given_erased.append(str(output))
         done_text = f"Done in {time.monotonic() - started:.0f} s: {output} is selected in the Compare tab."
         yield (
             progress_html(steps, steps, done_text),
@@ -586,9 +658,13 @@ def build_demo(
                         allow_custom_value=True,
                     )
                     concept_box = gr.Textbox("three", label="Class or concept to erase")
-                    output_box = gr.Textbox(
-                        "", label="Output folder", placeholder=f"{outputs_dirs[0]}/app-<model>-erase-<concept>"
+                    name_box = gr.Textbox(
+                        "",
+                        label="Export name",
+                        placeholder="app-<model>-erase-<concept>",
+                        info=f"A folder name in {outputs_dirs[0]}: {EXPORT_NAME_RULE}",
                     )
+                    replace_box = gr.Checkbox(False, label=REPLACE_LABEL)
                 with gr.Row():
                     iterations_box = gr.Slider(1, 200, value=30, step=1, label="Iterations")
                     eval_every_box = gr.Slider(0, 50, value=5, step=1, label="Evaluate every (iterations; 0: off)")
@@ -625,7 +701,7 @@ def build_demo(
         )
         erase_button.click(
             erase,
-            [base_box, concept_box, iterations_box, eval_every_box, eval_samples_box, output_box],
+            [base_box, concept_box, iterations_box, eval_every_box, eval_samples_box, name_box, replace_box],
             [progress_box, curve_plot, result_box, erased_box, original_box],
             api_name="erase",
             show_progress="hidden",  # Gradio's overlay would hide the live curve: the page has its own bar
@@ -633,6 +709,42 @@ def build_demo(
         )
     demo.queue(max_size=64)
     return demo
+
+
+def auth_pair(text: str) -> tuple[str, str]:
+    """``USER:PASSWORD`` as Gradio's ``launch(auth=...)`` takes it; the password may contain colons."""
+    user, colon, password = text.partition(":")
+    if not colon or not user.strip() or not password:
+        # The value is not echoed: it is (meant to be) a password.
+        raise argparse.ArgumentTypeError(
+            f"expected USER:PASSWORD with a non-empty user and password (from --auth, else ${AUTH_ENV})"
+        )
+    return user.strip(), password
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine: 127.x.x.x, ::1 or localhost."""
+    host = (host or "").strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name or an empty string: it may be reachable from elsewhere
+        return False
+
+
+def warn_if_unprotected(host: str, share: bool, auth: tuple[str, str] | None) -> str | None:
+    """Say loudly (log and stderr) when the page is reachable beyond this machine without a login; the message."""
+    if auth is not None or (not share and is_loopback(host)):
+        return None
+    where = "through a public gradio.live link" if share else f"on {host}"
+    message = (
+        f"The page is served {where} without authentication: anyone who reaches it can run erasures and write to "
+        f"disk. Pass --auth USER:PASSWORD (or set {AUTH_ENV})."
+    )
+    logger.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr)  # also when logging is not configured (app.main from elsewhere)
+    return message
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -654,6 +766,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (0.0.0.0: every interface).")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="Also open a public gradio.live link (off by default).")
+    parser.add_argument(
+        "--auth",
+        type=auth_pair,
+        default=os.environ.get(AUTH_ENV),  # argparse converts a string default with `type` too
+        metavar="USER:PASSWORD",
+        help=f"Require this login for the page and its API (default: ${AUTH_ENV}, if set). The environment variable "
+        "keeps the password out of the process list. Without it, only serve on 127.0.0.1.",
+    )
     args = parser.parse_args(argv)
     for path in filter(None, [args.original, *args.erased]):
         try:
@@ -665,9 +785,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    warn_if_unprotected(args.host, args.share, args.auth)
     outputs_dirs = list(dict.fromkeys([*args.outputs_dir, DEFAULT_OUTPUTS_DIR]))
     demo = build_demo(original=args.original, erased=args.erased, outputs_dirs=outputs_dirs)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=args.auth)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@ The browser test drives Debian's ``chromium`` (Playwright's own browser download
 when /usr/bin/chromium is missing, unless SFR_REQUIRE_BROWSER is set, as CI sets it: there it must run.
 """
 
+import hashlib
 import importlib.util
+import json
+import logging
 import os
+import re
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -17,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 from gradio_client import Client  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +113,19 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def erase(client, name, replace, concept="seven", steps=2):
+    """The Erase tab's API with evaluation off: as short as an erasure gets."""
+    return client.predict("digits-ddpm", concept, steps, 0, 0, name, replace, api_name="/erase")
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every path under `folder`, with a digest of each file's bytes: equal trees mean nothing was written."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        for path in sorted(folder.rglob("*"))
+    }
+
+
 def test_compare_side_by_side_same_seed(served, client):
     original, erased, card = compare(client, "digits-ddpm", served.export)
     grid = (5 * 64 + 4 * app.GRID_GAP, 2 * 64 + app.GRID_GAP)  # ten 8×8 digits, upscaled ×8, five per row
@@ -172,6 +190,144 @@ def test_erase_tab_streams_progress_and_offers_the_export(served, client):
 
     with pytest.raises(AppError, match="Type what to erase"):
         client.predict("digits-ddpm", " ", 4, 2, 5, "", api_name="/erase")
+
+
+def test_export_names_that_are_not_plain_names_are_refused_before_any_work(served, client):
+    # Everything the tests write lives under pytest's base folder, which holds the app's working folder: a name that
+    # escaped outputs/ (../escape lands beside it, '..' is the working folder itself) would show up in this tree.
+    root = served.outputs.resolve().parent.parent
+    before = tree(root)
+    refusals = {
+        "../escape": "is a path",
+        "a/b": "is a path",
+        "a\\b": "is a path",
+        "..": "the outputs folder or the one above it",
+        ".": "the outputs folder or the one above it",
+        ".hidden": "starts with '.'",
+        "bad|name": "contains '|'",
+        "x" * (app.MAX_EXPORT_NAME_LENGTH + 1): f"at most {app.MAX_EXPORT_NAME_LENGTH}",
+    }
+    for name, message in refusals.items():
+        for replace in (False, True):
+            with pytest.raises(AppError, match=re.escape(message)):
+                erase(client, name, replace)
+    assert tree(root) == before
+
+
+def test_export_name_rule():
+    default = "app-digits-ddpm-erase-three"
+    assert app.export_name("", default) == app.export_name("   ", default) == app.export_name(None, default) == default
+    assert app.export_name("  my export v1.2_b-3 ", default) == "my export v1.2_b-3"
+    with pytest.raises(ValueError, match=re.escape(app.EXPORT_NAME_RULE)):
+        app.export_name("café", default)
+
+
+def test_existing_files_and_folders_are_never_replaced(served, client):
+    user_folder, user_file, link = (served.outputs / name for name in ("my-files", "notes.txt", "link"))
+    user_folder.mkdir()
+    (user_folder / "thesis.txt").write_text("a user's work")
+    user_file.write_text("a user's notes")
+    link.symlink_to(served.export, target_is_directory=True)  # a link to an export is not an export here
+    root = served.outputs.resolve().parent.parent
+    before = tree(root)
+    try:
+        for name in ("my-files", "notes.txt", "link"):
+            for replace in (False, True):  # never, even with the box ticked
+                with pytest.raises(AppError, match="exists and is not an sfr-diffusion export; choose another name"):
+                    erase(client, name, replace)
+        # An earlier export is replaced only with the box ticked.
+        with pytest.raises(AppError, match=re.escape(f"tick {app.REPLACE_LABEL!r} to replace it")):
+            erase(client, Path(served.export).name, False)
+        assert tree(root) == before
+        assert (user_folder / "thesis.txt").read_text() == "a user's work"
+    finally:
+        shutil.rmtree(user_folder)
+        user_file.unlink()
+        link.unlink()
+
+
+def test_the_replace_box_replaces_an_earlier_export(served, client):
+    target = served.outputs / "replace-me"
+    shutil.copytree(served.export, target)  # an earlier export of "three"
+    (target / "left-by-the-earlier-export.txt").write_text("")
+    progress, _, card, erased_update, _ = erase(client, target.name, True, concept="seven")
+    assert "Done in" in progress and "'seven'" in card
+    assert erased_update["value"] == str(target)
+    assert json.loads((target / "unlearning_config.json").read_text())["erased"]["concept"] == "seven"
+    assert not (target / "left-by-the-earlier-export.txt").exists()  # replaced whole, not written into
+    assert not list(served.outputs.glob(".replace-me*"))  # no staging folder left behind
+
+
+def test_run_failures_are_one_line():
+    assert app.failure_text(FileExistsError("outputs/x is an export")) == "outputs/x is an export"
+    assert app.failure_text(ValueError("Unknown class 'eleven'")) == "Unknown class 'eleven'"
+    assert app.failure_text(RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
+    assert "refused its arguments" in app.failure_text(SystemExit(2))
+
+
+def test_auth_from_the_flag_or_the_environment(monkeypatch, capsys):
+    monkeypatch.delenv(app.AUTH_ENV, raising=False)
+    assert app.parse_args([]).auth is None
+    assert app.parse_args(["--auth", "u:p"]).auth == ("u", "p")
+    assert app.parse_args(["--auth", "u:p:with:colons"]).auth == ("u", "p:with:colons")
+    for bad in ("nocolon", ":p", "u:", ""):
+        with pytest.raises(SystemExit):
+            app.parse_args(["--auth", bad])
+        assert "USER:PASSWORD" in capsys.readouterr().err
+    monkeypatch.setenv(app.AUTH_ENV, "env-user:env-password")
+    assert app.parse_args([]).auth == ("env-user", "env-password")
+    assert app.parse_args(["--auth", "u:p"]).auth == ("u", "p")  # the flag wins
+    monkeypatch.setenv(app.AUTH_ENV, "nocolon")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "nocolon" not in capsys.readouterr().err  # a malformed value may still hold a password: not echoed
+    assert app.parse_args(["--auth", "u:p"]).auth == ("u", "p")
+
+
+def test_serving_beyond_this_machine_without_auth_is_warned_about(caplog, capsys):
+    with caplog.at_level(logging.WARNING, logger="app"):
+        for host, share in [("0.0.0.0", False), ("192.168.1.5", False), ("myhost", False), ("127.0.0.1", True)]:
+            caplog.clear()
+            message = app.warn_if_unprotected(host, share, None)
+            assert message is not None and "without authentication" in message and "--auth" in message
+            assert [record.getMessage() for record in caplog.records] == [message]
+            assert message in capsys.readouterr().err
+        caplog.clear()
+        for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"):
+            assert app.warn_if_unprotected(host, False, None) is None
+        assert app.warn_if_unprotected("0.0.0.0", True, ("u", "p")) is None
+        assert not caplog.records and not capsys.readouterr().err
+
+
+def test_main_launches_with_auth_and_warns_without(monkeypatch, caplog):
+    monkeypatch.delenv(app.AUTH_ENV, raising=False)
+    launches = []
+    monkeypatch.setattr(app, "build_demo", lambda **_: SimpleNamespace(launch=lambda **kw: launches.append(kw)))
+    with caplog.at_level(logging.WARNING, logger="app"):
+        app.main(["--host", "0.0.0.0", "--auth", "u:p"])
+        assert not caplog.records
+        app.main(["--host", "0.0.0.0"])
+        assert "without authentication" in caplog.text
+    assert [(kw["server_name"], kw["share"], kw["auth"]) for kw in launches] == [
+        ("0.0.0.0", False, ("u", "p")),
+        ("0.0.0.0", False, None),
+    ]
+
+
+def test_a_page_with_auth_needs_the_login(tmp_path):
+    demo = app.build_demo(outputs_dirs=[tmp_path / "outputs"], cache=app.PipelineCache())
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, auth=("u", "p"))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            Client(url, verbose=False)
+        card, _, _ = Client(url, auth=("u", "p"), verbose=False).predict(
+            "digits-ddpm", "", app.ALL_CLASSES, "", api_name="/describe"
+        )
+        assert "No erased pipeline yet" in card
+    finally:
+        demo.close()
 
 
 def test_no_arguments_and_no_exports_yet(tmp_path):

@@ -43,7 +43,8 @@ def test_esd_targets_come_from_the_frozen_original(pipeline, forget_remain, acce
     family = family_for(pipeline)
     method = ESD(ESDConfig(), family)
     frozen_before = {k: v.clone() for k, v in method.frozen.state_dict().items()}
-    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
+    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"),
+                             max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
                              learning_rate=1e-2)  # fmt: skip
     run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1], args=args)
     assert all(torch.equal(v, method.frozen.state_dict()[k]) for k, v in frozen_before.items())
@@ -58,7 +59,8 @@ def test_ga_ascends_the_forget_loss_and_nothing_else(pipeline, forget_remain, ac
     terms = call(method, batch)
     assert terms["loss"].item() == pytest.approx(-2.0 * terms["forget_mse"].item(), rel=1e-6)
     before = terms["forget_mse"].item()
-    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=5, forget_batch_size=64, remain_batch_size=8,
+    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"),
+                             max_train_steps=5, forget_batch_size=64, remain_batch_size=8,
                              learning_rate=1e-3)  # fmt: skip
     run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1], args=args)
     assert call(method, batch)["forget_mse"].item() > before
@@ -144,7 +146,8 @@ def test_salun_moves_only_its_salient_weights(pipeline, forget_remain, accelerat
     method = SalUn(SalUnConfig(mask_ratio=0.3, mask_batches=1), family)
     assert [phase.data for phase in method.phases] == [("forget", "remain")] and method.uses_mask
     before = {k: v.detach().clone() for k, v in family.denoiser.named_parameters()}
-    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
+    args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"),
+                             max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
                              learning_rate=1e-2)  # fmt: skip
     result = run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1],
                          args=args)  # fmt: skip
