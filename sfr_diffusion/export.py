@@ -151,20 +151,24 @@ def recover_interrupted_export(output_dir: str | Path) -> None:
     leftovers = _leftovers(output_dir)
     partials = [p for p in leftovers["partial"] if is_export(p)]
     previous = [p for p in leftovers["previous"] if is_export(p)]
-    if not output_dir.exists():
-        if partials:  # killed between the two renames: the new export is whole, finish the swap
+    try:
+        if not output_dir.exists() and partials:  # killed between the two renames: the new export is whole
             partials[0].rename(output_dir)
             logger.warning("Finished an interrupted export: %s is now the new export.", output_dir)
-        elif previous:  # the new export never got whole: roll back to the old one
+        elif not output_dir.exists() and previous:  # the new export never got whole: roll back to the old one
             previous[0].rename(output_dir)
             previous = previous[1:]
             logger.warning("Rolled back an interrupted export: %s is the earlier export again.", output_dir)
+    except FileNotFoundError:  # another process of the same launch has just recovered it
+        logger.info("%s was recovered by another process.", output_dir)
     if not is_export(output_dir):
         return  # never delete staging folders beside something that is not a whole export of ours
     for leftover in [*leftovers["partial"], *previous]:
-        if leftover.exists():
+        try:
             shutil.rmtree(leftover)
-            logger.info("Removed %s, left by an interrupted export.", leftover)
+        except FileNotFoundError:  # the other processes of a launch recover the same folder at the same time
+            continue
+        logger.info("Removed %s, left by an interrupted export.", leftover)
 
 
 def export_pipeline(
