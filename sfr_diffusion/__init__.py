@@ -1,7 +1,33 @@
-"""sfr-diffusion: erase classes and concepts from diffusion models with SFR-on."""
+"""sfr-diffusion: erase classes and concepts from diffusion models with SFR-on.
+
+    >>> import sfr_diffusion
+    >>> pipe = sfr_diffusion.load_pipeline("digits-ddpm")
+    >>> result = sfr_diffusion.erase(pipe, "three")
+    >>> result.save_pretrained("outputs/digits-ddpm-erase-three")
+"""
 
 __version__ = "0.1.0"
 
-from .pipelines import ClassConditionalDDPMPipeline
+from .arguments import DataArguments, EvaluationArguments
+from .erasure import ErasureResult, erase
+from .methods import ESDConfig, FTConfig, GAConfig, RLConfig, SalUnConfig, SFROnConfig
+from .pipelines import ClassConditionalDDPMPipeline, load_pipeline
+from .training import PhaseEvent, TrainingArguments
 
-__all__ = ["ClassConditionalDDPMPipeline", "__version__"]
+__all__ = [
+    "ClassConditionalDDPMPipeline",
+    "DataArguments",
+    "ESDConfig",
+    "ErasureResult",
+    "EvaluationArguments",
+    "FTConfig",
+    "GAConfig",
+    "PhaseEvent",
+    "RLConfig",
+    "SFROnConfig",
+    "SalUnConfig",
+    "TrainingArguments",
+    "__version__",
+    "erase",
+    "load_pipeline",
+]

@@ -15,8 +15,11 @@ import torch
 
 import sfr_diffusion
 
+from .curves import draw_curve
+from .files import staging_path, write_once
 from .saliency import MASK_FILE, Mask, save_mask
 
+CURVE_FILE = "erasure_curve.png"  # FA/RA against iteration, when the run tracked them
 UNLEARNING_CONFIG_FILE = "unlearning_config.json"  # written last: a folder that has it is a whole export of ours
 STAGING_PREFIXES = ("partial", "previous")  # .NAME.partial-PID (being written), .NAME.previous-PID (being replaced)
 
@@ -49,15 +52,8 @@ def save_pipeline(pipeline, folder: str | Path) -> None:
 
 
 def save_pipeline_once(pipeline, target: Path) -> Path:
-    """`save_pipeline` into a cache folder that is written once: staged, then renamed, so that concurrent processes
-    and interrupted runs never see a half-written folder (if another process finished first, its folder is kept)."""
-    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    save_pipeline(pipeline, staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """`save_pipeline` into a cache folder that is written once (:func:`sfr_diffusion.files.write_once`)."""
+    return write_once(target, lambda staging: save_pipeline(pipeline, staging))
 
 
 def _copy_custom_pipeline_code(pipeline, folder: Path) -> None:
@@ -109,10 +105,6 @@ def check_output_dir(output_dir: str | Path, *, overwrite: bool = False) -> Path
             "choose a new folder."
         )
     return output_dir
-
-
-def _staging(output_dir: Path, kind: str, pid: int | None = None) -> Path:
-    return output_dir.with_name(f".{output_dir.name}.{kind}-{os.getpid() if pid is None else pid}")
 
 
 def _process_alive(pid: int) -> bool:
@@ -178,6 +170,7 @@ def export_pipeline(
     unlearning_config: dict,
     model_card: str,
     saliency_mask: Mask | None = None,
+    history: list[dict] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Save `pipeline` to `output_dir` so that it appears whole or not at all, and replace nothing but an export.
@@ -188,7 +181,7 @@ def export_pipeline(
     finishes or rolls back the swap (`recover_interrupted_export`).
     """
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
-    staging = _staging(output_dir, "partial")
+    staging = staging_path(output_dir, "partial")
     staging.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     try:
@@ -197,13 +190,15 @@ def export_pipeline(
         (staging / "README.md").write_text(model_card)
         if saliency_mask is not None:
             save_mask(saliency_mask, staging / MASK_FILE)
+        if history and any("FA" in record for record in history):
+            draw_curve(history).save(staging / CURVE_FILE)
         config = {**unlearning_config, "versions": versions()}
         (staging / UNLEARNING_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    previous = _staging(output_dir, "previous")
+    previous = staging_path(output_dir, "previous")
     replacing = is_export(output_dir)
     if replacing:
         output_dir.rename(previous)
@@ -213,11 +208,12 @@ def export_pipeline(
     return output_dir
 
 
-def _fmt(value) -> str:
+def format_metric(value, digits: int = 3) -> str:
+    """One metric for people: a float to `digits` decimals, a missing value as "–" (model cards, app, summaries)."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return "nan" if value != value else f"{value:.{digits}f}"
     return str(value)
 
 
@@ -239,7 +235,7 @@ def render_model_card(
     if metrics_before and metrics_after:
         for key in ("FA", "FA_paraphrases", "RA", "FID"):
             if key in metrics_after:
-                rows += f"| {key} | {_fmt(metrics_before.get(key))} | {_fmt(metrics_after.get(key))} |\n"
+                rows += f"| {key} | {format_metric(metrics_before.get(key))} | {format_metric(metrics_after.get(key))} |\n"
     table = (
         "| metric | before | after |\n|---|---|---|\n" + rows
         if rows

@@ -10,7 +10,10 @@ on every family.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
@@ -26,20 +29,71 @@ class NoiseDraw:
     timesteps: torch.Tensor
 
 
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` only when it changes something (diffusers warns on every cast of some models)."""
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+
+
 def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
 class DiffusionFamily:
-    """What every family shares: a noise scheduler, a null condition, conditions by name or id, the diffusion loss."""
+    """What every family shares: a noise scheduler, a null condition, conditions by name or id, the diffusion loss.
 
-    name: str
+    Building a family only reads the pipeline. What training needs of it (frozen parts frozen and in the weight
+    dtype, label dropout off) happens in :meth:`prepared_for_training`, which puts everything back afterwards.
+
+    Traits, per family: ``text_conditioned`` (conditions are prompts rather than class ids); ``default_forget_loss``
+    (SPEC §1: ascent on a class's own loss; for text, remap the concept onto an anchor prompt);
+    ``default_learning_rate`` (measured on the digits world, BENCHMARKS.md: at 2e-3 the digits DiT forgets by
+    iteration 10 but its remaining-class FID-digits triples by iteration 50, at 1e-3 it stays at the base; the
+    digits SD forgets by iteration 10 at 1e-4 to 1e-3 and its FID-digits ends lowest at 3e-4).
+    """
+
+    name: ClassVar[str]
+    text_conditioned: ClassVar[bool] = False
+    default_forget_loss: ClassVar[str] = "ascent"
+    default_learning_rate: ClassVar[float] = 1e-4  # the paper's setting
 
     def __init__(self, pipeline, null_class_id: int, sample_shape: tuple[int, ...]):
         self.pipeline = pipeline
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.null_class_id = null_class_id
         self.sample_shape = sample_shape  # the denoiser's input, per sample
+        self.frozen_dtype = torch.float32  # of frozen parts and frozen copies; the weight dtype while prepared
+
+    def frozen_parts(self) -> list[torch.nn.Module]:
+        """The modules that condition or encode but never train (VAE, text encoder)."""
+        return []
+
+    @contextlib.contextmanager
+    def prepared_for_training(self, weight_dtype: torch.dtype = torch.float32) -> Iterator[DiffusionFamily]:
+        """Freeze the frozen parts in `weight_dtype` (mixed precision, as diffusers' training examples do), turn off
+        what must not act while erasing; on exit, restore every module's dtype, mode and ``requires_grad``."""
+        modules = [self.denoiser, *self.frozen_parts()]
+        saved = [
+            (module, next(module.parameters()).dtype, module.training, [p.requires_grad for p in module.parameters()])
+            for module in modules
+        ]
+        self.frozen_dtype = weight_dtype
+        _cast(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
+        for part in self.frozen_parts():
+            _cast(part.requires_grad_(False).eval(), weight_dtype)
+        try:
+            with self._training_switches():
+                yield self
+        finally:
+            self.frozen_dtype = torch.float32
+            for module, dtype, training, flags in saved:
+                _cast(module, dtype).train(training)
+                for param, flag in zip(module.parameters(), flags, strict=True):
+                    param.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _training_switches(self) -> Iterator[None]:
+        """Family-specific switches for the duration of an erasure (none by default)."""
+        yield
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -57,6 +111,18 @@ class DiffusionFamily:
     def num_classes(self) -> int:
         labels = getattr(self.pipeline, "labels", None)
         return len(set(labels.values())) if labels else self.null_class_id
+
+    def class_names(self) -> dict[int, str]:
+        """id → name from the pipeline's ``labels`` (DiTPipeline and ClassConditionalDDPMPipeline both keep one)."""
+        labels = getattr(self.pipeline, "labels", None) or {}
+        names: dict[int, str] = {}
+        for name, idx in sorted(labels.items(), key=lambda item: item[1]):
+            names.setdefault(idx, name)  # DiT's id2label may give several comma-separated names per id: the first
+        return names
+
+    def condition_name(self, condition: int) -> str:
+        """What a condition id stands for: the class name (or the id), or the prompt text."""
+        return self.class_names().get(condition, str(condition))
 
     def resolve_class(self, concept: str | int) -> int:
         """A class name (the pipeline's ``id2label``) or an id → a validated class id."""
@@ -106,6 +172,7 @@ class ClassConditionalUNetFamily(DiffusionFamily):
     """Pixel-space class-conditional ``UNet2DModel`` (the DDPM family); the last class embedding is the null class."""
 
     name = "ddpm"
+    default_learning_rate = 2e-3
 
     def __init__(self, pipeline):
         unet = pipeline.unet
@@ -137,7 +204,10 @@ class LatentFamily(DiffusionFamily):
 
     def __init__(self, pipeline, null_class_id: int, sample_shape: tuple[int, ...]):
         super().__init__(pipeline, null_class_id=null_class_id, sample_shape=sample_shape)
-        self.vae = pipeline.vae.requires_grad_(False).eval()
+        self.vae = pipeline.vae
+
+    def frozen_parts(self) -> list[torch.nn.Module]:
+        return [self.vae]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -148,7 +218,7 @@ class LatentFamily(DiffusionFamily):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         # The posterior mean rather than a sample keeps batches a pure function of the seed (see data.py); a trained
         # VAE's posterior is narrow, so the two differ little. SD 2/XL VAEs may carry a shift factor too.
-        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mean.float()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
@@ -162,18 +232,28 @@ class DiTFamily(LatentFamily):
     """
 
     name = "dit"
+    default_learning_rate = 1e-3
 
     def __init__(self, pipeline):
         transformer = pipeline.transformer
         shape = (transformer.config.in_channels, *_pair(transformer.config.sample_size))
         super().__init__(pipeline, null_class_id=transformer.config.num_embeds_ada_norm, sample_shape=shape)
         self.learned_sigma = transformer.config.out_channels == 2 * transformer.config.in_channels
+
+    @contextlib.contextmanager
+    def _training_switches(self) -> Iterator[None]:
         # DiT's label embedder replaces 10% of labels by the null class whenever the model is in training mode. Left
         # on, the forget step would ascend on the unconditional branch that guidance relies on (a defect of the
         # official DiT script); label dropout is applied explicitly by the methods instead (remain step only).
-        for module in transformer.modules():
-            if hasattr(module, "token_drop") and hasattr(module, "dropout_prob"):
-                module.dropout_prob = 0.0
+        embedders = [m for m in self.denoiser.modules() if hasattr(m, "token_drop") and hasattr(m, "dropout_prob")]
+        saved = [m.dropout_prob for m in embedders]
+        for module in embedders:
+            module.dropout_prob = 0.0
+        try:
+            yield
+        finally:
+            for module, probability in zip(embedders, saved, strict=True):
+                module.dropout_prob = probability
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -193,6 +273,9 @@ class StableDiffusionFamily(LatentFamily):
     """
 
     name = "sd"
+    text_conditioned = True
+    default_forget_loss = "remap"
+    default_learning_rate = 3e-4
 
     def __init__(self, pipeline):
         unet = pipeline.unet
@@ -203,7 +286,6 @@ class StableDiffusionFamily(LatentFamily):
             )
         shape = (unet.config.in_channels, *_pair(unet.config.sample_size))
         super().__init__(pipeline, null_class_id=0, sample_shape=shape)
-        pipeline.text_encoder.requires_grad_(False).eval()
         self.prompts: list[str] = []
         self._ids: dict[str, int] = {}
         self._embeddings: dict[int, torch.Tensor] = {}
@@ -213,8 +295,14 @@ class StableDiffusionFamily(LatentFamily):
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.unet
 
+    def frozen_parts(self) -> list[torch.nn.Module]:
+        return [self.vae, self.pipeline.text_encoder]
+
     def num_classes(self) -> int:
         return len(self.prompts)
+
+    def condition_name(self, condition: int) -> str:
+        return self.prompts[condition]
 
     def prompt_id(self, prompt: str) -> int:
         """The condition id of `prompt`, added to the table if new."""

@@ -7,6 +7,7 @@ adaptive forget weights, α_t the forget-loss weight.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -16,17 +17,21 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
-def adaptive_weights(per_sample_losses: torch.Tensor, temperature: float, normaliser: torch.Tensor | None = None):
+def adaptive_weights(
+    per_sample_losses: torch.Tensor,
+    temperature: float,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``w_i = ℓ_i^(-λ) / Σ_j ℓ_j^(-λ)`` with no gradient through ``w``.
 
-    Samples the model still fits well (small ℓ_i) get more of the ascent push. ``normaliser`` is ``Σ_j ℓ_j^(-λ)``
-    over the *global* batch when the batch is sharded across processes; by default the local sum.
+    Samples the model still fits well (small ℓ_i) get more of the ascent push. When the batch is sharded across
+    processes, `reduce_sum` sums a tensor over them, so that the normaliser is the *global* batch's.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
     unnormalised = per_sample_losses.detach().float().clamp_min(1e-12).pow(-temperature)
-    total = unnormalised.sum() if normaliser is None else normaliser
-    return unnormalised / total
+    total = unnormalised.sum()
+    return unnormalised / (total if reduce_sum is None else reduce_sum(total))
 
 
 def forget_weight(step: int, total_steps: int, alpha: float, cosine_decay: bool = True) -> float:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .files import write_once
+from .pipelines import quiet_progress
 
 # Prompts around a concept, in the spirit of the official SD scripts ("a photo of {concept}", ...).
 CONCEPT_TEMPLATES = (
@@ -145,9 +146,7 @@ def generate_images(
         return load_from_disk(str(folder))
     texts = [p for p in prompts for _ in range(images_per_prompt)]
     images = []
-    progress_config = dict(getattr(pipeline, "_progress_bar_config", {}))
-    pipeline.set_progress_bar_config(disable=True)
-    try:
+    with quiet_progress(pipeline):
         for i, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=description)):
             output = pipeline(
                 texts[start : start + batch_size],
@@ -159,17 +158,10 @@ def generate_images(
             for image in output.images:  # rounded to uint8 as the pipeline's own PIL output is
                 array = np.round(image * 255).astype(np.uint8)
                 images.append(array[..., 0] if array.shape[-1] == 1 else array)
-    finally:
-        pipeline.set_progress_bar_config(**progress_config)
     dataset = Dataset.from_dict(
         {"image": images, "text": texts}, features=Features({"image": Image(), "text": Value("string")})
     )
-    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    dataset.save_to_disk(str(staging))
-    try:
-        staging.rename(folder)
-    except OSError:  # another process wrote the same images first
-        shutil.rmtree(staging, ignore_errors=True)
+    write_once(folder, lambda staging: dataset.save_to_disk(str(staging)))
     return load_from_disk(str(folder))
 
 

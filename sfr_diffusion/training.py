@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .arguments import option
 from .data import BatchSampler, LabelledImages
 from .methods import Phase, UnlearningMethod
 from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
@@ -38,32 +39,56 @@ CHECKPOINTS_MARKER = "sfr_diffusion_checkpoints.json"
 CHECKPOINT_CONTENTS = ("optimizer.bin", "denoiser/config.json")
 
 
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
 @dataclass
 class TrainingArguments:
-    """Optimisation settings shared by every method. Defaults: the official DDPM CIFAR-10 SFR-on run.
+    """Optimisation settings shared by every method.
+
+    Defaults: the official DDPM CIFAR-10 SFR-on recipe (Adam, clipping in the method config) with the paper's
+    headline budget of 50 iterations, at batch 64 + 64 (official: 128 + 128); the learning rate is the model
+    family's (``DiffusionFamily.default_learning_rate``) unless given.
 
     ``checkpoints_dir`` holds this run's training state (``checkpoint-N/`` folders and the original model's saliency
     mask, needed to resume); it is never the export folder, and None means no checkpoints. A folder that holds
     anything sfr-diffusion did not write is refused, so a run never mixes its state with a user's files.
     """
 
-    checkpoints_dir: str | None = None
-    max_train_steps: int = 150
-    learning_rate: float = 1e-4
-    optimizer: str = "adam"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 0.0
-    adam_epsilon: float = 1e-8
-    forget_batch_size: int = 128
-    remain_batch_size: int = 128
-    seed: int = 0
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    gradient_checkpointing: bool = False
-    eval_every: int | None = None
-    trainable: str = "all"
+    checkpoints_dir: str | None = option(
+        None,
+        "Training checkpoints (with --checkpointing_steps, --resume_from_checkpoint or --report_to); the command "
+        "line's default is <output_dir>-checkpoints.",
+    )
+    max_train_steps: int = option(50, "Iterations (an SFR-on iteration is a forget step and a remain step).")
+    learning_rate: float | None = option(
+        None, "Default: the model family's (DDPM 2e-3, DiT 1e-3, SD 3e-4; measured on the digits world)."
+    )
+    optimizer: str = option("adam", "The one optimizer every phase steps.", choices=tuple(OPTIMIZERS))
+    adam_beta1: float = option(0.9, "Adam's β1.")
+    adam_beta2: float = option(0.999, "Adam's β2.")
+    adam_weight_decay: float = option(0.0, "Weight decay (decoupled with adamw).")
+    adam_epsilon: float = option(1e-8, "Adam's ε.")
+    forget_batch_size: int = option(64, "Global forget batch (split over processes).")
+    remain_batch_size: int = option(64, "Global remain batch (split over processes).")
+    seed: int = option(0, "Seeds the batches, noise and timesteps: same seed, same result.")
+    mixed_precision: str | None = option(
+        None,
+        "no, fp16 or bf16 (default: accelerate's configuration). Frozen parts and the frozen copy of remap and ESD "
+        "are kept in this dtype; trained weights stay fp32. fp16 needs a CUDA GPU (without one: fp32).",
+        choices=MIXED_PRECISION,
+    )
+    checkpointing_steps: int | None = option(None, "Save a resumable checkpoint every N iterations.")
+    checkpoints_total_limit: int | None = option(None, "Keep at most this many checkpoints.")
+    resume_from_checkpoint: str | None = option(None, 'A checkpoint folder or "latest".')
+    report_to: str | None = option(None, '"tensorboard", "wandb", "all"... (default: none).')
+    gradient_checkpointing: bool = option(False, "Trade compute for memory in the denoiser.")
+    eval_every: int | None = option(None, "Also measure FA/RA every N iterations (where an evaluator exists).")
+    trainable: str = option(
+        "all",
+        "Which denoiser weights train (cross-attention exists in text-conditioned UNets only).",
+        choices=("all", "cross_attention", "no_cross_attention"),
+    )
 
     def __post_init__(self):
         check_field_values(self)
@@ -74,7 +99,9 @@ class TrainingArguments:
         for name in ("max_train_steps", "forget_batch_size", "remain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}.")
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ValueError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}.")
@@ -100,8 +127,8 @@ class TrainingArguments:
 
 
 @dataclass
-class ErasureResult:
-    """What a run did; after a resume, the seconds are the whole run's (the interrupted part included)."""
+class TrainingOutcome:
+    """What the training loop did; after a resume, the seconds are the whole run's (the interrupted part included)."""
 
     steps: int
     mask_seconds: float
@@ -320,8 +347,14 @@ def run_erasure(
     args: TrainingArguments,
     evaluate: Callable[[], dict] | None = None,
     callbacks: tuple[Callable[[PhaseEvent], None], ...] = (),
-) -> ErasureResult:
-    """Erase with `method`; the family's denoiser is trained in place. Evaluates every ``eval_every`` steps."""
+) -> TrainingOutcome:
+    """Erase with `method`; the family's denoiser is trained in place. Evaluates every ``eval_every`` steps.
+
+    The family must be prepared for training (:meth:`DiffusionFamily.prepared_for_training`) and
+    ``args.learning_rate`` set; :func:`sfr_diffusion.erase` does both.
+    """
+    if args.learning_rate is None:
+        raise ValueError("run_erasure needs a learning_rate (erase() takes the family's default).")
     family = method.family
     model = family.denoiser
     select_trainable(model, args.trainable)
@@ -381,15 +414,16 @@ def run_erasure(
         logs = {}
         for phase in method.phases:
             batch = _draw(samplers, phase.data, step, accelerator)
-            terms = method.loss(
-                phase,
-                model,
-                batch,
-                step=step,
-                total_steps=args.max_train_steps,
-                reduce_sum=reduce_sum,
-                num_processes=accelerator.num_processes,
-            )
+            with accelerator.autocast():  # frozen parts and frozen copies run in the weight dtype too
+                terms = method.loss(
+                    phase,
+                    model,
+                    batch,
+                    step=step,
+                    total_steps=args.max_train_steps,
+                    reduce_sum=reduce_sum,
+                    num_processes=accelerator.num_processes,
+                )
             _optimizer_step(accelerator, model, optimizer, terms["loss"], phase, mask)
             for callback in callbacks:
                 callback(
@@ -420,7 +454,7 @@ def run_erasure(
     # Remove accelerate's autocast wrapper from the denoiser's forward: exports and "after" metrics run in the
     # precision the user loads the pipeline in, like the "before" metrics.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
-    return ErasureResult(
+    return TrainingOutcome(
         steps=args.max_train_steps,
         mask_seconds=mask_seconds,
         train_seconds=train_seconds,

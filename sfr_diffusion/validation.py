@@ -24,6 +24,8 @@ def check_field_values(config) -> None:
             if "None" not in kinds:
                 raise ValueError(f"{field.name} must not be None.")
             continue
+        if "str" in kinds:  # free-form fields (names, paths, prompts) are left to the config's own checks
+            continue
         if "bool" in kinds:
             if not isinstance(value, bool):
                 raise ValueError(f"{field.name} must be True or False, got {value!r}.")

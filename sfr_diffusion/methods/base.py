@@ -62,7 +62,9 @@ class UnlearningMethod:
     paper: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
 
-    def __init__(self, config: MethodConfig, family):
+    def __init__(self, config: MethodConfig, family, *, anchor: str | None = None):
+        """`anchor`: the condition a remap targets when the config names none (for text-to-image models the
+        preset's or data's anchor prompt); methods without a remap target ignore it."""
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}."
@@ -117,9 +119,10 @@ def family_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """θ₀: a frozen copy of the original denoiser, for targets that must not move with training."""
-    return copy.deepcopy(model).requires_grad_(False).eval()
+def frozen_copy(family) -> torch.nn.Module:
+    """θ₀: a frozen copy of the original denoiser, for targets that must not move with training; in the weight dtype
+    under mixed precision (a frozen part, like the VAE), so it costs half the memory of the fp32 trainable copy."""
+    return copy.deepcopy(family.denoiser).requires_grad_(False).eval().to(family.frozen_dtype)
 
 
 def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:

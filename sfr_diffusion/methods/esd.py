@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arguments import option
 from ..data import Batch
 from ..losses import per_sample_mse
 from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_copy, timestep_quartile_terms
@@ -20,13 +21,10 @@ from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_c
 
 @dataclass
 class ESDConfig(MethodConfig):
-    """Attributes:
-    negative_guidance: η, how far the target is guided away from the concept (ESD's default 1.0).
-    max_grad_norm: global-norm clipping (None: no clipping).
-    """
+    """ESD's hyperparameters (its defaults)."""
 
-    negative_guidance: float = 1.0
-    max_grad_norm: float | None = 1.0
+    negative_guidance: float = option(1.0, "η, how far the target is guided away from the concept.")
+    max_grad_norm: float | None = option(1.0, "Global-norm clipping (None: no clipping).")
 
     def __post_init__(self):
         super().__post_init__()
@@ -40,9 +38,9 @@ class ESD(UnlearningMethod):
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023"
     config_class = ESDConfig
 
-    def __init__(self, config: ESDConfig, family):
-        super().__init__(config, family)
-        self.frozen = frozen_copy(family.denoiser)
+    def __init__(self, config: ESDConfig, family, *, anchor: str | None = None):
+        super().__init__(config, family, anchor=anchor)
+        self.frozen = frozen_copy(family)
 
     @property
     def phases(self) -> tuple[Phase, ...]:

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arguments import option
 from ..data import Batch
 from .base import MethodConfig, Phase, UnlearningMethod, remain_terms
 
 
 @dataclass
 class FTConfig(MethodConfig):
-    """Attributes:
-    label_dropout: probability of the null class on remaining samples, as in pretraining.
-    max_grad_norm: global-norm clipping (None: no clipping).
-    """
+    """Fine-tuning's hyperparameters."""
 
-    label_dropout: float = 0.1
-    max_grad_norm: float | None = 1.0
+    label_dropout: float = option(0.1, "Probability of the null class on remaining samples, as in pretraining.")
+    max_grad_norm: float | None = option(1.0, "Global-norm clipping (None: no clipping).")
 
     def __post_init__(self):
         super().__post_init__()

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arguments import option
 from ..data import Batch
 from .base import MethodConfig, Phase, UnlearningMethod, family_device, timestep_quartile_terms
 
 
 @dataclass
 class GAConfig(MethodConfig):
-    """Attributes:
-    alpha: weight of the ascent loss ``-α · mean_i ℓ_i``.
-    max_grad_norm: global-norm clipping (None: no clipping).
-    """
+    """Gradient ascent's hyperparameters."""
 
-    alpha: float = 1.0
-    max_grad_norm: float | None = 1.0
+    alpha: float = option(1.0, "Weight of the ascent loss -α · mean_i ℓ_i.")
+    max_grad_norm: float | None = option(1.0, "Global-norm clipping (None: no clipping).")
 
     def __post_init__(self):
         super().__post_init__()

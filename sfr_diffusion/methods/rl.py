@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arguments import option
 from ..data import Batch
 from ..losses import per_sample_mse
 from .base import Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
@@ -23,11 +24,9 @@ from .ft import FTConfig
 
 @dataclass
 class RLConfig(FTConfig):
-    """Attributes (besides FT's ``label_dropout`` and ``max_grad_norm``):
-    remain_weight: β, weight of the remain loss in the joint step.
-    """
+    """Random labelling's hyperparameters: FT's, and the remain loss's weight."""
 
-    remain_weight: float = 1.0
+    remain_weight: float = option(1.0, "β, weight of the remain loss in the joint step.")
 
     def __post_init__(self):
         super().__post_init__()

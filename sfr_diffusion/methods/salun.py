@@ -11,19 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arguments import option
 from ..saliency import top_fraction_mask
 from .rl import RL, RLConfig
 
 
 @dataclass
 class SalUnConfig(RLConfig):
-    """Attributes (besides RL's):
-    mask_ratio: share of weights the mask keeps (SalUn's default 0.5).
-    mask_batches: forget batches used to estimate the saliency.
-    """
+    """SalUn's hyperparameters: RL's, and its saliency mask's."""
 
-    mask_ratio: float = 0.5
-    mask_batches: int = 4
+    mask_ratio: float = option(0.5, "Share of weights the saliency mask keeps (SalUn's default).")
+    mask_batches: int = option(4, "Forget batches used to estimate the saliency.")
 
     def __post_init__(self):
         super().__post_init__()

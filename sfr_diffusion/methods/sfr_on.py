@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Batch
+from ..arguments import option
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
 from ..saliency import mask_density, saliency_mask
 from .base import (
@@ -33,44 +34,49 @@ FORGET_LOSSES = ("ascent", "remap")
 
 @dataclass
 class SFROnConfig(MethodConfig):
-    """SFR-on hyperparameters. Defaults are the official DDPM CIFAR-10 class-forgetting setting.
+    """SFR-on hyperparameters. Defaults are the official DDPM CIFAR-10 class-forgetting setting (α_0 = 10 with
+    cosine decay, λ = 0.5, γ = 1, clipping 1.0 on both steps); the forget loss is the model family's."""
 
-    Attributes:
-        forget_loss: ``"ascent"`` (adaptive-weighted gradient ascent on the forget class's diffusion loss, the
-            paper's choice for classes) or ``"remap"`` (pull ε_θ(x_t, c_forget) toward the frozen original's
-            prediction for `remap_class`).
-        alpha: α_0, weight of the forget loss.
-        cosine_decay: decay α_t = α_0 (1 + cos(π t / T)) / 2 over the run.
-        temperature: λ of the adaptive weights w_i ∝ ℓ_i^(-λ); 0 gives plain (uniform) ascent.
-        remain_weight: β, weight of the remain loss.
-        gamma: saliency threshold on the Fisher ratio F_f / F_r.
-        use_mask: apply the saliency mask to the forget step (False is the ablation without S).
-        mask_batches: batches of each set used to estimate the diagonal Fisher.
-        forget_max_grad_norm, remain_max_grad_norm: global-norm clipping per step (None: no clipping).
-        remap_class: target class of ``remap``; None means the null (unconditional) class.
-        label_dropout: probability of replacing a remain label by the null class, as in pretraining, so the
-            unconditional branch used by classifier-free guidance stays trained. The forget step never drops labels.
-        online: the fast-slow pair of steps ("on"); False sums the forget and remain losses into one joint step on
-            both batches, the ablation without it (with ``temperature=0`` and ``use_mask=False``: the paper's "R").
-    """
-
-    forget_loss: str = "ascent"
-    alpha: float = 10.0
-    cosine_decay: bool = True
-    temperature: float = 0.5
-    remain_weight: float = 1.0
-    gamma: float = 1.0
-    use_mask: bool = True
-    mask_batches: int = 4
-    forget_max_grad_norm: float | None = 1.0
-    remain_max_grad_norm: float | None = 1.0
-    remap_class: int | None = None
-    label_dropout: float = 0.1
-    online: bool = True
+    forget_loss: str | None = option(
+        None,
+        "ascent: adaptive-weighted gradient ascent on the forget class's own loss (the paper's choice for classes); "
+        "remap: pull the forget condition's prediction onto the frozen original's prediction for --remap_target. "
+        "Default: the family's (ascent for class-conditional models, remap for text-to-image ones).",
+        choices=FORGET_LOSSES,
+    )
+    alpha: float = option(10.0, "α_0, weight of the forget loss.")
+    cosine_decay: bool = option(
+        True, "Decay α_t = α_0 (1 + cos(π t / T)) / 2 over the run.", negative="--no_cosine_decay"
+    )
+    temperature: float = option(0.5, "λ of the adaptive forget weights w_i ∝ ℓ_i^(-λ); 0 gives plain ascent.")
+    remain_weight: float = option(1.0, "β, weight of the remain loss.")
+    gamma: float = option(1.0, "Saliency threshold on the Fisher ratio F_f / F_r.")
+    use_mask: bool = option(True, "Apply the saliency mask to the forget step.", negative="--no_mask")
+    mask_batches: int = option(4, "Batches of each set used to estimate the diagonal Fisher.")
+    forget_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the forget step (None: none).")
+    remain_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the remain step (None: none).")
+    remap_target: str | None = option(
+        None,
+        "Target of --forget_loss remap: a class name or id (class-conditional models; default: the null class) or "
+        "an anchor prompt (text-to-image; default: the preset's anchor, e.g. 'a blank image' on the digits SD, "
+        "else the empty prompt).",
+        aliases=("--remap_class", "--anchor_concept"),
+    )
+    label_dropout: float = option(
+        0.1,
+        "Probability of the null class on remain samples, as in pretraining, so the unconditional branch of "
+        "classifier-free guidance stays trained. The forget step never drops labels.",
+    )
+    online: bool = option(
+        True,
+        "The fast-slow pair of steps ('on'); off sums the forget and remain losses into one joint step on both "
+        "batches (with --temperature 0 and --no_mask: the paper's 'R').",
+        negative="--no_online",
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.forget_loss not in FORGET_LOSSES:
+        if self.forget_loss is not None and self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}.")
         for name in ("alpha", "temperature", "remain_weight", "gamma"):
             if getattr(self, name) < 0:
@@ -89,14 +95,15 @@ class SFROn(UnlearningMethod):
     )
     config_class = SFROnConfig
 
-    def __init__(self, config: SFROnConfig, family):
-        super().__init__(config, family)
-        self.frozen = None
-        if config.forget_loss == "remap":
+    def __init__(self, config: SFROnConfig, family, *, anchor: str | None = None):
+        super().__init__(config, family, anchor=anchor)
+        self.forget_loss = config.forget_loss or family.default_forget_loss
+        self.frozen, self.remap_condition = None, None
+        if self.forget_loss == "remap":
             # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)).
-            self.frozen = frozen_copy(family.denoiser)
-            if config.remap_class is not None and not 0 <= config.remap_class < family.num_classes():
-                raise ValueError(f"remap_class {config.remap_class} out of range [0, {family.num_classes() - 1}].")
+            self.frozen = frozen_copy(family)
+            target = config.remap_target if config.remap_target is not None else anchor
+            self.remap_condition = family.null_class_id if target is None else family.resolve_class(target)
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -147,26 +154,24 @@ class SFROn(UnlearningMethod):
         x0 = family.encode(batch.images.to(family_device(model)))
         labels = batch.labels.to(x0.device)  # the real label, never dropped: the null branch is not attacked
         alpha = forget_weight(step, total_steps, cfg.alpha, cfg.cosine_decay)
-        if cfg.forget_loss == "remap":
+        if self.forget_loss == "remap":
             x_t = family.noisy(x0, batch.draw)
             timesteps = batch.draw.timesteps.to(x0.device)
-            target_class = family.null_class_id if cfg.remap_class is None else cfg.remap_class
             self.frozen.to(x0.device)
             with torch.no_grad():
-                target = family.predict(self.frozen, x_t, timesteps, torch.full_like(labels, target_class))
+                target = family.predict(self.frozen, x_t, timesteps, torch.full_like(labels, self.remap_condition))
             per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
             # Mean over the global batch; DDP averages gradients over processes, hence the division by global size.
             loss = alpha * per_sample.sum() * num_processes / batch.global_size
             terms = {"loss": loss, "forget_remap": per_sample.detach().mean()}
         else:
             per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
-            unnormalised = per_sample.detach().float().clamp_min(1e-12).pow(-cfg.temperature)
-            weights = adaptive_weights(per_sample, cfg.temperature, normaliser=reduce_sum(unnormalised.sum()))
+            weights = adaptive_weights(per_sample, cfg.temperature, reduce_sum)
             # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.
             loss = weighted_ascent_loss(per_sample, weights, alpha) * num_processes
             terms = {"loss": loss, "forget_mse": per_sample.detach().mean()}
         terms["alpha"] = torch.tensor(alpha, device=x0.device)
-        prefix = "forget_remap" if cfg.forget_loss == "remap" else "forget_mse"
+        prefix = "forget_remap" if self.forget_loss == "remap" else "forget_mse"
         terms.update(timestep_quartile_terms(prefix, per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
 

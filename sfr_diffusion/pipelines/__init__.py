@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
@@ -28,12 +30,28 @@ def looks_local(path: str | Path) -> bool:
     return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
 
 
+@contextlib.contextmanager
+def quiet_progress(pipeline) -> Iterator[None]:
+    """Silence a pipeline's per-call progress bar (sampling inside a longer task that shows its own), then restore
+    the user's setting."""
+    saved = dict(getattr(pipeline, "_progress_bar_config", {}))
+    pipeline.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        pipeline.set_progress_bar_config(**saved)  # replaces the whole setting
+
+
 def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
-    """Load any diffusers pipeline folder or Hub id, including this package's own pipeline classes.
+    """Load any diffusers pipeline folder or Hub id, including this package's own pipeline classes, or a bundled
+    model by its alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``; see :func:`sfr_diffusion.presets.resolve_model`).
 
     A custom-pipeline folder (``_class_name`` a ``[module, class]`` list) of one of our classes loads with the
     installed class; any other custom code is refused rather than run.
     """
+    from ..presets import resolve_model
+
+    path = resolve_model(path)
     folder = Path(path).expanduser()
     if looks_local(path):
         if not (folder / "model_index.json").is_file():
@@ -55,4 +73,4 @@ def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(path, **kwargs)
 
 
-__all__ = ["ClassConditionalDDPMPipeline", "load_pipeline", "read_model_index"]
+__all__ = ["ClassConditionalDDPMPipeline", "load_pipeline", "quiet_progress", "read_model_index"]

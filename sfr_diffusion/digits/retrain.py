@@ -11,9 +11,10 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL
 
-from .digits import DIGIT_NAMES
-from .export import save_pipeline_once
-from .world import DIGITS_PRETRAIN_STEPS, bundled_path, cache_dir, pretrain_digits_model
+from ..cache import cache_dir
+from ..export import save_pipeline_once
+from . import DIGIT_NAMES, bundled_path
+from .models import DIGITS_PRETRAIN_STEPS, pretrain_digits_model
 
 RETRAIN_RECIPE_VERSION = 1  # bump when `pretrain_digits_model` changes what it trains
 RETRAINABLE = ("ddpm", "dit", "sd")

@@ -14,7 +14,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..families import family_for
+from ..pipelines import quiet_progress
+from . import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, DIGIT_NAMES, bundled_path, is_digits_world
+from .data import digits_tensor
 from .judge import DigitsClassifier
+from .prompts import digit_prompts
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -130,3 +135,45 @@ def class_erasure_metrics(
         real_features = judge.features(real.to(judge.device)).cpu().numpy().astype(np.float64)
         metrics["FID"] = frechet_distance(generated_features, real_features)
     return metrics
+
+
+def digits_world_metrics(
+    pipeline,
+    forget_classes,
+    *,
+    samples_per_class: int = 50,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+    seed: int = 0,
+    judge=None,
+    prompts: str = "all",
+) -> dict:
+    """FA, RA and FID-digits of a digits-world pipeline, judged by the bundled classifier on held-out images.
+
+    Text-to-image pipelines are prompted with each digit's training captions and held-out phrasings (`prompts`:
+    "all", "train" or "held_out"); ``FA_paraphrases`` is FA on the held-out phrasings alone.
+    """
+    if not is_digits_world(pipeline):
+        raise ValueError("digits_world_metrics needs a digits-world pipeline (classes 'zero'..'nine').")
+    judge = judge or DigitsClassifier.from_pretrained(bundled_path("judge"))
+    real_images, real_labels = digits_tensor("test")
+    text_kwargs = {}
+    if family_for(pipeline).text_conditioned:
+        kinds = {"all": ("train", "held_out"), "train": ("train",), "held_out": ("held_out",)}[prompts]
+        text_kwargs = {
+            "class_prompts": {d: [p for k in kinds for p in digit_prompts(d, k)] for d in range(len(DIGIT_NAMES))},
+            "paraphrases": [p for d in range(len(DIGIT_NAMES)) for p in digit_prompts(d, "held_out")],
+        }
+    with quiet_progress(pipeline):
+        return class_erasure_metrics(
+            pipeline,
+            judge.to(pipeline.device),
+            list(forget_classes),
+            real_images=real_images,
+            real_labels=real_labels,
+            samples_per_class=samples_per_class,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            seed=seed,
+            **text_kwargs,
+        )

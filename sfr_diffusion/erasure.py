@@ -1,0 +1,307 @@
+"""The public API: ``erase(pipeline, concept)`` erases in place and returns what was done; the result saves itself.
+
+    >>> import sfr_diffusion, torch
+    >>> pipe = sfr_diffusion.load_pipeline("digits-ddpm")           # the bundled class-conditional DDPM
+    >>> result = sfr_diffusion.erase(pipe, "three")                  # SFR-on, 50 iterations, ~15 s on 2 CPU cores
+    >>> result.metrics["after"]["FA"], result.metrics["after"]["RA"]
+    >>> result.save_pretrained("outputs/digits-ddpm-erase-three")   # a standard diffusers folder
+
+The same call erases a class from a DiT (``load_pipeline("digits-dit")``, or ``facebook/DiT-XL-2-256`` with
+``data=DataArguments(dataset_name=...)``) and a concept from Stable Diffusion (``load_pipeline("digits-sd")``, or
+``CompVis/stable-diffusion-v1-4`` with ``data=DataArguments(remain_prompts=[...])`` and
+``method=SFROnConfig(remap_target="a painting")``). It runs in a plain process or notebook (it builds its own
+``Accelerator``) and under ``accelerate launch`` on N processes; give it an ``Accelerator`` to reuse one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+
+from .arguments import DataArguments, EvaluationArguments
+from .export import export_pipeline, format_metric, render_model_card
+from .families import family_for
+from .methods import METHODS, MethodConfig, get_method_class
+from .presets import preset_for
+from .saliency import Mask
+from .sources import resolve_data
+from .training import (
+    PhaseEvent,
+    TrainingArguments,
+    check_checkpoints_dir,
+    make_checkpoints_dir,
+    resolve_resume,
+    run_erasure,
+)
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+HEADLINE_METRICS = ("FA", "FA_paraphrases", "RA", "FID")
+
+
+@dataclass
+class ErasureResult:
+    """What :func:`erase` did. The pipeline it was given now holds the erased denoiser.
+
+    ``config`` is what the export's ``unlearning_config.json`` records (the full settings, per-class metrics, the
+    history of tracked evaluations); ``metrics`` is ``{"before": ..., "after": ...}`` (None without an evaluator).
+    """
+
+    pipeline: object
+    concept: str
+    method: str
+    steps: int
+    seconds: dict
+    mask_statistics: dict | None
+    history: list
+    metrics: dict
+    config: dict
+    model_card: str
+    mask: Mask | None = field(default=None, repr=False)
+    is_main_process: bool = True
+
+    def save_pretrained(
+        self,
+        output_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        push_to_hub: bool = False,
+        hub_model_id: str | None = None,
+        hub_token: str | None = None,
+    ) -> Path:
+        """Write the erased pipeline as a standard diffusers folder (atomic; with ``unlearning_config.json``, a
+        model card and the saliency mask), and optionally upload it to the Hub as ``hub_model_id``.
+
+        An existing `output_dir` is replaced only when it is an earlier export and `overwrite` is given (see
+        :func:`sfr_diffusion.export.check_output_dir`). Only the main process writes.
+        """
+        output_dir = Path(output_dir)
+        if self.is_main_process:
+            output_dir = export_pipeline(
+                self.pipeline,
+                output_dir,
+                unlearning_config=self.config,
+                model_card=self.model_card,
+                saliency_mask=self.mask,
+                history=self.history,
+                overwrite=overwrite,
+            )
+            if push_to_hub:
+                push_export(output_dir, hub_model_id or output_dir.name, token=hub_token)
+        return output_dir
+
+    def brief(self) -> dict:
+        """A short, rounded summary for a terminal: what was erased, the cost, the headline metrics."""
+        summary = {"erased": self.concept, "method": self.method, "steps": self.steps, "seconds": self.seconds}
+        before, after = self.metrics.get("before"), self.metrics.get("after")
+        if after:
+            keys = [k for k in HEADLINE_METRICS if after.get(k) is not None]
+            summary["before"] = {k: format_metric(before.get(k)) for k in keys}
+            summary["after"] = {k: format_metric(after.get(k)) for k in keys}
+        return summary
+
+
+def push_export(folder: Path, repo_id: str, *, token: str | None = None) -> str:
+    """Upload an export folder to the Hub as a model repository (created if needed); returns its URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo = create_repo(repo_id, exist_ok=True, token=token)
+    upload_folder(repo_id=repo.repo_id, folder_path=str(folder), token=token, commit_message="Erased with sfr-diffusion")
+    return str(repo)
+
+
+def method_config_for(method: str | MethodConfig) -> MethodConfig:
+    """A method name (its default config) or a method config → the config."""
+    if isinstance(method, MethodConfig):
+        return method
+    if isinstance(method, str):
+        return get_method_class(method).config_class()
+    raise TypeError(f"method must be a name {sorted(METHODS)} or a method config, got {type(method).__name__}.")
+
+
+def method_class_for(config: MethodConfig):
+    for method_class in METHODS.values():
+        if type(config) is method_class.config_class:
+            return method_class
+    raise ValueError(f"{type(config).__name__} is not the config of a registered method ({sorted(METHODS)}).")
+
+
+def build_accelerator(training: TrainingArguments) -> Accelerator:
+    """An ``Accelerator`` for one erasure: its mixed precision, trackers and checkpoints folder."""
+    mixed_precision = training.mixed_precision
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        logger.warning("mixed_precision fp16 needs a CUDA GPU and none was found: this run trains in fp32 (no).")
+        mixed_precision = "no"
+    folder = training.checkpoints_dir
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        log_with=training.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=folder, logging_dir=None if folder is None else f"{folder}/logs"
+        ),
+    )
+
+
+def evaluator_for(evaluate, pipeline, concept: str, preset, seed: int) -> Callable[[], dict] | None:
+    """``evaluate``: None (the preset's evaluator at its defaults, if any), False (none), EvaluationArguments (the
+    preset's evaluator with them, if any) or a callable ``pipeline → metrics``."""
+    if evaluate is False:
+        return None
+    if callable(evaluate) and not isinstance(evaluate, EvaluationArguments):
+        return lambda: evaluate(pipeline)
+    if evaluate is not None and not isinstance(evaluate, EvaluationArguments):
+        raise TypeError(f"evaluate must be None, False, EvaluationArguments or a callable, got {evaluate!r}.")
+    if preset is None or preset.evaluate is None:
+        if evaluate is not None:
+            logger.info("No evaluator knows this model (only the digits world has a judge): FA/RA are not measured.")
+        return None
+    settings = evaluate or EvaluationArguments()
+    return lambda: preset.evaluate(pipeline, concept, settings, seed)
+
+
+def erase(
+    pipeline,
+    concept: str | int,
+    *,
+    method: str | MethodConfig = "sfr_on",
+    data=None,
+    training: TrainingArguments | None = None,
+    evaluate=None,
+    callbacks: Sequence[Callable[[PhaseEvent], None]] = (),
+    accelerator: Accelerator | None = None,
+    base_model: str | None = None,
+) -> ErasureResult:
+    """Erase `concept` from `pipeline` in place and return what was done.
+
+    Args:
+        pipeline: a class-conditional DDPM (``ClassConditionalDDPMPipeline``), a ``DiTPipeline`` or a
+            ``StableDiffusionPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
+        concept: a class name from ``id2label`` or a class id; for text-to-image models the concept text.
+        method: a method name (``"sfr_on"``, ``"ft"``, ``"ga"``, ``"rl"``, ``"salun"``, ``"esd"``) or its config
+            (e.g. ``SFROnConfig(forget_loss="remap")``).
+        data: None (the model's preset decides), a :class:`DataArguments`, a `datasets.Dataset` with a label or
+            caption column, or a ``(forget, remain)`` pair of data sets (see :mod:`sfr_diffusion.sources`).
+        training: :class:`TrainingArguments` (default: 50 iterations at batch 64 + 64, the family's learning rate).
+        evaluate: None (the preset's evaluator, if the model has one), False, :class:`EvaluationArguments`, or a
+            callable ``pipeline → dict`` run before and after (and every ``training.eval_every`` iterations).
+        callbacks: called with a :class:`PhaseEvent` after every optimizer step.
+        accelerator: reuse this ``Accelerator`` (default: one built from `training`).
+        base_model: how the export names the original model (default: the pipeline's ``name_or_path``).
+
+    Examples, one per family (the bundled digits world; each takes seconds on a CPU)::
+
+        from sfr_diffusion import SFROnConfig, erase, load_pipeline
+
+        result = erase(load_pipeline("digits-ddpm"), "three")
+        result = erase(load_pipeline("digits-dit"), "seven")
+        result = erase(load_pipeline("digits-sd"), "three", method=SFROnConfig(remap_target="a blank image"))
+        result.save_pretrained("outputs/digits-sd-erase-three")
+    """
+    training = training or TrainingArguments()
+    method_config = method_config_for(method)
+    method_class = method_class_for(method_config)
+    family = family_for(pipeline)
+    preset = preset_for(pipeline)
+    concept = str(concept).strip()
+    check_checkpoints_dir(training)
+    resolve_resume(training)  # a checkpoint that cannot be resumed from is an error now, not after the data
+    if training.learning_rate is None:
+        training = replace(training, learning_rate=family.default_learning_rate)
+    own_accelerator = accelerator is None
+    accelerator = accelerator or build_accelerator(training)
+    set_seed(training.seed)
+    pipeline.to(accelerator.device)
+
+    target = resolve_data(
+        data, family, concept, preset=preset, seed=training.seed, main_process_first=accelerator.main_process_first
+    )
+    logger.info(
+        "Erasing %r (%s, condition %d): %d forget / %d remain images",
+        target.name, family.name, target.condition, len(target.forget), len(target.remain),
+    )  # fmt: skip
+    evaluator = evaluator_for(evaluate, pipeline, concept, preset, training.seed)
+    main = accelerator.is_main_process
+    metrics_before = evaluator() if evaluator and main else None
+    if main and training.checkpoints_dir is not None:
+        make_checkpoints_dir(training)  # before the trackers write their logs into it
+    if own_accelerator and training.report_to:
+        accelerator.init_trackers("sfr-diffusion", config=_tracker_config(training, method_config))
+    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    with family.prepared_for_training(weight_dtype):
+        method_instance = method_class(method_config, family, anchor=target.anchor)
+        outcome = run_erasure(
+            accelerator=accelerator,
+            method=method_instance,
+            forget=target.forget,
+            remain=target.remain,
+            args=training,
+            evaluate=evaluator,
+            callbacks=tuple(callbacks),
+        )
+    if own_accelerator:
+        accelerator.end_training()
+    metrics_after = evaluator() if evaluator and main else None
+
+    base_model = base_model or str(getattr(pipeline, "name_or_path", "") or "an in-memory pipeline")
+    seconds = {"mask": round(outcome.mask_seconds, 2), "train": round(outcome.train_seconds, 2)}
+    config = {
+        "base_model": base_model,
+        "erased": {**target.summary(family), **_anchor_summary(method_instance, family)},
+        "family": family.name,
+        "method": method_class.name,
+        "paper": method_class.paper,
+        "method_config": method_config.to_dict(),
+        "training": asdict(training),
+        "mask_statistics": outcome.mask_statistics,
+        "steps": outcome.steps,
+        "seconds": seconds,
+        "metrics": {"before": metrics_before, "after": metrics_after},
+        "history": outcome.history,
+        "num_processes": accelerator.num_processes,
+    }
+    card = render_model_card(
+        base_model=base_model,
+        erased=target.name,
+        method_name=method_class.name,
+        paper=method_class.paper,
+        steps=outcome.steps,
+        seconds=outcome.mask_seconds + outcome.train_seconds,
+        metrics_before=metrics_before,
+        metrics_after=metrics_after,
+        mask_statistics=outcome.mask_statistics,
+        pipeline_class=type(pipeline).__name__,
+    )
+    return ErasureResult(
+        pipeline=pipeline,
+        concept=target.name,
+        method=method_class.name,
+        steps=outcome.steps,
+        seconds=seconds,
+        mask_statistics=outcome.mask_statistics,
+        history=outcome.history,
+        metrics={"before": metrics_before, "after": metrics_after},
+        config=config,
+        model_card=card,
+        mask=outcome.mask,
+        is_main_process=main,
+    )
+
+
+def _anchor_summary(method, family) -> dict:
+    """The remap target a text concept went to, when the method remapped it."""
+    condition = getattr(method, "remap_condition", None)
+    if not family.text_conditioned or condition is None:
+        return {}
+    return {"anchor_concept": family.condition_name(condition)}
+
+
+def _tracker_config(training: TrainingArguments, method_config: MethodConfig) -> dict:
+    values = {**asdict(training), **method_config.to_dict()}
+    return {k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}

@@ -1,0 +1,37 @@
+"""Writing folders so that they appear whole or not at all: stage beside the target, then rename (STYLE rule 14)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def staging_path(target: Path, kind: str = "partial", pid: int | None = None) -> Path:
+    """The hidden sibling ``.NAME.KIND-PID`` a process writes `target` through; the PID tells whose it is."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def write_once(target: str | Path, write: Callable[[Path], object]) -> Path:
+    """Create the cache folder `target` with ``write(staging_folder)``, then rename it into place.
+
+    For folders whose content is a pure function of their name (a cache key): when another process finished the
+    same folder first, its copy is kept and ours discarded. An interrupted write leaves only a hidden staging folder,
+    never something that looks complete.
+    """
+    target = Path(target)
+    if target.exists():
+        return target
+    staging = staging_path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(staging)
+        staging.rename(target)
+    except OSError:
+        if not target.exists():  # a real failure, not another process that got there first
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

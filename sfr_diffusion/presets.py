@@ -1,0 +1,57 @@
+"""Presets: what a known model world supplies when :func:`sfr_diffusion.erase` is not told.
+
+A preset gives an erasure its default data (a labelled image set for class-conditional models; forget and remain
+prompts for text-to-image ones), the anchor prompt a text concept is remapped to, and an evaluator that measures the
+result. The digits world (``sfr_diffusion.digits``) is the one bundled today; this module is the only place outside
+it that knows it exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for the pipelines of one world.
+
+    Attributes:
+        name: shown in logs and exports ("digits world").
+        class_dataset: () → a `datasets.Dataset` with ``image`` and ``label`` columns, for class erasure.
+        prompts: concept → (forget prompts, remain prompts), for concept erasure in text-to-image models.
+        anchor: the prompt a text concept is remapped to by default.
+        evaluate: (pipeline, concept, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
+    """
+
+    name: str
+    class_dataset: Callable[[], object] | None = None
+    prompts: Callable[[str], tuple[list[str], list[str]]] | None = None
+    anchor: str | None = None
+    evaluate: Callable[..., dict] | None = None
+
+
+def preset_for(pipeline) -> Preset | None:
+    """The preset of `pipeline`'s world, or None for a model no preset knows (reading it does not change it)."""
+    from .digits.preset import digits_preset
+
+    return digits_preset(pipeline)
+
+
+def resolve_model(name_or_path: str | Path) -> str | Path:
+    """A bundled model's alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``) → its folder; anything else as is."""
+    from .digits import resolve_model as resolve_digits_model
+
+    return resolve_digits_model(name_or_path)
+
+
+def bundled_aliases() -> list[str]:
+    """The aliases :func:`resolve_model` knows."""
+    from .digits import BUNDLED_ALIASES
+
+    return sorted(BUNDLED_ALIASES)
+
+
+def is_bundled(name_or_path: str | Path) -> bool:
+    return str(name_or_path) in bundled_aliases()
