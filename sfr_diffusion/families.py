@@ -29,7 +29,7 @@ class NoiseDraw:
     timesteps: torch.Tensor
 
 
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def cast_if_needed(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """``module.to(dtype)`` only when it changes something (diffusers warns on every cast of some models)."""
     return module if next(module.parameters()).dtype == dtype else module.to(dtype)
 
@@ -77,16 +77,16 @@ class DiffusionFamily:
             for module in modules
         ]
         self.frozen_dtype = weight_dtype
-        _cast(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
+        cast_if_needed(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
         for part in self.frozen_parts():
-            _cast(part.requires_grad_(False).eval(), weight_dtype)
+            cast_if_needed(part.requires_grad_(False).eval(), weight_dtype)
         try:
             with self._training_switches():
                 yield self
         finally:
             self.frozen_dtype = torch.float32
             for module, dtype, training, flags in saved:
-                _cast(module, dtype).train(training)
+                cast_if_needed(module, dtype).train(training)
                 for param, flag in zip(module.parameters(), flags, strict=True):
                     param.requires_grad_(flag)
 

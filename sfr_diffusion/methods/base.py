@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from ..data import Batch
+from ..families import cast_if_needed
 from ..saliency import Mask
 from ..validation import check_field_values
 
@@ -122,7 +123,7 @@ def family_device(model: torch.nn.Module) -> torch.device:
 def frozen_copy(family) -> torch.nn.Module:
     """θ₀: a frozen copy of the original denoiser, for targets that must not move with training; in the weight dtype
     under mixed precision (a frozen part, like the VAE), so it costs half the memory of the fp32 trainable copy."""
-    return copy.deepcopy(family.denoiser).requires_grad_(False).eval().to(family.frozen_dtype)
+    return cast_if_needed(copy.deepcopy(family.denoiser).requires_grad_(False).eval(), family.frozen_dtype)
 
 
 def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:
