@@ -1,26 +1,28 @@
 """SFR-on against the baselines and retrain on the digits world: methods × families × forget targets, one run.
 
-    python scripts/benchmark.py                         # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
-    python scripts/benchmark.py --models digits-ddpm --digits 3 7
-    python scripts/benchmark.py --quick                 # a smoke run of every code path, into a temp folder
-    python scripts/benchmark.py --resume                # after an interruption: reuse the finished runs
+    python benchmarks/benchmark.py                      # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
+    python benchmarks/benchmark.py --models digits-ddpm --digits 3 7
+    python benchmarks/benchmark.py --quick              # a smoke run of every code path, into a temp folder
+    python benchmarks/benchmark.py --resume             # after an interruption: reuse the finished runs
+    python benchmarks/benchmark.py --methods sfr_on --ablations --forget_loss remap   # + erase-command options
 
-For each model and forget digit every method gets the same iteration budget (``--iterations``) through
-``scripts/erase_concept.py``, with FA/RA tracked every ``--eval_every`` iterations on ``--track_samples`` samples per
-class. Learning rates: on the first digit, each method (SFR-on and the baselines) runs the same grid, the model's
-SFR-on default × ``--lr_factors``, and keeps the rate that forgets soonest (FA ≤ 1% with RA ≥ base − 1 point; ties
-and misses: lower final FA, then higher final RA); the other digits and SFR-on's ablations R, R+on and F+R+on use that
+For each model and forget digit every method gets the same iteration budget (``--iterations``) through the erase
+command (``sfr_diffusion.commands.erase``, what ``scripts/erase_concept.py`` runs; options this script does not know
+are passed on to it), with FA/RA tracked every ``--eval_every`` iterations on ``--track_samples`` samples per class.
+Learning rates: on the first digit, each method (SFR-on and the baselines) runs the same grid, the model's SFR-on
+default × ``--lr_factors``, and keeps the rate that forgets soonest (FA ≤ 1% with RA ≥ base − 1 point; ties and
+misses: lower final FA, then higher final RA); the other digits and SFR-on's ablations R, R+on and F+R+on use that
 rate. Every final model is judged on ``--final_samples`` samples per class and compared with *retrain*, the bundled
-recipe trained without the digit (cached; `sfr_diffusion.retrain`): the total-variation distance between the judge's
-label distributions for the forgotten digit and, averaged, for the other digits, plus the RA and FID-digits
-differences. A short extra run per method measures peak memory. Tables, plots and the verdict go into BENCHMARKS.md.
+recipe trained without the digit (cached; `sfr_diffusion.digits.retrain`): the total-variation distance between the
+judge's label distributions for the forgotten digit and, averaged, for the other digits, plus the RA and FID-digits
+differences. A short extra run per method, in a fresh process, measures peak memory. Tables, plots and the verdict
+go into BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import shutil
@@ -30,17 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from sfr_diffusion.digits import DIGIT_NAMES
-from sfr_diffusion.pipelines import load_pipeline
-from sfr_diffusion.reporting import (
-    FA_TARGET,
-    git_commit,
-    iterations_to_forget,
-    machine_description,
-    write_section,
-)
-from sfr_diffusion.retrain import retrain
-from sfr_diffusion.world import BUNDLED_ALIASES, digits_world_metrics
+from reporting import FA_TARGET, git_commit, iterations_to_forget, machine_description, write_section
+
+from sfr_diffusion import load_pipeline
+from sfr_diffusion.commands import erase as erase_command
+from sfr_diffusion.digits import BUNDLED_ALIASES, DIGIT_NAMES
+from sfr_diffusion.digits.metrics import digits_world_metrics
+from sfr_diffusion.digits.retrain import retrain
+from sfr_diffusion.families import family_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEPT_METHODS = ("sfr_on", "ft", "ga", "rl", "salun", "esd")
@@ -57,13 +56,6 @@ QUICK = dict(
     models=["digits-ddpm"], digits=[3], methods=["sfr_on", "ft"], ablations=["R"], iterations=4, eval_every=2,
     track_samples=2, final_samples=4, lr_factors=[1.0, 3.0], retrain_steps=20, memory_iterations=2,
 )  # fmt: skip
-
-
-def load_erase_script():
-    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -169,17 +161,16 @@ class FinishedRuns:
         return self.runs[key]
 
 
-def run_one(erase, args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
+def run_one(args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
     key = f"{model}|{label}|{digit}|{lr!r}"
-    return args.finished.get_or_run(
-        key, lambda: erase_and_judge(erase, args, model, digit, label, method_args, lr, tmp)
-    )
+    return args.finished.get_or_run(key, lambda: erase_and_judge(args, model, digit, label, method_args, lr, tmp))
 
 
-def erase_and_judge(erase, args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path):
+def erase_and_judge(args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
+    """One erasure through the erase command (a method is a list of its options), its export judged, then removed."""
     output_dir = tmp / f"{label}-{digit}-{lr:g}"
-    summary = erase.main(erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr))
-    history = summary["history"]
+    result = erase_command.main(erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr))
+    history = result.history
     final = judged(output_dir, digit, args.final_samples)
     shutil.rmtree(output_dir)
     return {
@@ -189,10 +180,10 @@ def erase_and_judge(erase, args, model: str, digit: int, label: str, method_args
         "iterations_to_forget": iterations_to_forget(history, history[0]["RA"]),
         "history": [{k: h[k] for k in ("step", "FA", "RA")} for h in history],
         "final": final,
-        "seconds_per_iteration": summary["seconds"]["train"] / summary["steps"],
-        "mask_seconds": summary["seconds"]["mask"],
-        "train_seconds": summary["seconds"]["train"],
-        "mask_density": (summary["mask_statistics"] or {}).get("density"),
+        "seconds_per_iteration": result.seconds["train"] / result.steps,
+        "mask_seconds": result.seconds["mask"],
+        "train_seconds": result.seconds["train"],
+        "mask_density": (result.mask_statistics or {}).get("density"),
     }
 
 
@@ -205,13 +196,9 @@ def sweep_key(row: dict) -> tuple:
 
 # Run in a fresh process so that its peak resident memory belongs to this erasure alone.
 MEMORY_PROBE = """
-import resource, runpy, sys, torch
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exit_:  # the script ends with sys.exit(status)
-    if exit_.code:
-        raise
+import resource, sys, torch
+from sfr_diffusion.commands.erase import main
+main(sys.argv[1:])
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 print("PEAK_MEMORY", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, cuda)
 """
@@ -225,8 +212,7 @@ def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float,
     output_dir = tmp / "memory"
     short = dict(max_train_steps=args.memory_iterations, eval_every=args.memory_iterations, skip_eval=True)
     argv = erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr, **short)
-    script = ROOT / "scripts" / "erase_concept.py"
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(script), *argv], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *argv], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"The memory run of {method_args} failed:\n{done.stderr[-3000:]}")
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -234,35 +220,35 @@ def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float,
     return {"resident": int(resident), "cuda": None if cuda == "None" else int(cuda)}
 
 
-def benchmark_model(erase, args, model: str, tmp: Path) -> dict:
-    family = BUNDLED_ALIASES[model]  # the bundled digits models are named after their family
-    base_lr = erase.DEFAULT_LEARNING_RATE[family]
+def benchmark_model(args, model: str, tmp: Path) -> dict:
+    family = family_for(load_pipeline(model))
+    base_lr = family.default_learning_rate
     grid = [base_lr * f for f in args.lr_factors]
     sweep_digit, runs, best_lr, retrained, memory = args.digits[0], [], {}, {}, {}
     start = time.perf_counter()
     for digit in args.digits:
-        path = retrain(family, digit, steps=args.retrain_steps)
+        path = retrain(family.name, digit, steps=args.retrain_steps)
         retrained[digit] = judged(path, digit, args.final_samples)
     for method in args.methods:
         method_args = ["--method", method]
-        sweep = [run_one(erase, args, model, sweep_digit, method, method_args, lr, tmp) for lr in grid]
+        sweep = [run_one(args, model, sweep_digit, method, method_args, lr, tmp) for lr in grid]
         for row in sweep:
             row["sweep"] = True
         runs += sweep
         best_lr[method] = min(sweep, key=sweep_key)["learning_rate"]
         for digit in args.digits[1:]:
-            runs.append(run_one(erase, args, model, digit, method, method_args, best_lr[method], tmp))
+            runs.append(run_one(args, model, digit, method, method_args, best_lr[method], tmp))
         memory[method] = peak_memory(args, model, sweep_digit, method_args, best_lr[method], tmp)
     ablation_lr = best_lr.get("sfr_on", base_lr)
     for name in args.ablations:
         for digit in args.digits:
-            runs.append(run_one(erase, args, model, digit, name, ABLATIONS[name], ablation_lr, tmp))
+            runs.append(run_one(args, model, digit, name, ABLATIONS[name], ablation_lr, tmp))
         memory[name] = peak_memory(args, model, sweep_digit, ABLATIONS[name], ablation_lr, tmp)
     for row in runs:
         row["gap"] = gap_to_retrain(row["final"], retrained[row["digit"]], row["digit"])
     return {
         "model": model,
-        "family": family,
+        "family": family.name,
         "iterations": args.iterations,
         "learning_rate_grid": grid,
         "best_learning_rate": best_lr | {name: ablation_lr for name in args.ablations},
@@ -592,7 +578,6 @@ def main(argv=None) -> dict:
         payload = merge([json.loads(path.read_text()) for path in args.render_only])
         render(payload, args.output, args.plots_dir)
         return payload
-    erase = load_erase_script()
     settings = {
         key: getattr(args, key)
         for key in "digits iterations eval_every track_samples final_samples lr_factors retrain_steps".split()
@@ -602,9 +587,9 @@ def main(argv=None) -> dict:
     args.finished = FinishedRuns(partial, settings, args.resume)
     commit, start = git_commit(ROOT), time.perf_counter()  # the code that runs, even if the checkout changes meanwhile
     with tempfile.TemporaryDirectory() as tmp:
-        results = [benchmark_model(erase, args, model, Path(tmp)) for model in args.models]
+        results = [benchmark_model(args, model, Path(tmp)) for model in args.models]
     payload = {
-        "command": ("python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
+        "command": ("python benchmarks/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
         "date": datetime.date.today().isoformat(),
         "commit": commit,
         "machine": machine_description(),

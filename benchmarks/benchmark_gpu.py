@@ -1,17 +1,17 @@
 """Cost of SFR-on at real size: seconds per iteration, its ratio to one plain fine-tuning pass, peak GPU memory.
 
-    python scripts/benchmark_gpu.py --family dit --write          # DiT-XL/2 at 256 px, batch 32, bf16
-    python scripts/benchmark_gpu.py --family sd --write           # SD v1.4 UNet at 512 px, batch 8, bf16
-    python scripts/benchmark_gpu.py --family sd --tiny            # the same code on tiny configs (CPU smoke run)
+    python benchmarks/benchmark_gpu.py --family dit --write       # DiT-XL/2 at 256 px, batch 32, bf16
+    python benchmarks/benchmark_gpu.py --family sd --write        # SD v1.4 UNet at 512 px, batch 8, bf16
+    python benchmarks/benchmark_gpu.py --family sd --tiny         # the same code on tiny configs (CPU smoke run)
 
-Random weights in the layouts of the real checkpoints (``sfr_diffusion.layouts``; no hub access is needed): the point
-is the cost of the method, not its effect. SFR-on runs ``--iterations`` iterations (forget step + remain step, batch
-``--batch_size`` each) after ``--warmup`` ones; FT runs the same number of single remain passes at the same batch.
-Both go through the package's trainer, so the ratio includes everything an iteration does (masking, clipping, both
-optimizer steps). Each family is erased the way it is configured for real: DiT forgets class 0 by weighted ascent;
-SD forgets the captions that name "cat" by remapping them onto the empty prompt (the anchor), half of the random
-images being captioned "a photo of a cat" and half "a photo of a dog". ``--write`` puts the result into BENCHMARKS.md
-together with the card's name.
+Random weights in the layouts of the real checkpoints (``sfr_diffusion.testing.layouts``; no hub access is needed):
+the point is the cost of the method, not its effect. SFR-on runs ``--iterations`` iterations (forget step + remain
+step, batch ``--batch_size`` each) after ``--warmup`` ones; FT runs the same number of single remain passes at the
+same batch. Both go through ``sfr_diffusion.erase()`` (without evaluation), so the ratio includes everything an
+iteration does (masking, clipping, both optimizer steps). Each family is erased the way it is configured for real:
+DiT forgets class 0 by weighted ascent; SD forgets the captions that name "cat" by remapping them onto the empty
+prompt (the anchor), half of the random images being captioned "a photo of a cat" and half "a photo of a dog".
+``--write`` puts the result into BENCHMARKS.md together with the card's name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import gc
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,20 +29,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from datasets import ClassLabel, Dataset, Features, Image, Value
+from datasets import Dataset, Features, Image, Value
+from reporting import write_section
 
-from sfr_diffusion.data import LabelledImages, split_by_class
+from sfr_diffusion import FTConfig, SFROnConfig, TrainingArguments, erase
 from sfr_diffusion.families import family_for
-from sfr_diffusion.layouts import dit_pipeline, stable_diffusion_pipeline
-from sfr_diffusion.methods import FT, FTConfig, SFROn, SFROnConfig
-from sfr_diffusion.reporting import write_section
-from sfr_diffusion.text_data import PROMPT_ID_COLUMN, split_by_caption, with_prompt_ids
-from sfr_diffusion.training import TrainingArguments, run_erasure
+from sfr_diffusion.testing.layouts import dit_pipeline, stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-
 BUILDERS = {"dit": dit_pipeline, "sd": stable_diffusion_pipeline}
 REAL_SIZE = {"dit": "dit-xl-2-256", "sd": "sd-1.4"}
 MODEL_NAMES = {"dit": "DiT-XL/2, 256 px", "sd": "SD v1.4 UNet, 512 px"}
@@ -52,9 +45,10 @@ CONCEPT, CAPTIONS = "cat", ("a photo of a cat", "a photo of a dog")  # SD: the c
 
 
 def random_images(count: int, resolution: int, classes: int = 2) -> Dataset:
+    """Random images labelled with class ids 0..classes-1 (plain ids: the layouts name their classes "class <id>")."""
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8) for _ in range(count)]
-    features = Features({"image": Image(), "label": ClassLabel(num_classes=classes)})
+    features = Features({"image": Image(), "label": Value("int64")})
     return Dataset.from_dict({"image": images, "label": [i % classes for i in range(count)]}, features=features)
 
 
@@ -67,22 +61,17 @@ def random_captioned_images(count: int, resolution: int) -> Dataset:
     return Dataset.from_dict({"image": images, "text": captions}, features=features)
 
 
-def erasure_data(family, count: int) -> tuple[LabelledImages, LabelledImages, dict]:
-    """(forget, remain) views of `count` random images at the family's resolution, and the SFR-on settings that
-    make it the family's configuration of the method."""
-    channels, resolution, _ = family.image_shape
-    if family.name == "sd":
-        dataset = with_prompt_ids(random_captioned_images(count, resolution), family)
-        forget_rows, remain_rows = split_by_caption(dataset, CONCEPT)
-        views = dict(resolution=resolution, channels=channels, label_column=PROMPT_ID_COLUMN)
-        forget, remain = LabelledImages(dataset, forget_rows, **views), LabelledImages(dataset, remain_rows, **views)
-        # Text-to-image concepts are remapped onto an anchor prompt, the empty one by default (erase_concept.py).
-        return forget, remain, {"forget_loss": "remap", "remap_class": family.prompt_id("")}
-    forget, remain = split_by_class(random_images(count, resolution), [0], resolution=resolution, channels=channels)
-    return forget, remain, {}
+def erasure_data(family, count: int) -> tuple[Dataset, str, dict]:
+    """`count` random images at the family's resolution, the concept to erase from them, and the SFR-on settings
+    that make it the family's configuration of the method."""
+    _, resolution, _ = family.image_shape
+    if family.text_conditioned:
+        # Text-to-image concepts are remapped onto an anchor prompt; a model without a preset has the empty one.
+        return random_captioned_images(count, resolution), CONCEPT, {"forget_loss": "remap", "remap_target": ""}
+    return random_images(count, resolution), "0", {}
 
 
-def time_method(method_name: str, args, output_dir: str) -> dict:
+def time_method(method_name: str, args) -> dict:
     # The previous method's models (SD: two UNets and the optimizer state) must be gone before this one is measured.
     gc.collect()
     if torch.cuda.is_available():
@@ -90,37 +79,33 @@ def time_method(method_name: str, args, output_dir: str) -> dict:
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.tiny)
     pipeline = BUILDERS[args.family]("tiny" if args.tiny else REAL_SIZE[args.family], seed=0)
-    pipeline.to(accelerator.device)
     family = family_for(pipeline)
-    forget, remain, sfr_on_settings = erasure_data(family, 4 * args.batch_size)
-    if method_name == "sfr_on":
-        method = SFROn(SFROnConfig(mask_batches=1, **sfr_on_settings), family)
-    else:
-        method = FT(FTConfig(), family)
-    total = args.warmup + args.iterations
-    training_args = TrainingArguments(checkpoints_dir=None, max_train_steps=total, forget_batch_size=args.batch_size,
-                                      remain_batch_size=args.batch_size, optimizer="adamw")  # fmt: skip
-    ends: list[float] = []
-    last_phase = method.phases[-1].name
+    dataset, concept, sfr_on_settings = erasure_data(family, 4 * args.batch_size)
+    method = SFROnConfig(mask_batches=1, **sfr_on_settings) if method_name == "sfr_on" else FTConfig()
+    training = TrainingArguments(max_train_steps=args.warmup + args.iterations, forget_batch_size=args.batch_size,
+                                 remain_batch_size=args.batch_size, optimizer="adamw",
+                                 mixed_precision=args.mixed_precision)  # fmt: skip
+    ends: dict[int, float] = {}  # iteration → when its last optimizer step ended
 
     def on_phase_end(event) -> None:
-        if event.phase.name == last_phase:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            ends.append(time.perf_counter())
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ends[event.step] = time.perf_counter()
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=training_args,
-                         callbacks=(on_phase_end,))  # fmt: skip
-    per_iteration = [b - a for a, b in zip(ends[args.warmup - 1 : -1], ends[args.warmup :], strict=True)]
+    result = erase(pipeline, concept, method=method, data=dataset, training=training, evaluate=False,
+                   callbacks=(on_phase_end,), accelerator=accelerator)  # fmt: skip
+    times = [ends[step] for step in sorted(ends)]
+    per_iteration = [b - a for a, b in zip(times[args.warmup - 1 : -1], times[args.warmup :], strict=True)]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {
         "seconds_per_iteration": statistics.median(per_iteration),
         "peak_memory_gib": peak,
-        "mask_seconds": result.mask_seconds,
+        "mask_seconds": result.seconds["mask"],
         "parameters": sum(p.numel() for p in family.denoiser.parameters()),
-        "method_config": method.config.to_dict(),
+        "method_config": result.config["method_config"],
+        "erased": result.config["erased"],
     }
 
 
@@ -132,7 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--tiny", action="store_true", help="Tiny configs on the CPU: checks the script runs.")
-    parser.add_argument("--write", action="store_true", help="Write the result into BENCHMARKS.md.")
+    parser.add_argument("--write", action="store_true", help="Write the result into --output.")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="Where --write writes.")
     known, _ = parser.parse_known_args(argv)
     parser.set_defaults(batch_size=DEFAULT_BATCH_SIZE[known.family])
     args = parser.parse_args(argv)
@@ -149,9 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        sfr = time_method("sfr_on", args, f"{tmp}/sfr_on")
-        ft = time_method("ft", args, f"{tmp}/ft")
+    sfr = time_method("sfr_on", args)
+    ft = time_method("ft", args)
     report = {
         "family": args.family,
         "model": f"tiny {args.family}" if args.tiny else MODEL_NAMES[args.family],
@@ -166,11 +151,12 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(report, indent=2))
     if args.write:
-        command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python benchmarks/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
         peak = f"{sfr['peak_memory_gib']:.1f} GiB" if sfr["peak_memory_gib"] is not None else "n/a"
         forget_loss = sfr["method_config"]["forget_loss"]
-        if args.family == "sd":
-            forget_loss += f' of the captions naming "{CONCEPT}" onto the empty prompt'
+        anchor = sfr["erased"].get("anchor_concept")  # set where a text concept was remapped onto a prompt
+        if anchor is not None:
+            forget_loss += f' of the captions naming "{CONCEPT}" onto ' + (f'"{anchor}"' if anchor else "the empty prompt")
         section = "\n".join([
             f"<!-- gpu-cost-{args.family}:start -->",
             f"## Cost at real size: {args.family}, {report['device']}",
@@ -186,7 +172,7 @@ def main(argv=None) -> dict:
             f"{sfr['mask_seconds']:.1f} |",
             f"<!-- gpu-cost-{args.family}:end -->",
         ]) + "\n"  # fmt: skip
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section(args.output, section)
     return report
 
 

@@ -1,46 +1,34 @@
 """SFR-on alone, one run per digit, on a digits-world model; writes its section of BENCHMARKS.md.
 
-    python scripts/benchmark_sfr_on.py                  # all ten digits (about 15 minutes on 2 cores)
-    python scripts/benchmark_sfr_on.py --model digits-sd
-    python scripts/benchmark_sfr_on.py --digits 3 7 --quick
+    python benchmarks/benchmark_sfr_on.py               # all ten digits (about 15 minutes on 2 cores)
+    python benchmarks/benchmark_sfr_on.py --model digits-sd
+    python benchmarks/benchmark_sfr_on.py --digits 3 7 --quick
 
-(``scripts/benchmark.py`` compares SFR-on with the baselines and retrain.)
+(``benchmarks/benchmark.py`` compares SFR-on with the baselines and retrain.)
 
-For every digit it runs ``scripts/erase_concept.py`` with its defaults (plus FA/RA tracking every ``--eval_every``
-iterations), then records FA, RA and FID-digits before and after, the first tracked iteration at which FA ≤ 1% with
-RA ≥ base − 1 point, and the wall time of the mask and of the erasure (evaluation excluded). It plots FA and RA
-against iteration for ``--plot_digit`` and replaces the marked section of BENCHMARKS.md.
+For every digit it runs the erase command (``sfr_diffusion.commands.erase``, what ``scripts/erase_concept.py`` runs)
+with its defaults, plus FA/RA tracking every ``--eval_every`` iterations and any option this script does not know
+(e.g. ``--max_train_steps 100``), then records FA, RA and FID-digits before and after, the first tracked iteration at
+which FA ≤ 1% with RA ≥ base − 1 point, and the wall time of the mask and of the erasure (evaluation excluded). It
+plots FA and RA against iteration for ``--plot_digit`` and replaces the marked section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import sys
 import tempfile
 from pathlib import Path
 
+from reporting import FA_TARGET, RA_TOLERANCE, git_commit, iterations_to_forget, machine_description, write_section
+
+from sfr_diffusion.commands import erase as erase_command
 from sfr_diffusion.digits import DIGIT_NAMES
-from sfr_diffusion.reporting import (
-    FA_TARGET,
-    RA_TOLERANCE,
-    git_commit,
-    iterations_to_forget,
-    machine_description,
-    write_section,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
-
-
-def load_erase_script():
-    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path, family: str) -> None:
@@ -151,13 +139,12 @@ def main(argv=None) -> list[dict]:
                                                   payload["extra_args"], family))  # fmt: skip
         return rows
 
-    erase = load_erase_script()
     rows = []
     samples = ["--eval_samples_per_class", "10"] if args.quick else []
     with tempfile.TemporaryDirectory() as tmp:
         for digit in args.digits:
             every = args.plot_eval_every if digit == args.plot_digit else args.eval_every
-            summary = erase.main(
+            result = erase_command.main(
                 [
                     "--concept",
                     DIGIT_NAMES[digit],
@@ -171,6 +158,7 @@ def main(argv=None) -> list[dict]:
                     *extra_args,
                 ]
             )
+            summary = result.config  # what the export's unlearning_config.json records
             before, after = summary["metrics"]["before"], summary["metrics"]["after"]
             row = {
                 "digit": digit,
@@ -197,7 +185,7 @@ def main(argv=None) -> list[dict]:
     if plot_rows and not args.quick:
         plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
         plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot, family)
-    command = ("python scripts/benchmark_sfr_on.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = ("python benchmarks/benchmark_sfr_on.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if args.results_json:
         payload = {"command": command, "extra_args": extra_args, "rows": rows}
         args.results_json.write_text(json.dumps(payload, indent=2, default=str))

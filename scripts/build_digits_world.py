@@ -17,22 +17,15 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from sfr_diffusion.digits import digits_tensor
+from sfr_diffusion.digits import ASSETS_DIR, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+from sfr_diffusion.digits.data import digits_tensor
+from sfr_diffusion.digits.judge import DigitsClassifier, train_judge
+from sfr_diffusion.digits.metrics import digits_world_metrics
+from sfr_diffusion.digits.models import assembled_sd_path, digits_vae, pretrain_digits_model, train_vae
+from sfr_diffusion.digits.prompts import NEUTRAL_PROMPT
 from sfr_diffusion.export import save_pipeline
 from sfr_diffusion.families import family_for
-from sfr_diffusion.judge import DigitsClassifier, train_judge
 from sfr_diffusion.pipelines import load_pipeline
-from sfr_diffusion.world import (
-    ASSETS_DIR,
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_INFERENCE_STEPS,
-    NEUTRAL_PROMPT,
-    assembled_sd_path,
-    digits_vae,
-    digits_world_metrics,
-    pretrain_digits_model,
-    train_vae,
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,7 +98,7 @@ def judge_samples(pipeline, output_dir: Path, prompts: str = "all") -> dict:
     """
     judge = DigitsClassifier.from_pretrained(output_dir / "judge")
     settings = dict(guidance_scale=DEFAULT_GUIDANCE_SCALE, num_inference_steps=DEFAULT_INFERENCE_STEPS, judge=judge)
-    if family_for(pipeline).name != "sd":
+    if not family_for(pipeline).text_conditioned:
         metrics = digits_world_metrics(pipeline, [], **settings)
         worst = min(metrics["per_class_accuracy"].values())
         if metrics["RA"] < 0.95 or worst < 0.90:

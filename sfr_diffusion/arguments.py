@@ -76,7 +76,9 @@ class EvaluationArguments:
     FA, RA and FID-digits are measured before and after; with `eval_every` (a training option) also along the way.
     """
 
-    eval_samples_per_class: int = option(50, "Samples generated per class (per digit, over its prompts) to judge.")
+    eval_samples_per_class: int = option(
+        50, "Samples generated per class (per digit, over its prompts) to judge.", aliases=("--samples_per_class",)
+    )
     guidance_scale: float = option(2.0, "Guidance scale of the judged samples.")
     num_inference_steps: int = option(20, "Sampling steps of the judged samples.")
 

@@ -163,7 +163,7 @@ def evaluator_for(evaluate, pipeline, concept: str, preset, seed: int) -> Callab
             logger.info("No evaluator knows this model (only the digits world has a judge): FA/RA are not measured.")
         return None
     settings = evaluate or EvaluationArguments()
-    return lambda: preset.evaluate(pipeline, concept, settings, seed)
+    return lambda: preset.evaluate(pipeline, [concept], settings, seed)
 
 
 def erase(

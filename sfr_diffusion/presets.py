@@ -22,7 +22,7 @@ class Preset:
         class_dataset: () → a `datasets.Dataset` with ``image`` and ``label`` columns, for class erasure.
         prompts: concept → (forget prompts, remain prompts), for concept erasure in text-to-image models.
         anchor: the prompt a text concept is remapped to by default.
-        evaluate: (pipeline, concept, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
+        evaluate: (pipeline, erased concepts, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
     """
 
     name: str

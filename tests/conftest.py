@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def digits_train():
-    from sfr_diffusion.digits import load_digits_dataset
+    from sfr_diffusion.digits.data import load_digits_dataset
 
     return load_digits_dataset("train")
 
@@ -36,7 +36,7 @@ def forget_remain(digits_train):
 @pytest.fixture
 def pipeline():
     """A fresh untrained class-conditional DDPM pipeline for 8×8 digits (class 10 is the null class)."""
-    from sfr_diffusion.world import digits_ddpm_pipeline
+    from sfr_diffusion.digits.models import digits_ddpm_pipeline
 
     pipe = digits_ddpm_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)

@@ -1,21 +1,23 @@
 """The benchmark scripts run (tiny settings) and compute what they report from what they measured."""
 
-import importlib.util
+import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sfr_diffusion import reporting
-
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark script or its sibling `reporting`, imported as `python benchmarks/<name>.py` finds its imports:
+    with benchmarks/ on sys.path (they live outside the package, and import `reporting` as a sibling)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def test_gpu_cost_script_runs_on_tiny_configs():
@@ -29,19 +31,18 @@ def test_gpu_cost_script_runs_on_tiny_configs():
 
 
 def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
-    script = load("benchmark_gpu")
-    script.ROOT = tmp_path  # --write goes to ROOT/BENCHMARKS.md
-    report = script.main(
-        ["--family", "sd", "--tiny", "--iterations", "2", "--batch_size", "2", "--mixed_precision", "no", "--write"]
-    )
+    output = tmp_path / "BENCHMARKS.md"
+    argv = ["--family", "sd", "--tiny", "--iterations", "2", "--batch_size", "2", "--mixed_precision", "no"]
+    report = load("benchmark_gpu").main([*argv, "--write", "--output", str(output)])
     sfr, ft = report["sfr_on"], report["ft"]
     assert report["family"] == "sd" and report["batch_size"] == 2
     assert sfr["seconds_per_iteration"] > 0 and ft["seconds_per_iteration"] > 0
     assert report["ratio_sfr_on_to_ft"] == pytest.approx(sfr["seconds_per_iteration"] / ft["seconds_per_iteration"])
-    # SD's configuration of the method: the concept's captions are remapped onto the empty prompt (condition 0).
-    assert sfr["method_config"]["forget_loss"] == "remap" and sfr["method_config"]["remap_class"] == 0
+    # SD's configuration of the method: the concept's captions are remapped onto the empty prompt.
+    assert sfr["method_config"]["forget_loss"] == "remap" and sfr["method_config"]["remap_target"] == ""
+    assert sfr["erased"]["forget_prompts"] == ["a photo of a cat"] and sfr["erased"]["anchor_concept"] == ""
     assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
-    text = (tmp_path / "BENCHMARKS.md").read_text()
+    text = output.read_text()
     assert "<!-- gpu-cost-sd:start -->" in text and "<!-- gpu-cost-sd:end -->" in text
     assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 1M |" in text
 
@@ -54,20 +55,35 @@ def test_gpu_cost_batch_size_defaults_per_family():
 
 
 def test_gpu_cost_sd_data_splits_by_caption():
-    script = load("benchmark_gpu")
     from sfr_diffusion.families import family_for
-    from sfr_diffusion.layouts import stable_diffusion_pipeline
+    from sfr_diffusion.sources import resolve_data
+    from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
     family = family_for(stable_diffusion_pipeline("tiny"))
-    forget, remain, settings = script.erasure_data(family, 6)
-    assert len(forget) == len(remain) == 3 and settings == {"forget_loss": "remap", "remap_class": 0}
-    images, labels = forget.load([0, 1, 2])
+    dataset, concept, settings = load("benchmark_gpu").erasure_data(family, 6)
+    assert concept == "cat" and settings == {"forget_loss": "remap", "remap_target": ""}
+    target = resolve_data(dataset, family, concept)  # what erase() makes of them
+    assert len(target.forget) == len(target.remain) == 3 and target.anchor == ""
+    images, labels = target.forget.load([0, 1, 2])
     assert images.shape == (3, 3, 16, 16) and set(labels.tolist()) == {family.prompt_id("a photo of a cat")}
-    assert set(remain.load([0, 1, 2])[1].tolist()) == {family.prompt_id("a photo of a dog")}
+    assert set(target.remain.load([0, 1, 2])[1].tolist()) == {family.prompt_id("a photo of a dog")}
+
+
+def test_gpu_cost_dit_data_forgets_class_zero():
+    from sfr_diffusion.families import family_for
+    from sfr_diffusion.sources import resolve_data
+    from sfr_diffusion.testing.layouts import dit_pipeline
+
+    family = family_for(dit_pipeline("tiny"))
+    dataset, concept, settings = load("benchmark_gpu").erasure_data(family, 6)
+    assert settings == {}  # DiT's own configuration: weighted ascent
+    target = resolve_data(dataset, family, concept)
+    assert target.condition == 0 and len(target.forget) == len(target.remain) == 3
+    assert set(target.remain.load([0, 1, 2])[1].tolist()) == {1}
 
 
 def test_iterations_to_forget_needs_both_fa_and_ra():
-    benchmark = reporting
+    benchmark = load("reporting")
 
     history = [
         {"step": 0, "FA": 1.0, "RA": 0.99},
@@ -80,7 +96,7 @@ def test_iterations_to_forget_needs_both_fa_and_ra():
 
 
 def test_sections_are_replaced_in_place(tmp_path):
-    benchmark = reporting
+    benchmark = load("reporting")
 
     path = tmp_path / "BENCHMARKS.md"
     benchmark.write_section(path, "<!-- a:start -->\nold a\n<!-- a:end -->\n")
@@ -166,7 +182,7 @@ def test_per_digit_sfr_on_benchmark_quick_mode():
     argv = ["--digits", "3", "--quick", "--plot_eval_every", "1", "--max_train_steps", "2"]
     (row,) = load("benchmark_sfr_on").main(argv)
     assert row["name"] == "three" and row["steps"] == 2 and [h["step"] for h in row["history"]] == [0, 1, 2]
-    assert row["iterations_to_forget"] == reporting.iterations_to_forget(row["history"], row["before"]["RA"])
+    assert row["iterations_to_forget"] == load("reporting").iterations_to_forget(row["history"], row["before"]["RA"])
 
 
 def test_a_later_run_of_some_methods_replaces_theirs():
@@ -240,3 +256,47 @@ def test_quick_mode_never_writes_into_the_repository():
     args = load("benchmark").parse_args(["--quick"])
     assert ROOT not in args.output.parents and ROOT not in args.plots_dir.parents
     assert args.iterations == 4 and args.models == ["digits-ddpm"]
+
+
+BAD_INPUT_CASES = """
+import pytest
+
+
+@pytest.mark.parametrize("stage", ["parse", "parse", "setup", "data", "mask"])
+def test_a_bad_command_line_is_one_line(stage, record_property):
+    record_property("stage", stage)
+    assert stage != "data"  # one failed case
+
+
+def test_under_accelerate_launch():
+    pass
+
+
+def test_a_bad_library_call():
+    pass
+
+
+@pytest.mark.skip
+def test_load_pipeline_skipped():
+    pass
+"""
+
+
+def test_reliability_report_reads_only_the_junit_xml(tmp_path):
+    """Counts and stages come from pytest's JUnit XML (the stage a case records), not from importing the tests."""
+    report = load("reliability_report")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_bad_inputs.py").write_text(BAD_INPUT_CASES)
+    junit = tmp_path / "junit.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"]
+    subprocess.run(command, cwd=tmp_path, capture_output=True, check=False)
+    cases = report.read_junit(junit)
+    assert len(cases) == 7 and sum(not case.ok for case in cases) == 1  # the skipped case is not counted
+    assert report.cli_stages(cases) == {"parse": 2, "setup": 1, "data": 1, "mask": 1}
+    text = report.render(cases)
+    assert "| command line (`erase_concept.py`) | 6 | 5 | 1 |" in text and "| library calls | 1 | 1 | 0 |" in text
+    assert "| **all** | **7** | **6** | **1** |" in text and "see failed cases" in text
+    assert "2 at parsing, 1 before any data is loaded, 1 while" in text
+    unstaged = [case._replace(properties={}) for case in cases]
+    with pytest.raises(ValueError, match="record_property"):
+        report.cli_stages(unstaged)

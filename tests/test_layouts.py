@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sfr_diffusion.families import family_for
-from sfr_diffusion.layouts import (
+from sfr_diffusion.testing.layouts import (
     clip_tokenizer,
     dit_configs,
     dit_pipeline,

@@ -37,12 +37,18 @@ def test_adaptive_weights_with_zero_temperature_are_uniform():
     torch.testing.assert_close(adaptive_weights(losses, 0.0), torch.full((4,), 0.25))
 
 
-def test_adaptive_weights_use_a_global_normaliser_when_given():
-    losses = torch.tensor([1.0, 4.0])
-    normaliser = torch.tensor(10.0)  # e.g. Σ_j ℓ_j^(-λ) over the batches of every process
+def test_adaptive_weights_normalise_over_the_global_batch_through_reduce_sum():
+    losses = torch.tensor([1.0, 4.0])  # this process's share: ℓ^(-λ) = [1.0, 0.5], local sum 1.5
+    other_processes = torch.tensor(8.5)  # Σ_j ℓ_j^(-λ) over the other processes' shares
+    seen = []
 
-    weights = adaptive_weights(losses, 0.5, normaliser=normaliser)
+    def reduce_sum(total):  # what accelerator.reduce(..., "sum") does across processes
+        seen.append(total.item())
+        return total + other_processes
 
+    weights = adaptive_weights(losses, 0.5, reduce_sum=reduce_sum)
+
+    assert seen == [pytest.approx(1.5)]  # the local normaliser is what gets summed
     torch.testing.assert_close(weights, torch.tensor([1.0, 0.5]) / 10.0)
 
 

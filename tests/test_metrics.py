@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import linalg
 
-from sfr_diffusion.digits import digits_tensor
-from sfr_diffusion.judge import DigitsClassifier, non_digit_images
-from sfr_diffusion.metrics import class_erasure_metrics, frechet_distance
-from sfr_diffusion.world import bundled_path
+from sfr_diffusion.digits import bundled_path
+from sfr_diffusion.digits.data import digits_tensor
+from sfr_diffusion.digits.judge import DigitsClassifier, non_digit_images
+from sfr_diffusion.digits.metrics import class_erasure_metrics, frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from sfr_diffusion.data import align_label_ids, center_crop
 from sfr_diffusion.saliency import diagonal_fisher
-from sfr_diffusion.world import bundled_path, digits_ddpm_pipeline, is_digits_world
+from sfr_diffusion.digits import bundled_path, is_digits_world
+from sfr_diffusion.digits.models import digits_ddpm_pipeline
 
 
 def labelled(names):

@@ -12,7 +12,7 @@ from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import SFROn, SFROnConfig, get_method_class
 from sfr_diffusion.saliency import load_mask, mask_density
 from sfr_diffusion.training import MASK_FILE, REMAIN_STREAM, TrainingArguments, run_erasure
-from sfr_diffusion.world import digits_ddpm_pipeline
+from sfr_diffusion.digits.models import digits_ddpm_pipeline
 
 FORGET_CLASS, NULL_CLASS = 3, 10
 STEPS, BATCH = 3, 8
@@ -48,7 +48,7 @@ def test_config_accepts_boundary_values():
 
 
 def test_config_round_trips_through_a_dict_and_json():
-    config = SFROnConfig(forget_loss="remap", alpha=2.0, gamma=0.5, remap_class=1, forget_max_grad_norm=None)
+    config = SFROnConfig(forget_loss="remap", alpha=2.0, gamma=0.5, remap_target="one", forget_max_grad_norm=None)
 
     restored = SFROnConfig.from_dict(json.loads(json.dumps(config.to_dict())))
 
@@ -72,9 +72,20 @@ def test_method_rejects_a_foreign_config(pipeline):
         SFROn(object(), family_for(pipeline))
 
 
-def test_remap_class_must_be_a_real_class(pipeline):
-    with pytest.raises(ValueError, match="remap_class 10 out of range"):
-        SFROn(SFROnConfig(forget_loss="remap", remap_class=NULL_CLASS), family_for(pipeline))
+def test_remap_target_defaults_to_the_null_class_and_resolves_names_and_ids(pipeline):
+    family = family_for(pipeline)
+
+    assert SFROn(SFROnConfig(forget_loss="remap"), family).remap_condition == NULL_CLASS
+    assert SFROn(SFROnConfig(forget_loss="remap", remap_target="seven"), family).remap_condition == 7
+    assert SFROn(SFROnConfig(forget_loss="remap", remap_target="7"), family).remap_condition == 7
+
+
+def test_remap_target_must_be_a_real_class(pipeline):
+    # The null class is not a class one can name: it is the default, not a target.
+    with pytest.raises(ValueError, match=r"Unknown class '10'; valid names are \['zero'.*ids 0..9"):
+        SFROn(SFROnConfig(forget_loss="remap", remap_target=str(NULL_CLASS)), family_for(pipeline))
+    with pytest.raises(ValueError, match="Unknown class 'eleven'"):
+        SFROn(SFROnConfig(forget_loss="remap", remap_target="eleven"), family_for(pipeline))
 
 
 # --- the schedule as data -----------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..arguments import EvaluationArguments
 from ..families import family_for
 from ..presets import Preset
@@ -10,21 +12,21 @@ from .data import load_digits_dataset
 from .prompts import NEUTRAL_PROMPT, digit_of, digits_sd_prompts
 
 
-def judged_digits(family, concept: str) -> list[int]:
-    """The digits FA is measured on: the erased class, or the digit a text concept names (none for others)."""
-    if family.text_conditioned:
-        digit = digit_of(concept)
-        return [] if digit is None else [digit]
-    return [family.resolve_class(concept)]
+def judged_digits(family, concepts: Sequence[str]) -> list[int]:
+    """The digits FA is measured on: the erased classes, or the digits text concepts name (a text concept that
+    names no digit, such as "a blank image", has none: only RA and FID are measured)."""
+    if not family.text_conditioned:
+        return sorted({family.resolve_class(concept) for concept in concepts})
+    return sorted({digit for digit in map(digit_of, concepts) if digit is not None})
 
 
-def evaluate_digits(pipeline, concept: str, settings: EvaluationArguments, seed: int = 0) -> dict:
-    """FA/RA/FID-digits of a digits pipeline after (or before) erasing `concept`, by the bundled judge."""
+def evaluate_digits(pipeline, concepts: Sequence[str], settings: EvaluationArguments, seed: int = 0) -> dict:
+    """FA/RA/FID-digits of a digits pipeline after (or before) erasing `concepts`, by the bundled judge."""
     from .metrics import digits_world_metrics
 
     return digits_world_metrics(
         pipeline,
-        judged_digits(family_for(pipeline), concept),
+        judged_digits(family_for(pipeline), concepts),
         samples_per_class=settings.eval_samples_per_class,
         guidance_scale=settings.guidance_scale,
         num_inference_steps=settings.num_inference_steps,

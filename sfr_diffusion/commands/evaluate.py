@@ -1,0 +1,55 @@
+"""Print FA, RA and FID of a pipeline that a preset can judge (today: the digits world's DDPM, DiT and SD) as JSON.
+
+    python scripts/evaluate.py outputs/digits-ddpm-erase-three     # the erased concept is read from the export
+    python scripts/evaluate.py digits-ddpm --forget three          # a bundled model: digits-ddpm, digits-dit, digits-sd
+
+For the digits SD each digit is prompted with its training captions and with held-out phrasings never used in
+training or erasure; FA_paraphrases is FA on the latter alone. Installed as `sfr-evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..arguments import EvaluationArguments
+from ..cli import HelpFormatter, OneLineParser, add_dataclass_arguments, dataclass_from_args, number, run_command
+from ..export import UNLEARNING_CONFIG_FILE
+from ..pipelines import load_pipeline
+from ..presets import preset_for, resolve_model
+
+PROG = "evaluate.py"
+
+
+def main(argv=None) -> dict:
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("pipeline", help="A pipeline folder or export, or a bundled alias.")
+    parser.add_argument("--forget", action="append", default=None, help="An erased class or concept (repeatable).")
+    parser.add_argument("--seed", type=number(int), default=0, help="Seed of the judged samples.")
+    add_dataclass_arguments(parser, EvaluationArguments, "evaluation")
+    args = parser.parse_args(argv)
+    settings = dataclass_from_args(EvaluationArguments, args)
+
+    path = Path(resolve_model(args.pipeline))
+    pipeline = load_pipeline(path)
+    preset = preset_for(pipeline)
+    if preset is None or preset.evaluate is None:
+        raise ValueError(f"{args.pipeline} is not a model any preset can judge (the digits world's, today).")
+    forget = args.forget
+    config_path = path / UNLEARNING_CONFIG_FILE
+    if forget is None and config_path.exists():
+        forget = [json.loads(config_path.read_text())["erased"]["concept"]]
+    metrics = preset.evaluate(pipeline, forget or [], settings, args.seed)
+    if forget and metrics.get("FA") is None:
+        raise ValueError(f"{forget} names no digit: the digits world judges digits only, so there is no FA to give.")
+    print(json.dumps({"pipeline": args.pipeline, "forget": forget or [], **metrics}, indent=2))
+    return metrics
+
+
+def cli(argv=None) -> int:
+    return run_command(main, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
