@@ -228,7 +228,8 @@ def erase(
     )  # fmt: skip
     evaluator = evaluator_for(evaluate, pipeline, concept, preset, training.seed)
     main = accelerator.is_main_process
-    metrics_before = evaluator() if evaluator and main else None
+    tracked = evaluator is not None and training.eval_every is not None  # the run measures step 0 itself
+    metrics_before = evaluator() if evaluator and main and not tracked else None
     if main and training.checkpoints_dir is not None:
         make_checkpoints_dir(training)  # before the trackers write their logs into it
     if own_accelerator and training.report_to:
@@ -247,6 +248,8 @@ def erase(
         )
     if own_accelerator:
         accelerator.end_training()
+    if tracked and main:
+        metrics_before = {k: v for k, v in outcome.history[0].items() if k != "step"}
     metrics_after = evaluator() if evaluator and main else None
 
     base_model = base_model or str(getattr(pipeline, "name_or_path", "") or "an in-memory pipeline")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,29 @@ def looks_local(path: str | Path) -> bool:
     """A path the user means as a folder on this machine rather than a Hub id ("org/name")."""
     text = str(path)
     return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+
+
+class KnownTypeWarnings(logging.Filter):
+    """Drops diffusers' load-time type warnings for what is known to work: ``id2label`` read back from JSON has
+    string keys (DiTPipeline converts them), and a BERT text encoder conditions StableDiffusionPipeline as CLIP does
+    (the digits SD's MiniLM). Every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Expected types for id2label"):
+            return False
+        return not (message.startswith("Expected types for text_encoder") and "BertModel" in message)
+
+
+@contextlib.contextmanager
+def known_type_warnings_silenced() -> Iterator[None]:
+    diffusers_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    known = KnownTypeWarnings()
+    diffusers_logger.addFilter(known)
+    try:
+        yield
+    finally:
+        diffusers_logger.removeFilter(known)
 
 
 @contextlib.contextmanager
@@ -65,12 +89,13 @@ def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
                     "not run code from a model folder. Load it with DiffusionPipeline.from_pretrained(path, "
                     "custom_pipeline=..., trust_remote_code=True) if you trust that code."
                 )
-        if class_name in OUR_PIPELINES:
-            return OUR_PIPELINES[class_name].from_pretrained(folder, **kwargs)
-        return DiffusionPipeline.from_pretrained(folder, **kwargs)
+        pipeline_class = OUR_PIPELINES.get(class_name, DiffusionPipeline)
+        with known_type_warnings_silenced():
+            return pipeline_class.from_pretrained(folder, **kwargs)
     if "/" not in str(path):
         raise ValueError(f"{path!r} is neither a pipeline folder on this machine nor a Hub id (org/name).")
-    return DiffusionPipeline.from_pretrained(path, **kwargs)
+    with known_type_warnings_silenced():
+        return DiffusionPipeline.from_pretrained(path, **kwargs)
 
 
 __all__ = ["ClassConditionalDDPMPipeline", "load_pipeline", "quiet_progress", "read_model_index"]
