@@ -32,7 +32,7 @@ def bundled_path(name: str) -> Path:
         raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(BUNDLED)}.")
     path = BUNDLED[name]
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run `python scripts/build_digits_world.py` to build it.")
+        raise FileNotFoundError(f"{path} is missing; run `python -m sfr_diffusion.digits.build` to build it.")
     if name == "sd":
         from .models import assembled_sd_path
 

@@ -1,4 +1,4 @@
-"""The digits world's model recipes and their training loop (run by ``scripts/build_digits_world.py``)."""
+"""The digits world's model recipes and their training loop (run by ``python -m sfr_diffusion.digits.build``)."""
 
 from __future__ import annotations
 

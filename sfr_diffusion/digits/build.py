@@ -1,7 +1,7 @@
 """Build the digits world: the judge, the DDPM, the DiT and the SD, seeded, on CPU, into the package's assets.
 
-    python scripts/build_digits_world.py                # everything (about 6 minutes on 2 CPU cores)
-    python scripts/build_digits_world.py --only ddpm    # one model
+    python -m sfr_diffusion.digits.build                # everything (about 30 minutes on 2 CPU cores)
+    python -m sfr_diffusion.digits.build --only ddpm    # one model
 
 Each model is written with ``save_pretrained`` and judged on the held-out split; a model that misses its bar
 (judge: 98% held-out accuracy; DDPM: 95% overall and 90% per class at 20 sampling steps) fails the build.
@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from sfr_diffusion.digits import ASSETS_DIR, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
-from sfr_diffusion.digits.data import digits_tensor
-from sfr_diffusion.digits.judge import DigitsClassifier, train_judge
-from sfr_diffusion.digits.metrics import digits_world_metrics
-from sfr_diffusion.digits.models import assembled_sd_path, digits_vae, pretrain_digits_model, train_vae
-from sfr_diffusion.digits.prompts import NEUTRAL_PROMPT
-from sfr_diffusion.export import save_pipeline
-from sfr_diffusion.families import family_for
-from sfr_diffusion.pipelines import load_pipeline
+from ..export import save_pipeline
+from ..families import family_for
+from ..pipelines import load_pipeline
+from . import ASSETS_DIR, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+from .data import digits_tensor
+from .judge import DigitsClassifier, train_judge
+from .metrics import digits_world_metrics
+from .models import assembled_sd_path, digits_vae, pretrain_digits_model, train_vae
+from .prompts import NEUTRAL_PROMPT
 
 
 def parse_args() -> argparse.Namespace:
