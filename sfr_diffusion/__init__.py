@@ -1,9 +1,9 @@
 """sfr-diffusion: erase classes and concepts from diffusion models with SFR-on.
 
-    >>> import sfr_diffusion
-    >>> pipe = sfr_diffusion.load_pipeline("digits-ddpm")
-    >>> result = sfr_diffusion.erase(pipe, "three")
-    >>> result.save_pretrained("outputs/digits-ddpm-erase-three")
+>>> import sfr_diffusion
+>>> pipe = sfr_diffusion.load_pipeline("digits-ddpm")
+>>> result = sfr_diffusion.erase(pipe, "three")
+>>> result.save_pretrained("outputs/digits-ddpm-erase-three")
 """
 
 __version__ = "0.1.0"

@@ -24,8 +24,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from .arguments import DataArguments, EvaluationArguments
-from .export import export_pipeline, format_metric, render_model_card
+from .arguments import EvaluationArguments
+from .export import export_pipeline, render_model_card
 from .families import family_for
 from .methods import METHODS, MethodConfig, get_method_class
 from .presets import preset_for
@@ -103,9 +103,13 @@ class ErasureResult:
         before, after = self.metrics.get("before"), self.metrics.get("after")
         if after:
             keys = [k for k in HEADLINE_METRICS if after.get(k) is not None]
-            summary["before"] = {k: format_metric(before.get(k)) for k in keys}
-            summary["after"] = {k: format_metric(after.get(k)) for k in keys}
+            summary["before"] = {k: _rounded(before.get(k)) for k in keys}
+            summary["after"] = {k: _rounded(after.get(k)) for k in keys}
         return summary
+
+
+def _rounded(value, digits: int = 3):
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def push_export(folder: Path, repo_id: str, *, token: str | None = None) -> str:
@@ -113,7 +117,9 @@ def push_export(folder: Path, repo_id: str, *, token: str | None = None) -> str:
     from huggingface_hub import create_repo, upload_folder
 
     repo = create_repo(repo_id, exist_ok=True, token=token)
-    upload_folder(repo_id=repo.repo_id, folder_path=str(folder), token=token, commit_message="Erased with sfr-diffusion")
+    upload_folder(
+        repo_id=repo.repo_id, folder_path=str(folder), token=token, commit_message="Erased with sfr-diffusion"
+    )
     return str(repo)
 
 

@@ -235,7 +235,9 @@ def render_model_card(
     if metrics_before and metrics_after:
         for key in ("FA", "FA_paraphrases", "RA", "FID"):
             if key in metrics_after:
-                rows += f"| {key} | {format_metric(metrics_before.get(key))} | {format_metric(metrics_after.get(key))} |\n"
+                rows += (
+                    f"| {key} | {format_metric(metrics_before.get(key))} | {format_metric(metrics_after.get(key))} |\n"
+                )
     table = (
         "| metric | before | after |\n|---|---|---|\n" + rows
         if rows

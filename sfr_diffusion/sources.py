@@ -121,7 +121,9 @@ def _class_data(family, concept, options, dataset, pair, preset, main_process_fi
         remain_set = align_label_ids(remain_set, options.label_column, labels)
         label_kwargs = {**kwargs, "label_column": options.label_column}
         forget = LabelledImages(forget_set, range(len(forget_set)), **label_kwargs)
-        return ErasureData(name, forget_class, forget, LabelledImages(remain_set, range(len(remain_set)), **label_kwargs))
+        return ErasureData(
+            name, forget_class, forget, LabelledImages(remain_set, range(len(remain_set)), **label_kwargs)
+        )
     if dataset is None and options.has_dataset:
         dataset = _user_dataset(options)
     elif dataset is None:

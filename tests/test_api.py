@@ -30,8 +30,20 @@ def unet_weights(folder: Path) -> dict:
 
 
 def test_the_package_exports_the_api():
-    for name in ("erase", "load_pipeline", "TrainingArguments", "DataArguments", "EvaluationArguments", "SFROnConfig",
-                 "FTConfig", "GAConfig", "RLConfig", "SalUnConfig", "ESDConfig", "ErasureResult"):  # fmt: skip
+    for name in (
+        "erase",
+        "load_pipeline",
+        "TrainingArguments",
+        "DataArguments",
+        "EvaluationArguments",
+        "SFROnConfig",
+        "FTConfig",
+        "GAConfig",
+        "RLConfig",
+        "SalUnConfig",
+        "ESDConfig",
+        "ErasureResult",
+    ):
         assert hasattr(sfr_diffusion, name), name
 
 
@@ -51,7 +63,7 @@ def test_the_default_erasure_keeps_its_measured_fa_and_ra(ddpm, tmp_path):
     assert config["training"]["learning_rate"] == 2e-3  # the DDPM family's default, recorded as used
     assert config["method_config"]["forget_loss"] is None and config["family"] == "ddpm"
     assert set(result.brief()) == {"erased", "method", "steps", "seconds", "before", "after"}
-    assert result.brief()["after"]["FA"] == "0.000"
+    assert result.brief()["after"] == {"FA": 0.0, "RA": 0.996, "FID": 25.685}
 
 
 def test_erase_and_the_command_line_give_bit_identical_weights(tmp_path):
@@ -60,14 +72,34 @@ def test_erase_and_the_command_line_give_bit_identical_weights(tmp_path):
     options = ["--max_train_steps", "4", "--forget_batch_size", "16", "--remain_batch_size", "16", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "-q",
-         str(ROOT / "scripts" / "erase_concept.py"), *options, "--skip_eval", "--output_dir", str(tmp_path / "cli")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--cpu",
+            "-q",
+            str(ROOT / "scripts" / "erase_concept.py"),
+            *options,
+            "--skip_eval",
+            "--output_dir",
+            str(tmp_path / "cli"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     pipe = load_pipeline("digits-ddpm")
-    result = erase(pipe, "three", training=TrainingArguments(max_train_steps=4, forget_batch_size=16,
-                                                             remain_batch_size=16, seed=3), evaluate=False)  # fmt: skip
+    result = erase(
+        pipe,
+        "three",
+        training=TrainingArguments(max_train_steps=4, forget_batch_size=16, remain_batch_size=16, seed=3),
+        evaluate=False,
+    )
     library = result.save_pretrained(tmp_path / "api")
     cli_weights, api_weights = unet_weights(tmp_path / "cli"), unet_weights(library)
     assert cli_weights.keys() == api_weights.keys()
@@ -102,8 +134,13 @@ def test_a_method_by_config_and_an_evaluate_callable(ddpm):
         seen.append(pipeline is ddpm)
         return {"FA": 0.5, "RA": 0.5}
 
-    result = erase(ddpm, 3, method=SFROnConfig(forget_loss="remap", remap_target="seven", use_mask=False),
-                   training=TrainingArguments(**SMALL, eval_every=1), evaluate=evaluate)  # fmt: skip
+    result = erase(
+        ddpm,
+        3,
+        method=SFROnConfig(forget_loss="remap", remap_target="seven", use_mask=False),
+        training=TrainingArguments(**SMALL, eval_every=1),
+        evaluate=evaluate,
+    )
     assert seen == [True] * 5  # before, every iteration (3), after
     assert [record["step"] for record in result.history] == [0, 1, 2, 3]
     assert result.mask_statistics is None and result.config["method_config"]["remap_target"] == "seven"
@@ -122,21 +159,32 @@ def test_text_to_image_prompts_as_lists(tmp_path, monkeypatch):
     """Prompt lists in DataArguments; the remap goes to the preset's anchor unless the method names one."""
     pipe = load_pipeline("digits-sd")
     pipe.set_progress_bar_config(disable=True)
-    data = DataArguments(forget_prompts=["the digit three"], remain_prompts=["the digit seven", "a blank image"],
-                         images_per_prompt=2)  # fmt: skip
+    data = DataArguments(
+        forget_prompts=["the digit three"], remain_prompts=["the digit seven", "a blank image"], images_per_prompt=2
+    )
     result = erase(pipe, "three", data=data, training=TrainingArguments(**SMALL), evaluate=False)
     erased = result.config["erased"]
     assert erased["forget_prompts"] == ["the digit three"]
     assert erased["remain_prompts"] == ["a blank image", "the digit seven"]
     assert erased["anchor_concept"] == "a blank image"
-    anchored = erase(pipe, "three", data=data, method=SFROnConfig(remap_target="nothing at all"),
-                     training=TrainingArguments(**SMALL), evaluate=False)  # fmt: skip
+    anchored = erase(
+        pipe,
+        "three",
+        data=data,
+        method=SFROnConfig(remap_target="nothing at all"),
+        training=TrainingArguments(**SMALL),
+        evaluate=False,
+    )
     assert anchored.config["erased"]["anchor_concept"] == "nothing at all"
 
 
 def test_evaluation_arguments_reach_the_judge(ddpm):
-    result = erase(ddpm, "three", training=TrainingArguments(max_train_steps=1, forget_batch_size=4,
-                   remain_batch_size=4), evaluate=EvaluationArguments(eval_samples_per_class=6, guidance_scale=1.5))  # fmt: skip
+    result = erase(
+        ddpm,
+        "three",
+        training=TrainingArguments(max_train_steps=1, forget_batch_size=4, remain_batch_size=4),
+        evaluate=EvaluationArguments(eval_samples_per_class=6, guidance_scale=1.5),
+    )
     assert result.metrics["after"]["samples_per_class"] == 6 and result.metrics["after"]["guidance_scale"] == 1.5
 
 
@@ -149,8 +197,11 @@ def test_push_to_hub_uploads_the_export_folder(ddpm, tmp_path, monkeypatch):
     class Repo(str):
         repo_id = "me/digits-no-three"
 
-    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: calls.setdefault("create", repo_id)
-                        and Repo("https://hub/me/digits-no-three"))  # fmt: skip
+    monkeypatch.setattr(
+        huggingface_hub,
+        "create_repo",
+        lambda repo_id, **kw: calls.setdefault("create", repo_id) and Repo("https://hub/me/digits-no-three"),
+    )
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: calls.setdefault("upload", kw))
     result = erase(ddpm, "three", training=TrainingArguments(**SMALL), evaluate=False)
     folder = result.save_pretrained(tmp_path / "export", push_to_hub=True, hub_model_id="me/digits-no-three")
@@ -162,8 +213,12 @@ def test_push_to_hub_uploads_the_export_folder(ddpm, tmp_path, monkeypatch):
 def test_tracked_runs_export_an_fa_ra_curve(ddpm, tmp_path):
     from PIL import Image
 
-    result = erase(ddpm, "three", training=TrainingArguments(**SMALL, eval_every=1),
-                   evaluate=EvaluationArguments(eval_samples_per_class=4))  # fmt: skip
+    result = erase(
+        ddpm,
+        "three",
+        training=TrainingArguments(**SMALL, eval_every=1),
+        evaluate=EvaluationArguments(eval_samples_per_class=4),
+    )
     folder = result.save_pretrained(tmp_path / "export")
     with Image.open(folder / "erasure_curve.png") as curve:
         assert curve.size == (480, 300)

@@ -125,7 +125,9 @@ def main(argv=None, callbacks: tuple = ()):
     method_config = dataclass_from_args(METHODS[command.method].config_class, args)
     data = dataclass_from_args(DataArguments, args)
     evaluation = False if command.skip_eval else dataclass_from_args(EvaluationArguments, args)
-    output_dir = check_output_dir(command.output_dir or default_output_dir(command), overwrite=command.overwrite_output_dir)
+    output_dir = check_output_dir(
+        command.output_dir or default_output_dir(command), overwrite=command.overwrite_output_dir
+    )
     training = dataclass_from_args(TrainingArguments, args)
     if training.checkpoints_dir is None and (
         training.checkpointing_steps or training.resume_from_checkpoint or training.report_to

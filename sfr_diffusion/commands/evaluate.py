@@ -1,7 +1,7 @@
 """Print FA, RA and FID of a pipeline that a preset can judge (today: the digits world's DDPM, DiT and SD) as JSON.
 
     python scripts/evaluate.py outputs/digits-ddpm-erase-three     # the erased concept is read from the export
-    python scripts/evaluate.py digits-ddpm --forget three          # a bundled model: digits-ddpm, digits-dit, digits-sd
+    python scripts/evaluate.py digits-ddpm --forget three          # bundled: digits-ddpm, digits-dit, digits-sd
 
 For the digits SD each digit is prompted with its training captions and with held-out phrasings never used in
 training or erasure; FA_paraphrases is FA on the latter alone. Installed as `sfr-evaluate`.

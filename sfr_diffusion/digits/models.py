@@ -314,5 +314,3 @@ def pretrain_digits_model(
         family, torch.cat([images, blank_images]), torch.cat([captions, blank_captions]), steps=steps, seed=seed,
         learning_rate=1e-3,
     )  # fmt: skip
-
-

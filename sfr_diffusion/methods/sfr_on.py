@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import Batch
 from ..arguments import option
+from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
 from ..saliency import mask_density, saliency_mask
 from .base import (
