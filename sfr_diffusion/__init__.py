@@ -6,13 +6,12 @@
 >>> result.save_pretrained("outputs/digits-ddpm-erase-three")
 """
 
-__version__ = "0.1.0"
-
 from .arguments import DataArguments, EvaluationArguments
 from .erasure import ErasureResult, erase
 from .methods import ESDConfig, FTConfig, GAConfig, RLConfig, SalUnConfig, SFROnConfig
 from .pipelines import ClassConditionalDDPMPipeline, load_pipeline
 from .training import PhaseEvent, TrainingArguments
+from .version import __version__
 
 __all__ = [
     "ClassConditionalDDPMPipeline",

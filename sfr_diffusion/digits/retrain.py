@@ -13,8 +13,9 @@ from diffusers import AutoencoderKL
 
 from ..cache import cache_dir
 from ..export import save_pipeline_once
-from . import DIGIT_NAMES, bundled_path
+from .data import DIGIT_NAMES
 from .models import DIGITS_PRETRAIN_STEPS, pretrain_digits_model
+from .registry import shipped_path
 
 RETRAIN_RECIPE_VERSION = 1  # bump when `pretrain_digits_model` changes what it trains
 RETRAINABLE = ("ddpm", "dit", "sd")
@@ -39,6 +40,6 @@ def retrain(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS,
     target = retrained_path(name, forget_digit, steps=steps, seed=seed)
     if (target / "model_index.json").exists():
         return target
-    vae = None if name == "ddpm" else AutoencoderKL.from_pretrained(bundled_path("dit") / "vae")
+    vae = None if name == "ddpm" else AutoencoderKL.from_pretrained(shipped_path("dit") / "vae")
     pipeline = pretrain_digits_model(name, vae=vae, exclude_digit=forget_digit, steps=steps, seed=seed)
     return save_pipeline_once(pipeline, target)

@@ -8,50 +8,34 @@ it that knows it exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Preset:
-    """Defaults for the pipelines of one world.
-
-    Attributes:
-        name: shown in logs and exports ("digits world").
-        class_dataset: () → a `datasets.Dataset` with ``image`` and ``label`` columns, for class erasure.
-        prompts: concept → (forget prompts, remain prompts), for concept erasure in text-to-image models.
-        anchor: the prompt a text concept is remapped to by default.
-        evaluate: (pipeline, erased concepts, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
-    """
-
-    name: str
-    class_dataset: Callable[[], object] | None = None
-    prompts: Callable[[str], tuple[list[str], list[str]]] | None = None
-    anchor: str | None = None
-    evaluate: Callable[..., dict] | None = None
+from .preset import Preset
 
 
 def preset_for(pipeline) -> Preset | None:
     """The preset of `pipeline`'s world, or None for a model no preset knows (reading it does not change it)."""
-    from .digits.preset import digits_preset
+    from ..digits.preset import digits_preset
 
     return digits_preset(pipeline)
 
 
 def resolve_model(name_or_path: str | Path) -> str | Path:
     """A bundled model's alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``) → its folder; anything else as is."""
-    from .digits import resolve_model as resolve_digits_model
+    from ..digits import resolve_model as resolve_digits_model
 
     return resolve_digits_model(name_or_path)
 
 
 def bundled_aliases() -> list[str]:
     """The aliases :func:`resolve_model` knows."""
-    from .digits import BUNDLED_ALIASES
+    from ..digits import BUNDLED_ALIASES
 
     return sorted(BUNDLED_ALIASES)
 
 
 def is_bundled(name_or_path: str | Path) -> bool:
     return str(name_or_path) in bundled_aliases()
+
+
+__all__ = ["Preset", "bundled_aliases", "is_bundled", "preset_for", "resolve_model"]

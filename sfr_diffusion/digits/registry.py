@@ -1,0 +1,24 @@
+"""What the digits world ships: its model folders, their aliases, and how its samples are drawn by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+# The DiT folder's vae/ is the shared VAE; sd/ holds only what is not shipped elsewhere (see `digits.bundled_path`).
+SHIPPED = ("ddpm", "dit", "sd", "judge")
+BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd"}
+# How the digits world is sampled and judged unless told otherwise (SPEC §2: 20 DDIM steps).
+DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_INFERENCE_STEPS = 20
+IMAGE_SHAPE = (1, 8, 8)
+
+
+def shipped_path(name: str) -> Path:
+    """The folder shipped for a bundled model ("ddpm", "dit", "sd" or "judge"); a clear error if it was never built."""
+    if name not in SHIPPED:
+        raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(SHIPPED)}.")
+    path = ASSETS_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; run `python -m sfr_diffusion.digits.build` to build it.")
+    return path

@@ -1,0 +1,25 @@
+"""What a preset is: the defaults one model world gives an erasure (its plug-ins import this, not the lookup)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for the pipelines of one world.
+
+    Attributes:
+        name: shown in logs and exports ("digits world").
+        class_dataset: () → a `datasets.Dataset` with ``image`` and ``label`` columns, for class erasure.
+        prompts: concept → (forget prompts, remain prompts), for concept erasure in text-to-image models.
+        anchor: the prompt a text concept is remapped to by default.
+        evaluate: (pipeline, erased concepts, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
+    """
+
+    name: str
+    class_dataset: Callable[[], object] | None = None
+    prompts: Callable[[str], tuple[list[str], list[str]]] | None = None
+    anchor: str | None = None
+    evaluate: Callable[..., dict] | None = None
