@@ -156,7 +156,8 @@ def main(argv=None) -> dict:
         forget_loss = sfr["method_config"]["forget_loss"]
         anchor = sfr["erased"].get("anchor_concept")  # set where a text concept was remapped onto a prompt
         if anchor is not None:
-            forget_loss += f' of the captions naming "{CONCEPT}" onto ' + (f'"{anchor}"' if anchor else "the empty prompt")
+            onto = f'"{anchor}"' if anchor else "the empty prompt"
+            forget_loss += f' of the captions naming "{CONCEPT}" onto {onto}'
         section = "\n".join([
             f"<!-- gpu-cost-{args.family}:start -->",
             f"## Cost at real size: {args.family}, {report['device']}",

@@ -107,7 +107,8 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
         f"still met at the last iteration on {kept} of {len(rows)}.**",
     ]
     if plot is not None:
-        lines += ["", f"![FA and RA against iteration]({plot.relative_to(ROOT).as_posix()})"]
+        shown = plot.resolve().relative_to(ROOT) if plot.resolve().is_relative_to(ROOT) else plot
+        lines += ["", f"![FA and RA against iteration]({shown.as_posix()})"]
     lines += [f"<!-- digits-{family}-sfr-on:end -->"]
     return "\n".join(lines) + "\n"
 
