@@ -1,17 +1,18 @@
-"""The Gradio app (app.py): its API through gradio_client, and the compare view in a real headless Chromium.
+"""The Gradio app (sfr_diffusion/app.py, launched by app.py or `sfr-app`): its API through gradio_client, its event
+handlers directly, and the compare view in a real headless Chromium.
 
 The browser test drives Debian's ``chromium`` (Playwright's own browser download does not work offline). It skips
 when /usr/bin/chromium is missing, unless SFR_REQUIRE_BROWSER is set, as CI sets it: there it must run.
 """
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +21,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from accelerate.state import AcceleratorState  # noqa: E402
+from accelerate.state import AcceleratorState, PartialState  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
 from PIL import Image  # noqa: E402
+
+import sfr_diffusion.app as app  # noqa: E402
+from sfr_diffusion.commands import erase as erase_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,16 +50,8 @@ ERASE_THREE = [
     "--eval_samples_per_class", "10",
 ]  # fmt: skip
 
-
-def load_app():
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-app = load_app()
+# The ten digits as the grid shows them: five per row, each 8×8 digit upscaled ×8 above a band with its class name.
+GRID_SIZE = (5 * 64 + 4 * app.GRID_GAP, 2 * (64 + app.GRID_LABEL_HEIGHT) + app.GRID_GAP)
 
 
 def free_port() -> int:
@@ -76,11 +72,8 @@ def serve(**kwargs):
 def workdir(tmp_path_factory):
     """A working directory whose outputs/ holds one real (short) erasure of "three" from the bundled DDPM."""
     folder = tmp_path_factory.mktemp("workdir")
-    AcceleratorState._reset_state(True)
-    try:
-        app.load_erase_script().main([*ERASE_THREE, "--output_dir", str(folder / "outputs" / "erase-three")])
-    finally:
-        AcceleratorState._reset_state(True)
+    # The command line's own entry point, in this process: it records the bundled base model the way the app reads it.
+    erase_command.main([*ERASE_THREE, "--output_dir", str(folder / "outputs" / "erase-three")])
     return folder
 
 
@@ -128,9 +121,10 @@ def tree(folder: Path) -> dict[str, str]:
 
 def test_compare_side_by_side_same_seed(served, client):
     original, erased, card = compare(client, "digits-ddpm", served.export)
-    grid = (5 * 64 + 4 * app.GRID_GAP, 2 * 64 + app.GRID_GAP)  # ten 8×8 digits, upscaled ×8, five per row
-    assert Image.open(original).size == Image.open(erased).size == grid
+    assert Image.open(original).size == Image.open(erased).size == GRID_SIZE
     assert Image.open(original).format == "PNG"
+    band = pixels(original)[64 : 64 + app.GRID_LABEL_HEIGHT, :64]  # under the first cell: "zero"
+    assert (band < 128).any(), "the grid's cells are labelled with their class names"
     # The card: what was erased, how, for how long, FA/RA before and after.
     assert "'three'" in card and "sfr_on" in card and "**iterations** 10" in card
     assert "| before |" in card and "| after |" in card and "FA" in card and "RA" in card
@@ -222,6 +216,81 @@ def test_export_name_rule():
         app.export_name("café", default)
 
 
+def test_grid_cells_carry_their_class_names():
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    digits = [Image.new("L", (8, 8), 0) for _ in names]  # black 8×8 cells, upscaled ×8 into the grid
+    bare, labelled = app.display(digits), app.display(digits, names)
+    assert bare.size == (GRID_SIZE[0], 2 * 64 + app.GRID_GAP)
+    assert labelled.size == GRID_SIZE  # taller by one label band per row
+
+    grid = np.asarray(labelled.convert("L"))
+    bands = []
+    for index in range(len(names)):
+        row, column = divmod(index, app.GRID_COLUMNS)
+        x, y = column * (64 + app.GRID_GAP), row * (64 + app.GRID_LABEL_HEIGHT + app.GRID_GAP)
+        assert (grid[y : y + 64, x : x + 64] == 0).all()  # the cell itself, untouched
+        band = grid[y + 64 : y + 64 + app.GRID_LABEL_HEIGHT, x : x + 64]
+        assert (band < 128).any() and (band == 255).any()  # dark text on white
+        bands.append(band)
+    assert not np.array_equal(bands[0], bands[1])  # each cell its own name
+    again = np.asarray(app.display(digits, names).convert("L"))
+    np.testing.assert_array_equal(again, grid)  # the same grid every time
+
+    # A name too long for its cell is shortened to fit: the gap between two cells stays white.
+    long = np.asarray(app.display(digits[:2], ["a class name far too long for a cell", "one"]).convert("L"))
+    assert (long[:, 64 : 64 + app.GRID_GAP] == 255).all()
+    # One image is shown alone, without a label.
+    assert app.display(digits[:1], names[:1]).size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+
+
+def test_two_erasures_in_a_row_need_no_accelerate_reset(tmp_path, monkeypatch):
+    """erase() builds an Accelerator per call: the app runs one erasure after another without touching accelerate's
+    private state (it used to reset it around each run of the script)."""
+
+    def forbidden(*_):
+        raise AssertionError("accelerate's private state was reset")
+
+    monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(forbidden))
+    monkeypatch.setattr(PartialState, "_reset_state", staticmethod(forbidden))
+    outputs = tmp_path / "outputs"
+    handlers = app.AppHandlers(app.PipelineCache(), outputs_dirs=[outputs])
+    for name, concept in (("first", "seven"), ("second", "one")):
+        updates = list(handlers.erase("digits-ddpm", concept, 1, 0, 0, name, False))
+        progress, _, card, erased_update, original_update = updates[-1]
+        assert "Done in" in progress and f"'{concept}'" in card
+        assert erased_update["value"] == str(outputs / name) and original_update["value"] == "digits-ddpm"
+        config = json.loads((outputs / name / "unlearning_config.json").read_text())
+        assert config["erased"]["concept"] == concept and config["steps"] == 1
+        # How the command line names a bundled base model, so that the app finds the original of either export.
+        assert config["base_model"] == "digits-ddpm (bundled digits world)"
+        assert app.original_of(config) == "digits-ddpm"
+
+    # The app calls the library: it loads no script as a module and resets nothing.
+    for path in (ROOT / "app.py", ROOT / "sfr_diffusion" / "app.py"):
+        text = path.read_text()
+        for forbidden_text in ("_reset_state", "spec_from_file_location", "importlib", "load_erase_script"):
+            assert forbidden_text not in text, f"{path.name} mentions {forbidden_text}"
+
+
+def test_the_launcher_and_an_optional_gradio():
+    """The package imports without Gradio; `python app.py` runs sfr_diffusion.app with the same flags."""
+    script = """if True:
+        import runpy, sys
+        import sfr_diffusion, sfr_diffusion.erasure
+        assert "gradio" not in sys.modules, "importing the package imported gradio"
+        sys.argv = ["app.py", "--help"]
+        runpy.run_path("app.py", run_name="__main__")
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    shown = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: app.py")
+    for flag in ("--original", "--erased", "--outputs_dir", "--host", "--port", "--share", "--auth"):
+        assert flag in shown.stdout
+
+
 def test_existing_files_and_folders_are_never_replaced(served, client):
     user_folder, user_file, link = (served.outputs / name for name in ("my-files", "notes.txt", "link"))
     user_folder.mkdir()
@@ -262,7 +331,7 @@ def test_run_failures_are_one_line():
     assert app.failure_text(FileExistsError("outputs/x is an export")) == "outputs/x is an export"
     assert app.failure_text(ValueError("Unknown class 'eleven'")) == "Unknown class 'eleven'"
     assert app.failure_text(RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
-    assert "refused its arguments" in app.failure_text(SystemExit(2))
+    assert "no result" in app.failure_text(None)
 
 
 def test_auth_from_the_flag_or_the_environment(monkeypatch, capsys):
@@ -285,7 +354,7 @@ def test_auth_from_the_flag_or_the_environment(monkeypatch, capsys):
 
 
 def test_serving_beyond_this_machine_without_auth_is_warned_about(caplog, capsys):
-    with caplog.at_level(logging.WARNING, logger="app"):
+    with caplog.at_level(logging.WARNING, logger=app.__name__):
         for host, share in [("0.0.0.0", False), ("192.168.1.5", False), ("myhost", False), ("127.0.0.1", True)]:
             caplog.clear()
             message = app.warn_if_unprotected(host, share, None)
@@ -303,7 +372,7 @@ def test_main_launches_with_auth_and_warns_without(monkeypatch, caplog):
     monkeypatch.delenv(app.AUTH_ENV, raising=False)
     launches = []
     monkeypatch.setattr(app, "build_demo", lambda **_: SimpleNamespace(launch=lambda **kw: launches.append(kw)))
-    with caplog.at_level(logging.WARNING, logger="app"):
+    with caplog.at_level(logging.WARNING, logger=app.__name__):
         app.main(["--host", "0.0.0.0", "--auth", "u:p"])
         assert not caplog.records
         app.main(["--host", "0.0.0.0"])
@@ -370,7 +439,7 @@ def test_browser_renders_the_comparison(served, tmp_path):
             widths = page.eval_on_selector_all(
                 "#original-image img, #erased-image img", "images => images.map(image => image.naturalWidth)"
             )
-            assert widths == [5 * 64 + 4 * app.GRID_GAP] * 2
+            assert widths == [GRID_SIZE[0]] * 2
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()

@@ -51,7 +51,7 @@ from ..erasure import erase
 from ..export import check_output_dir
 from ..methods import METHODS
 from ..pipelines import load_pipeline
-from ..presets import bundled_aliases, is_bundled
+from ..presets import base_model_name, bundled_aliases
 from ..training import TrainingArguments
 
 PROG = "erase_concept.py"
@@ -147,7 +147,7 @@ def main(argv=None, callbacks: tuple = ()):
         training=training,
         evaluate=evaluation,
         callbacks=callbacks,
-        base_model=f"{name} (bundled digits world)" if is_bundled(name) else name,
+        base_model=base_model_name(name),
     )
     result.save_pretrained(
         output_dir,

@@ -34,8 +34,30 @@ def bundled_aliases() -> list[str]:
     return sorted(BUNDLED_ALIASES)
 
 
+BUNDLED_SUFFIX = " (bundled digits world)"  # how an export names a bundled base model
+
+
 def is_bundled(name_or_path: str | Path) -> bool:
     return str(name_or_path) in bundled_aliases()
 
 
-__all__ = ["Preset", "bundled_aliases", "is_bundled", "preset_for", "resolve_model"]
+def base_model_name(name_or_path: str | Path) -> str:
+    """How an export records the model it was erased from: a bundled alias with its suffix, anything else as given."""
+    return f"{name_or_path}{BUNDLED_SUFFIX}" if is_bundled(name_or_path) else str(name_or_path)
+
+
+def loadable_name(base_model: str) -> str:
+    """The name :func:`sfr_diffusion.load_pipeline` takes for an export's recorded base model (the inverse of
+    :func:`base_model_name`)."""
+    return base_model.removesuffix(BUNDLED_SUFFIX)
+
+
+__all__ = [
+    "Preset",
+    "base_model_name",
+    "bundled_aliases",
+    "is_bundled",
+    "loadable_name",
+    "preset_for",
+    "resolve_model",
+]
