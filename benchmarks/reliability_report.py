@@ -40,7 +40,7 @@ GROUPS = {  # report row → (test file, test-name prefixes)
     ),
 }
 # The parametrized command-line cases, each of which records the stage it must fail by.
-STAGED_CASES, STAGES = "test_a_bad_command_line", ("parse", "setup", "data", "mask")
+STAGED_CASES, STAGES = "test_a_bad_command_line", ("parse", "config", "setup", "data", "mask")
 
 
 class Case(NamedTuple):
@@ -115,7 +115,8 @@ removed. A row's "clear" count is the cases that passed all of that.
 Files lost (changed or removed outside what a run created): **{0 if clear == total else "see failed cases"}**.
 
 Command-line cases by the stage they must fail by (spies on the data, mask and training steps fail a case that
-gets further): {stages["parse"]} at parsing, {stages["setup"]} before any data is loaded, {stages["data"]} while
+gets further): {stages["parse"]} at parsing, {stages["config"]} by the option dataclasses' own checks before the
+model is loaded, {stages["setup"]} before any data is loaded, {stages["data"]} while
 reading the data and before the saliency mask, {stages["mask"]} by the mask itself (a mask of density 0) before
 the first training step. The app's refusals run several names or folders per test (tests/test_app.py).
 """

@@ -51,38 +51,45 @@ def _kinds(field) -> set[str]:
     return {part.strip() for part in str(field.type).split("|")}
 
 
+def _default(field):
+    return field.default if field.default is not MISSING else None
+
+
+def field_flags(field) -> list[str]:
+    """The flags of a field: ``--name`` and its aliases, or for a boolean that is on by default its off switch."""
+    if _kinds(field) == {"bool"} and _default(field):
+        return [field.metadata.get("negative", f"--no_{field.name}")]
+    return [f"--{field.name}", *field.metadata.get("aliases", ())]
+
+
+def dataclass_flags(cls) -> list[str]:
+    """Every flag the fields of `cls` become."""
+    return [flag for field in fields(cls) for flag in field_flags(field)]
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str) -> list[str]:
     """Add a flag per field of `cls` in a group named `title`; returns the flags added."""
     group = parser.add_argument_group(title)
-    added = []
     for field in fields(cls):
-        metadata = dict(field.metadata)
-        default = field.default if field.default is not MISSING else None
-        kinds = _kinds(field)
+        metadata, kinds, flags = dict(field.metadata), _kinds(field), field_flags(field)
         help_text = metadata.get("help", "")
-        names = [f"--{field.name}", *metadata.get("aliases", ())]
         if kinds == {"bool"}:
-            if default:
-                negative = metadata.get("negative", f"--no_{field.name}")
-                group.add_argument(negative, dest=field.name, action="store_false", help=f"Off: {help_text}")
-                added.append(negative)
-            else:
-                group.add_argument(*names, dest=field.name, action="store_true", help=help_text)
-                added += names
+            on = bool(_default(field))
+            group.add_argument(*flags, dest=field.name, action="store_false" if on else "store_true",
+                               help=f"Off: {help_text}" if on else help_text)  # fmt: skip
             continue
-        kwargs = {"dest": field.name, "default": default, "help": help_text}
+        kwargs = {"dest": field.name, "default": _default(field), "help": help_text}
         if "choices" in metadata:
             kwargs["choices"] = list(metadata["choices"])
         if "str" not in kinds and ("int" in kinds or "float" in kinds):
             kwargs["type"] = number(int if "float" not in kinds else float, optional="None" in kinds)
-        group.add_argument(*names, **kwargs)
-        added += names
-    return added
+        group.add_argument(*flags, **kwargs)
+    return dataclass_flags(cls)
 
 
-def dataclass_from_args(cls, namespace: argparse.Namespace):
-    """An instance of `cls` from the parsed values of its fields (it validates itself)."""
-    return cls(**{field.name: getattr(namespace, field.name) for field in fields(cls)})
+def dataclass_from_args(cls, namespace: argparse.Namespace, **overrides):
+    """An instance of `cls` from the parsed values of its fields, `overrides` replacing some (it validates itself)."""
+    return cls(**{field.name: getattr(namespace, field.name) for field in fields(cls)} | overrides)
 
 
 def run_command(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None, prog: str) -> int:

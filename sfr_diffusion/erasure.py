@@ -218,8 +218,12 @@ def erase(
     concept = str(concept).strip()
     check_checkpoints_dir(training)
     resolve_resume(training)  # a checkpoint that cannot be resumed from is an error now, not after the data
+    # Family defaults are resolved here, so that the export records what ran.
     if training.learning_rate is None:
         training = replace(training, learning_rate=family.default_learning_rate)
+    if getattr(method_config, "forget_loss", False) is None:
+        method_config = replace(method_config, forget_loss=family.default_forget_loss)
+    method_class.check_config(method_config, family)
     own_accelerator = accelerator is None
     accelerator = accelerator or build_accelerator(training)
     set_seed(training.seed)

@@ -70,12 +70,21 @@ class DiffusionFamily:
     @contextlib.contextmanager
     def prepared_for_training(self, weight_dtype: torch.dtype = torch.float32) -> Iterator[DiffusionFamily]:
         """Freeze the frozen parts in `weight_dtype` (mixed precision, as diffusers' training examples do), turn off
-        what must not act while erasing; on exit, restore every module's dtype, mode and ``requires_grad``."""
+        what must not act while erasing; on exit, restore every module's dtype, mode and ``requires_grad``.
+
+        A frozen part cast to a lower precision gets its original weights back bit for bit (kept on the CPU
+        meanwhile, so an accelerator holds only the cast copy): the erased pipeline's VAE and text encoder are the
+        user's, unrounded. The denoiser keeps its trained weights, in its original dtype.
+        """
         modules = [self.denoiser, *self.frozen_parts()]
         saved = [
             (module, next(module.parameters()).dtype, module.training, [p.requires_grad for p in module.parameters()])
             for module in modules
         ]
+        originals = {}
+        for index, part in enumerate(self.frozen_parts()):
+            if next(part.parameters()).dtype != weight_dtype:
+                originals[index] = {k: v.detach().to("cpu", copy=True) for k, v in part.state_dict().items()}
         self.frozen_dtype = weight_dtype
         cast_if_needed(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
         for part in self.frozen_parts():
@@ -89,6 +98,9 @@ class DiffusionFamily:
                 cast_if_needed(module, dtype).train(training)
                 for param, flag in zip(module.parameters(), flags, strict=True):
                     param.requires_grad_(flag)
+            for index, part in enumerate(self.frozen_parts()):
+                if index in originals:
+                    part.load_state_dict(originals[index])
 
     @contextlib.contextmanager
     def _training_switches(self) -> Iterator[None]:

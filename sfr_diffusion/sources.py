@@ -97,11 +97,6 @@ def _user_dataset(options: DataArguments):
         split=options.dataset_split,
         cache_dir=options.cache_dir,
     )
-    if options.label_column not in dataset.column_names and options.train_data_dir:
-        raise ValueError(
-            f"--train_data_dir {options.train_data_dir} has fewer than two class sub-folders, so it has no labels: "
-            "class erasure needs one sub-folder per class (e.g. zero/ … nine/), the forget class among them."
-        )
     verify_images(dataset, options.image_column)
     return dataset
 
@@ -126,6 +121,12 @@ def _class_data(family, concept, options, dataset, pair, preset, main_process_fi
         )
     if dataset is None and options.has_dataset:
         dataset = _user_dataset(options)
+        if options.label_column not in dataset.column_names and options.train_data_dir:
+            raise ValueError(
+                f"--train_data_dir {options.train_data_dir} has fewer than two class sub-folders, so it has no "
+                "labels: class erasure needs one sub-folder per class (e.g. zero/ … nine/), the forget class among "
+                "them."
+            )
     elif dataset is None:
         if preset is None or preset.class_dataset is None:
             raise ValueError("This model has no preset data: pass a data set (--dataset_name or --train_data_dir).")

@@ -44,11 +44,19 @@ def pipeline():
 
 
 @pytest.fixture
-def accelerator():
-    """A fresh CPU Accelerator; accelerate keeps its state in process-wide singletons, so reset around each test."""
-    from accelerate import Accelerator
+def fresh_accelerate_state():
+    """Reset accelerate's process-wide state around a test whose code builds its own Accelerator (erase() does), so
+    that its settings (e.g. mixed precision) neither meet another test's nor leak into the next one."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
-    yield Accelerator(cpu=True)
+    yield
     AcceleratorState._reset_state(True)
+
+
+@pytest.fixture
+def accelerator(fresh_accelerate_state):
+    """A fresh CPU Accelerator; accelerate keeps its state in process-wide singletons, so reset around each test."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)

@@ -61,7 +61,7 @@ def test_the_default_erasure_keeps_its_measured_fa_and_ra(ddpm, tmp_path):
     config = json.loads((folder / "unlearning_config.json").read_text())
     assert config["erased"] == {"concept": "three", "class_id": 3}
     assert config["training"]["learning_rate"] == 2e-3  # the DDPM family's default, recorded as used
-    assert config["method_config"]["forget_loss"] is None and config["family"] == "ddpm"
+    assert config["method_config"]["forget_loss"] == "ascent" and config["family"] == "ddpm"  # the family's default
     assert set(result.brief()) == {"erased", "method", "steps", "seconds", "before", "after"}
     assert result.brief()["after"] == {"FA": 0.0, "RA": 0.996, "FID": 25.685}
 

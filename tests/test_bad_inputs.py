@@ -1,15 +1,16 @@
 """What a user can get wrong: every mistake is one clear line, found before the work it would spoil, and no file
 that the run did not create is changed or removed.
 
-Each command-line case runs ``scripts/erase_concept.py``'s ``cli`` in this process, from a working folder that holds
-a user's files (a folder with a ``.git``, a file, an earlier export, a foreign checkpoints folder); the whole tree is
-checksummed before and after. Spies on the data and mask steps show *when* a case fails: "setup" cases must fail
+Each command-line case runs the erase command's ``cli`` (``sfr_diffusion.commands.erase``, what
+``scripts/erase_concept.py`` launches) in this process, from a working folder that holds a user's files (a folder
+with a ``.git``, a file, an earlier export, a foreign checkpoints folder); the whole tree is checksummed before and
+after. Spies on each step show *when* a case fails: "parse" cases must fail in argparse (before any option dataclass
+is built), "config" cases in the dataclasses' or the command's own checks (before the model is loaded), "setup" cases
 before any data is loaded, "data" cases before the saliency mask, "mask" cases (which only the mask can reveal)
 before the first training step. The library's own checks are called directly. RELIABILITY.md reports the counts.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,29 +18,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
+from sfr_diffusion import DataArguments, EvaluationArguments
+from sfr_diffusion.cli import dataclass_from_args
+from sfr_diffusion.commands.erase import EraseCommand, cli, default_output_dir, parse_args
+from sfr_diffusion.digits.models import digits_ddpm_pipeline
+from sfr_diffusion.erasure import build_accelerator
 from sfr_diffusion.export import UNLEARNING_CONFIG_FILE, export_pipeline
 from sfr_diffusion.methods import ESDConfig, GAConfig, SalUnConfig, SFROnConfig, get_method_class
 from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.text_data import read_prompts
 from sfr_diffusion.training import CHECKPOINTS_MARKER, TrainingArguments
-from sfr_diffusion.world import digits_ddpm_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ERASE = ROOT / "scripts" / "erase_concept.py"
 SHORT = ["--max_train_steps", "1", "--forget_batch_size", "4", "--remain_batch_size", "4", "--skip_eval"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("erase_concept_bad_inputs", ERASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+SD = ["--pretrained_model_name_or_path", "digits-sd"]
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -87,33 +84,39 @@ CLI_CASES = [
     ("alpha-nan", ["--alpha", "nan"], "argument --alpha: expected a finite number, got 'nan'", "parse"),
     ("gamma-nan", ["--gamma", "nan"], "argument --gamma: expected a finite number", "parse"),
     ("lr-inf", ["--learning_rate", "inf"], "argument --learning_rate: expected a finite number", "parse"),
-    ("lr-zero", ["--learning_rate", "0"], "argument --learning_rate: expected a number > 0", "parse"),
-    ("lr-negative", ["--learning_rate=-1e-3"], "argument --learning_rate: expected a number > 0", "parse"),
+    ("lr-zero", ["--learning_rate", "0"], "learning_rate must be > 0, got 0.0", "config"),
+    ("lr-negative", ["--learning_rate=-1e-3"], "learning_rate must be > 0, got -0.001", "config"),
     ("lr-text", ["--learning_rate", "fast"], "argument --learning_rate: expected a number, got 'fast'", "parse"),
     ("steps-fraction", ["--max_train_steps", "2.5"], "argument --max_train_steps: expected a whole number", "parse"),
-    ("steps-zero", ["--max_train_steps", "0"], "argument --max_train_steps: expected a whole number >= 1", "parse"),
-    ("forget-batch-zero", ["--forget_batch_size", "0"], "argument --forget_batch_size", "parse"),
-    ("remain-batch-negative", ["--remain_batch_size", "-3"], "argument --remain_batch_size", "parse"),
+    ("steps-zero", ["--max_train_steps", "0"], "max_train_steps must be >= 1, got 0", "config"),
+    ("forget-batch-zero", ["--forget_batch_size", "0"], "forget_batch_size must be >= 1, got 0", "config"),
+    ("remain-batch-negative", ["--remain_batch_size", "-3"], "remain_batch_size must be >= 1, got -3", "config"),
     ("unknown-method", ["--method", "nope"], "argument --method: invalid choice: 'nope'", "parse"),
     ("unknown-optimizer", ["--optimizer", "sgd"], "argument --optimizer: invalid choice", "parse"),
     ("unknown-precision", ["--mixed_precision", "fp8"], "argument --mixed_precision: invalid choice", "parse"),
     ("unknown-trainable", ["--trainable", "heads"], "argument --trainable: invalid choice", "parse"),
-    ("seed-negative", ["--seed", "-1"], "argument --seed: expected a whole number >= 0", "parse"),
-    ("eval-every-zero", ["--eval_every", "0"], "argument --eval_every", "parse"),
-    ("mask-batches-zero", ["--mask_batches", "0"], "argument --mask_batches", "parse"),
+    ("seed-negative", ["--seed", "-1"], "seed must be >= 0, got -1", "config"),
+    ("eval-every-zero", ["--eval_every", "0"], "eval_every must be >= 1 or None, got 0", "config"),
+    ("mask-batches-zero", ["--mask_batches", "0"], "mask_batches must be >= 1, got 0", "config"),
     ("unknown-forget-loss", ["--forget_loss", "forget"], "argument --forget_loss: invalid choice", "parse"),
     ("checkpointing-text", ["--checkpointing_steps", "often"], "argument --checkpointing_steps", "parse"),
-    ("temperature-negative", ["--temperature", "-0.5"], "argument --temperature: expected a number >= 0", "parse"),
+    ("temperature-negative", ["--temperature", "-0.5"], "temperature must be >= 0, got -0.5", "config"),
     ("dropout-nan", ["--label_dropout", "nan"], "argument --label_dropout", "parse"),
     ("unknown-option", ["--learning-rate", "1e-3"], "unrecognized arguments: --learning-rate", "parse"),
-    ("output-user-folder", ["--output_dir", "project"], "is not an sfr-diffusion export", "setup"),
-    ("output-current-folder", ["--output_dir", "."], "is the current folder", "setup"),
-    ("output-parent-folder", ["--output_dir", ".."], "is the current folder or one above it", "setup"),
-    ("output-is-a-file", ["--output_dir", "a-file"], "exists and is not a folder", "setup"),
-    ("output-under-a-file", ["--output_dir", "a-file/erased"], "a-file is a file, not a folder", "setup"),
-    ("output-earlier-export", ["--output_dir", "outputs/old-export"], "pass --overwrite_output_dir", "setup"),
-    ("overwrite-user-folder", ["--output_dir", "project", "--overwrite_output_dir"], "never replaced", "setup"),
-    ("empty-concept", ["--concept", "  "], "--concept is empty", "setup"),
+    (
+        "option-of-another-method",
+        ["--method", "ft", "--gamma", "2"],
+        "--method ft does not take --gamma; its options are --label_dropout, --max_grad_norm",
+        "parse",
+    ),
+    ("output-user-folder", ["--output_dir", "project"], "is not an sfr-diffusion export", "config"),
+    ("output-current-folder", ["--output_dir", "."], "is the current folder", "config"),
+    ("output-parent-folder", ["--output_dir", ".."], "is the current folder or one above it", "config"),
+    ("output-is-a-file", ["--output_dir", "a-file"], "exists and is not a folder", "config"),
+    ("output-under-a-file", ["--output_dir", "a-file/erased"], "a-file is a file, not a folder", "config"),
+    ("output-earlier-export", ["--output_dir", "outputs/old-export"], "pass --overwrite_output_dir", "config"),
+    ("overwrite-user-folder", ["--output_dir", "project", "--overwrite_output_dir"], "never replaced", "config"),
+    ("empty-concept", ["--concept", "  "], "--concept is empty", "config"),
     ("unknown-class", ["--concept", "eleven"], "Unknown class 'eleven'; valid names are", "setup"),
     ("missing-model", ["--pretrained_model_name_or_path", "./no-such-model"], "has no model_index.json", "setup"),
     ("mistyped-alias", ["--pretrained_model_name_or_path", "digits-dpm"], "neither a pipeline folder", "setup"),
@@ -124,9 +127,16 @@ CLI_CASES = [
         "setup",
     ),
     ("custom-pipeline", ["--pretrained_model_name_or_path", "custom"], "custom pipeline (MyPipeline)", "setup"),
-    ("dropout-above-one", ["--label_dropout", "1.5"], "label_dropout must be in [0, 1), got 1.5", "setup"),
-    ("salun-ratio", ["--method", "salun", "--mask_ratio", "2"], "mask_ratio must be in (0, 1], got 2.0", "setup"),
-    ("anchor-for-classes", ["--anchor_concept", "a dog"], "--anchor_concept is for text-to-image models", "setup"),
+    ("dropout-above-one", ["--label_dropout", "1.5"], "label_dropout must be in [0, 1), got 1.5", "config"),
+    ("salun-ratio", ["--method", "salun", "--mask_ratio", "2"], "mask_ratio must be in (0, 1], got 2.0", "config"),
+    # --anchor_concept and --remap_class are aliases of --remap_target: on a class-conditional model the target is a
+    # class, so a text anchor is an unknown class, found before the data is loaded.
+    (
+        "text-anchor-for-classes",
+        ["--forget_loss", "remap", "--anchor_concept", "a dog"],
+        "Unknown class 'a dog'; valid names are",
+        "setup",
+    ),
     ("unknown-remap-class", ["--forget_loss", "remap", "--remap_class", "ten"], "Unknown class 'ten'", "setup"),
     ("resume-missing", ["--resume_from_checkpoint", "nowhere/checkpoint-3"], "does not exist", "setup"),
     (
@@ -153,15 +163,15 @@ CLI_CASES = [
         "holds checkpoints of an earlier run: pass --resume_from_checkpoint latest",
         "setup",
     ),
-    ("prompts-binary", ["--forget_prompts", "binary.txt"], "binary.txt is not UTF-8 text", "setup"),
-    ("prompts-missing", ["--remain_prompts", "missing.txt"], "Prompt file missing.txt does not exist", "setup"),
-    ("prompts-empty", ["--remain_prompts", "empty.txt"], "empty.txt holds no prompt", "setup"),
+    ("prompts-binary", [*SD, "--forget_prompts", "binary.txt"], "binary.txt is not UTF-8 text", "setup"),
+    ("prompts-missing", ["--remain_prompts", "missing.txt"], "prompt file missing.txt does not exist", "config"),
+    ("prompts-empty", [*SD, "--remain_prompts", "empty.txt"], "empty.txt holds no prompt", "setup"),
     ("prompts-for-classes", ["--forget_prompts", "a-file"], "are for text-to-image models", "setup"),
     ("data-one-class", ["--train_data_dir", "one-class"], "fewer than two class sub-folders", "data"),
     ("data-unknown-classes", ["--train_data_dir", "pets"], "classes ['cat', 'dog'] are not among", "data"),
     ("data-damaged-image", ["--train_data_dir", "damaged"], "broken.png (row", "data"),
     ("data-missing-folder", ["--train_data_dir", "no-such-folder"], "is not a folder", "data"),
-    ("data-two-sources", ["--train_data_dir", "pets", "--dataset_name", "x"], "not both", "data"),
+    ("data-two-sources", ["--train_data_dir", "pets", "--dataset_name", "x"], "not both", "config"),
     (
         "mask-selects-nothing",
         ["--gamma", "1e30"],
@@ -169,6 +179,8 @@ CLI_CASES = [
         "mask",
     ),
 ]
+
+STAGES = ("parse", "config", "setup", "data", "mask")
 
 
 def reached(what: str):
@@ -180,24 +192,36 @@ def reached(what: str):
 
 def run_cli(argv, monkeypatch, capsys, stage: str):
     """`cli(argv)`; the spies make a case that gets further than its stage fail the test."""
-    if stage in ("parse", "setup"):
-        for name in ("load_digits_dataset", "user_dataset", "generate_images", "verify_images"):
-            monkeypatch.setattr(script, name, reached(f"data work ({name})"))
-    if stage in ("parse", "setup", "data"):
+    later = STAGES[STAGES.index(stage) :]
+    if "parse" in later:
+        monkeypatch.setattr("sfr_diffusion.commands.erase.dataclass_from_args", reached("the option dataclasses"))
+    if "config" in later:
+        monkeypatch.setattr("sfr_diffusion.commands.erase.load_pipeline", reached("loading the model"))
+    if "setup" in later:
+        data_work = {
+            "sfr_diffusion.digits.preset.load_digits_dataset",  # the digits world's preset data
+            "sfr_diffusion.sources.load_image_dataset",
+            "sfr_diffusion.sources.verify_images",
+            "sfr_diffusion.sources.generate_images",
+        }
+        for name in data_work:
+            monkeypatch.setattr(name, reached(f"data work ({name})"))
+    if "data" in later:
         monkeypatch.setattr("sfr_diffusion.training.compute_saliency_mask", reached("the saliency mask"))
     monkeypatch.setattr("sfr_diffusion.training._optimizer_step", reached("a training step"))
     capsys.readouterr()
     AcceleratorState._reset_state(True)
     try:
-        code = script.cli([*SHORT, *argv])
+        code = cli([*SHORT, *argv])
     finally:
         AcceleratorState._reset_state(True)
     return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[case[0] for case in CLI_CASES])
-def test_a_bad_command_line_is_one_line_and_changes_nothing(case, workdir, monkeypatch, capsys):
+def test_a_bad_command_line_is_one_line_and_changes_nothing(case, workdir, monkeypatch, capsys, record_property):
     _, argv, expected, stage = case
+    record_property("stage", stage)  # benchmarks/reliability_report.py counts the cases by stage
     monkeypatch.chdir(workdir)
     before = checksums(workdir)
 
@@ -211,25 +235,48 @@ def test_a_bad_command_line_is_one_line_and_changes_nothing(case, workdir, monke
     assert checksums(workdir) == before  # nothing created, changed or removed
 
 
+def test_help_shows_every_option_with_its_default(workdir, monkeypatch, capsys):
+    """`--help` exits 0 and shows each option's default; `--method NAME --help` lists that method's options only."""
+    monkeypatch.chdir(workdir)
+    before = checksums(workdir)
+    capsys.readouterr()
+
+    assert cli(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps help to the terminal's width
+    assert "--max_train_steps MAX_TRAIN_STEPS" in text and "(default: 50)" in text
+    assert "--gamma GAMMA" in text and "--no_mask" in text  # the default method's options (sfr_on)
+
+    assert cli(["--method", "ft", "--help"]) == 0
+    ft_help = " ".join(capsys.readouterr().out.split())
+    assert "--label_dropout LABEL_DROPOUT" in ft_help and "(default: 0.1)" in ft_help
+    assert "--gamma" not in ft_help
+    assert checksums(workdir) == before
+
+
 def test_debug_shows_the_traceback_instead(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     with pytest.raises(FileExistsError, match="not an sfr-diffusion export"):
-        script.cli(["--output_dir", "project", "--debug"])
+        cli(["--output_dir", "project", "--debug"])
     monkeypatch.setenv("SFR_DIFFUSION_DEBUG", "1")
     with pytest.raises(FileExistsError):
-        script.cli(["--output_dir", "project"])
+        cli(["--output_dir", "project"])
 
 
 def test_fp16_without_a_gpu_says_it_trains_in_fp32(caplog):
-    with caplog.at_level("WARNING"):
-        assert script.mixed_precision("fp16") == ("fp16" if script.torch.cuda.is_available() else "no")
-    if not script.torch.cuda.is_available():
+    AcceleratorState._reset_state(True)
+    try:
+        with caplog.at_level("WARNING"):
+            mixed_precision = build_accelerator(TrainingArguments(mixed_precision="fp16")).mixed_precision
+    finally:
+        AcceleratorState._reset_state(True)
+    assert mixed_precision == ("fp16" if torch.cuda.is_available() else "no")
+    if not torch.cuda.is_available():
         assert "trains in fp32" in caplog.text
 
 
 def test_default_folders_name_the_model(monkeypatch):
     def default(*argv):
-        return script.default_output_dir(script.parse_args(list(argv)))
+        return default_output_dir(dataclass_from_args(EraseCommand, parse_args(list(argv))))
 
     assert default() == Path("outputs/digits-ddpm-erase-three")
     assert default("--pretrained_model_name_or_path", "digits-sd") == Path("outputs/digits-sd-erase-three")
@@ -250,6 +297,9 @@ LIBRARY_CASES = [
     ("esd-guidance-nan", lambda: ESDConfig(negative_guidance=float("nan")), "negative_guidance must be a finite"),
     ("salun-ratio-zero", lambda: SalUnConfig(mask_ratio=0.0), "mask_ratio must be in (0, 1]"),
     ("unknown-method", lambda: get_method_class("nope"), "Unknown method 'nope'; available"),
+    ("data-two-sources", lambda: DataArguments(dataset_name="x", train_data_dir="y"), "not both"),
+    ("data-images-zero", lambda: DataArguments(images_per_prompt=0), "images_per_prompt must be >= 1, got 0"),
+    ("eval-guidance-negative", lambda: EvaluationArguments(guidance_scale=-1.0), "guidance_scale must be >= 0"),
 ]
 
 
@@ -317,10 +367,10 @@ def test_a_whole_export_of_ours_is_replaced_only_with_overwrite(tmp_path, monkey
     """The one case where an existing folder is replaced: an earlier export, with --overwrite_output_dir."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "erased"
-    assert script.cli([*SHORT, "--output_dir", str(out)]) == 0
+    assert cli([*SHORT, "--output_dir", str(out)]) == 0
     first = json.loads((out / UNLEARNING_CONFIG_FILE).read_text())
     AcceleratorState._reset_state(True)
-    assert script.cli([*SHORT, "--output_dir", str(out), "--seed", "1", "--overwrite_output_dir"]) == 0
+    assert cli([*SHORT, "--output_dir", str(out), "--seed", "1", "--overwrite_output_dir"]) == 0
     AcceleratorState._reset_state(True)
     second = json.loads((out / UNLEARNING_CONFIG_FILE).read_text())
     assert (first["training"]["seed"], second["training"]["seed"]) == (0, 1)

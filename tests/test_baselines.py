@@ -1,18 +1,15 @@
 """Baselines in the shared framework: GA (plain ascent) and ESD (negative-guidance distillation)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
+from sfr_diffusion.commands.erase import main
 from sfr_diffusion.data import BatchSampler
 from sfr_diffusion.families import family_for
 from sfr_diffusion.losses import per_sample_mse
 from sfr_diffusion.methods import ESD, GA, ESDConfig, GAConfig, get_method_class
 from sfr_diffusion.training import TrainingArguments, run_erasure
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def forget_batch(family, forget_remain, size=8):
@@ -73,19 +70,19 @@ def test_baselines_are_registered_and_validated(name, config):
         config(max_grad_norm=0.0)
 
 
-def test_script_runs_esd_and_records_its_paper(tmp_path):
-    from accelerate.state import AcceleratorState
-
-    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def erase_command(argv: list[str]) -> dict:
+    """The erase command's `main` in this process; returns what the export's unlearning_config.json records."""
     AcceleratorState._reset_state(True)
     try:
-        summary = script.main(["--method", "esd", "--negative_guidance", "3", "--max_train_steps", "2",
-                               "--forget_batch_size", "8", "--remain_batch_size", "8", "--skip_eval",
-                               "--output_dir", str(tmp_path / "esd")])  # fmt: skip
+        return main(argv).config
     finally:
         AcceleratorState._reset_state(True)
+
+
+def test_command_runs_esd_and_records_its_paper(tmp_path):
+    summary = erase_command(["--method", "esd", "--negative_guidance", "3", "--max_train_steps", "2",
+                            "--forget_batch_size", "8", "--remain_batch_size", "8", "--skip_eval",
+                            "--output_dir", str(tmp_path / "esd")])  # fmt: skip
     assert summary["method"] == "esd" and "Gandikota" in summary["paper"]
     assert summary["method_config"] == {"negative_guidance": 3.0, "max_grad_norm": 1.0}
     assert summary["mask_statistics"] is None and "Gandikota" in (tmp_path / "esd" / "README.md").read_text()
@@ -175,17 +172,8 @@ def test_sfr_on_without_online_is_one_joint_step(pipeline, forget_remain):
 
 
 @pytest.mark.parametrize("options", [["--method", "salun"], ["--method", "rl"], ["--no_online", "--no_mask"]])
-def test_script_runs_the_joint_methods(tmp_path, options):
-    from accelerate.state import AcceleratorState
-
-    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    AcceleratorState._reset_state(True)
-    try:
-        summary = script.main([*options, "--max_train_steps", "2", "--forget_batch_size", "8", "--remain_batch_size",
-                               "8", "--skip_eval", "--output_dir", str(tmp_path / "out")])  # fmt: skip
-    finally:
-        AcceleratorState._reset_state(True)
+def test_command_runs_the_joint_methods(tmp_path, options):
+    summary = erase_command([*options, "--max_train_steps", "2", "--forget_batch_size", "8", "--remain_batch_size",
+                             "8", "--skip_eval", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     assert summary["steps"] == 2 and (tmp_path / "out" / "model_index.json").exists()
     assert (summary["mask_statistics"] is not None) == (options[-1] == "salun")

@@ -12,12 +12,14 @@ import pytest
 import torch
 from diffusers import DiTPipeline
 
+from sfr_diffusion import SFROnConfig, erase
 from sfr_diffusion.data import split_by_class
+from sfr_diffusion.digits import bundled_path, is_digits_world
+from sfr_diffusion.digits.models import digits_dit_pipeline, digits_vae
 from sfr_diffusion.export import export_pipeline, save_pipeline
 from sfr_diffusion.families import DiTFamily, family_for
-from sfr_diffusion.methods import SFROn, SFROnConfig
+from sfr_diffusion.methods import SFROn
 from sfr_diffusion.training import TrainingArguments, run_erasure
-from sfr_diffusion.world import class_names, digits_dit_pipeline, digits_vae, is_digits_world
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_family_is_detected_with_dit_pipeline_conventions(dit_pipeline):
     assert family.num_classes() == 10 and family.resolve_class("three") == 3 and family.resolve_class(7) == 7
     with pytest.raises(ValueError, match="valid names"):
         family.resolve_class("eleven")
-    assert is_digits_world(dit_pipeline) and class_names(dit_pipeline)[9] == "nine"
+    assert is_digits_world(dit_pipeline) and family.class_names()[9] == "nine"
 
 
 def test_prediction_is_the_first_half_of_learned_sigma_output(dit_pipeline):
@@ -60,11 +62,16 @@ def test_sfr_on_trains_only_the_transformer(dit_pipeline, digits_train, accelera
     vae_before = {k: v.clone() for k, v in dit_pipeline.vae.state_dict().items()}
     dit_before = {k: v.clone() for k, v in dit_pipeline.transformer.state_dict().items()}
     forget, remain = split_by_class(digits_train, [3], resolution=8, channels=1)
-    method = SFROn(SFROnConfig(mask_batches=1), family)
     args = TrainingArguments(
-        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=2, forget_batch_size=4, remain_batch_size=4
+        checkpoints_dir=str(tmp_path / "checkpoints"),
+        max_train_steps=2,
+        forget_batch_size=4,
+        remain_batch_size=4,
+        learning_rate=1e-3,
     )
-    result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
+    with family.prepared_for_training():
+        method = SFROn(SFROnConfig(mask_batches=1), family)
+        result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
     assert 0 < result.mask_statistics["density"] < 1
     assert all(torch.equal(v, dit_pipeline.vae.state_dict()[k]) for k, v in vae_before.items())
     assert any(not torch.equal(v, dit_pipeline.transformer.state_dict()[k]) for k, v in dit_before.items())
@@ -101,21 +108,82 @@ def test_save_pipeline_round_trips_id2label(dit_pipeline, tmp_path):
     assert reloaded.labels == dit_pipeline.labels
 
 
+def label_embedders(transformer):
+    return [m for m in transformer.modules() if hasattr(m, "token_drop") and hasattr(m, "dropout_prob")]
+
+
 def test_training_mode_never_drops_labels_inside_the_model(dit_pipeline):
-    """DiT's own label dropout would hit the null branch during the forget step; the family turns it off."""
+    """DiT's own label dropout would hit the null branch during the forget step; preparing for training turns it
+    off, and only for the duration of the erasure."""
     family = family_for(dit_pipeline)
-    model = family.denoiser.train()
+    embedders = label_embedders(family.denoiser)  # one per transformer block
+    assert embedders and all(m.dropout_prob > 0 for m in embedders)  # pretraining's, left as is by the family
     x_t, t, labels = torch.randn(64, 4, 4, 4), torch.full((64,), 10), torch.full((64,), 3)
-    first = family.predict(model, x_t, t, labels)
-    assert torch.allclose(first, family.predict(model, x_t, t, labels), atol=1e-6)
-    null = family.predict(model, x_t, t, torch.full((64,), family.null_class_id))
-    assert not torch.allclose(first, null)
+    with family.prepared_for_training():
+        model = family.denoiser.train()
+        first = family.predict(model, x_t, t, labels)
+        assert torch.allclose(first, family.predict(model, x_t, t, labels), atol=1e-6)
+        null = family.predict(model, x_t, t, torch.full((64,), family.null_class_id))
+        assert not torch.allclose(first, null)
+    assert embedders and all(m.dropout_prob > 0 for m in embedders)
+
+
+def component_state(pipeline) -> dict:
+    """What reading or erasing must leave as it was, per module component: dtype, training flags, requires_grad
+    flags and DiT label dropout (weights aside: the denoiser's are the ones an erasure changes)."""
+    state = {}
+    for name, component in pipeline.components.items():
+        if isinstance(component, torch.nn.Module):
+            state[name] = {
+                "dtypes": {p.dtype for p in component.parameters()},
+                "training": [m.training for m in component.modules()],
+                "requires_grad": [p.requires_grad for p in component.parameters()],
+                "dropout_prob": [m.dropout_prob for m in label_embedders(component)],
+            }
+    return state
+
+
+def test_building_a_family_and_erasing_leave_the_pipeline_as_it_was(dit_pipeline, fresh_accelerate_state):
+    """Reading a model never changes it (STYLE rule 12); training-only changes live in prepared_for_training."""
+    dit_pipeline.vae.train()  # a user's state the family must not "fix": VAE trainable and in training mode
+    before = component_state(dit_pipeline)
+    assert set(before["transformer"]["dropout_prob"]) == {0.1} and all(before["vae"]["requires_grad"])
+
+    family = family_for(dit_pipeline)
+    assert component_state(dit_pipeline) == before
+
+    with family.prepared_for_training(torch.bfloat16):
+        vae, transformer = dit_pipeline.vae, dit_pipeline.transformer
+        assert {p.dtype for p in vae.parameters()} == {torch.bfloat16} and family.frozen_dtype == torch.bfloat16
+        assert not any(p.requires_grad for p in vae.parameters()) and not vae.training
+        assert {p.dtype for p in transformer.parameters()} == {torch.float32}  # trainable weights stay fp32
+        assert {m.dropout_prob for m in label_embedders(transformer)} == {0.0}
+    assert component_state(dit_pipeline) == before and family.frozen_dtype == torch.float32
+
+    training = TrainingArguments(max_train_steps=1, forget_batch_size=2, remain_batch_size=2, mixed_precision="bf16")
+    result = erase(dit_pipeline, "seven", method=SFROnConfig(mask_batches=1), training=training, evaluate=False)
+    assert result.steps == 1
+    assert component_state(dit_pipeline) == before
+
+
+def test_a_mixed_precision_erasure_gives_back_the_frozen_weights_bit_for_bit(dit_pipeline, fresh_accelerate_state):
+    """The VAE is cast to bf16 while erasing; on exit it must hold its own fp32 weights again, not their bf16
+    roundings cast back up (the export would otherwise ship a VAE the user never had)."""
+    vae_weights = {k: v.clone() for k, v in dit_pipeline.vae.state_dict().items()}
+    family = family_for(dit_pipeline)
+
+    with family.prepared_for_training(torch.bfloat16):
+        pass
+    changed = [k for k, v in vae_weights.items() if not torch.equal(v, dit_pipeline.vae.state_dict()[k])]
+    assert not changed, f"{len(changed)} of {len(vae_weights)} VAE tensors were rounded, e.g. {changed[:3]}"
+
+    training = TrainingArguments(max_train_steps=1, forget_batch_size=2, remain_batch_size=2, mixed_precision="bf16")
+    erase(dit_pipeline, "seven", method=SFROnConfig(mask_batches=1), training=training, evaluate=False)
+    assert all(torch.equal(v, dit_pipeline.vae.state_dict()[k]) for k, v in vae_weights.items())
 
 
 def test_default_script_erases_seven_from_the_bundled_dit(tmp_path):
     """End to end through accelerate on the bundled digits DiT: the export is a plain DiTPipeline without 'seven'."""
-    from sfr_diffusion.world import bundled_path
-
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "dit-no-seven"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -137,14 +205,12 @@ def test_default_script_erases_seven_from_the_bundled_dit(tmp_path):
     assert all(torch.equal(v, reloaded.vae.state_dict()[k]) for k, v in base_vae.items())  # only the DiT changed
 
 
-def test_script_runs_unchanged_on_a_dit_xl_layout_folder(tmp_path):
+def test_command_runs_unchanged_on_a_dit_xl_layout_folder(tmp_path, fresh_accelerate_state):
     """The facebook/DiT-XL-2-256 path at tiny size: a DiTPipeline folder with class names and an imagefolder."""
-    import importlib.util
-
-    from accelerate.state import AcceleratorState
     from PIL import Image
 
-    from sfr_diffusion.layouts import dit_pipeline as dit_layout
+    from sfr_diffusion.commands.erase import main
+    from sfr_diffusion.testing.layouts import dit_pipeline as dit_layout
 
     base, data = tmp_path / "dit-layout", tmp_path / "images"
     save_pipeline(dit_layout("tiny", seed=0), base)
@@ -153,18 +219,10 @@ def test_script_runs_unchanged_on_a_dit_xl_layout_folder(tmp_path):
         (data / name).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / name / f"{i}.png")
-    spec = importlib.util.spec_from_file_location(
-        "erase_concept", Path(__file__).parent.parent / "scripts" / "erase_concept.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    AcceleratorState._reset_state(True)
-    try:
-        summary = script.main(["--pretrained_model_name_or_path", str(base), "--concept", "class 1",
-                               "--train_data_dir", str(data), "--max_train_steps", "2", "--forget_batch_size", "2",
-                               "--remain_batch_size", "2", "--output_dir", str(tmp_path / "out")])  # fmt: skip
-    finally:
-        AcceleratorState._reset_state(True)
+    result = main(["--pretrained_model_name_or_path", str(base), "--concept", "class 1",
+                   "--train_data_dir", str(data), "--max_train_steps", "2", "--forget_batch_size", "2",
+                   "--remain_batch_size", "2", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    summary = result.config
     assert summary["family"] == "dit" and summary["erased"] == {"concept": "class 1", "class_id": 1}
     before = DiTPipeline.from_pretrained(base).transformer.state_dict()
     after = DiTPipeline.from_pretrained(tmp_path / "out").transformer.state_dict()

@@ -175,7 +175,7 @@ KILLED_EXPORT = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from sfr_diffusion.export import export_pipeline
-    from sfr_diffusion.world import digits_ddpm_pipeline
+    from sfr_diffusion.digits.models import digits_ddpm_pipeline
 
     renames, rename = [0], Path.rename
 

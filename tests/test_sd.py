@@ -15,8 +15,8 @@ from diffusers import StableDiffusionPipeline
 
 from sfr_diffusion.data import LabelledImages
 from sfr_diffusion.families import StableDiffusionFamily, family_for
-from sfr_diffusion.layouts import stable_diffusion_pipeline
 from sfr_diffusion.methods import SFROn, SFROnConfig
+from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 from sfr_diffusion.text_data import (
     PROMPT_ID_COLUMN,
     concept_prompts,
@@ -63,6 +63,26 @@ def test_prompts_are_conditions_and_the_empty_prompt_is_null(sd_pipeline):
     assert family.image_shape == (3, 16, 16)
 
 
+def test_preparing_for_training_freezes_vae_and_text_encoder_in_the_weight_dtype_and_restores_them(sd_pipeline):
+    def state():
+        modules = {"vae": sd_pipeline.vae, "text_encoder": sd_pipeline.text_encoder, "unet": sd_pipeline.unet}
+        return {
+            name: ({p.dtype for p in m.parameters()}, m.training, [p.requires_grad for p in m.parameters()])
+            for name, m in modules.items()
+        }
+
+    before = state()
+    family = family_for(sd_pipeline)
+    assert state() == before and family.frozen_parts() == [sd_pipeline.vae, sd_pipeline.text_encoder]
+    with family.prepared_for_training(torch.bfloat16):
+        for part in (sd_pipeline.vae, sd_pipeline.text_encoder):
+            assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+            assert not part.training and not any(p.requires_grad for p in part.parameters())
+        assert {p.dtype for p in sd_pipeline.unet.parameters()} == {torch.float32}
+        assert family.prompt_embeddings(torch.tensor([0])).dtype == torch.float32  # encoded in bf16, kept in fp32
+    assert state() == before
+
+
 def test_unets_with_extra_conditioning_are_refused(sd_pipeline):
     sd_pipeline.unet.register_to_config(addition_embed_type="text_time")  # what SDXL's UNet declares
     with pytest.raises(ValueError, match="SDXL"):
@@ -72,7 +92,8 @@ def test_unets_with_extra_conditioning_are_refused(sd_pipeline):
 def test_remap_pulls_the_concept_toward_the_frozen_anchor_prediction(sd_pipeline):
     family = family_for(sd_pipeline)
     concept, anchor = family.prompt_id("a cat"), family.prompt_id("a dog")
-    method = SFROn(SFROnConfig(forget_loss="remap", remap_class=anchor, alpha=1.0, cosine_decay=False), family)
+    method = SFROn(SFROnConfig(forget_loss="remap", remap_target="a dog", alpha=1.0, cosine_decay=False), family)
+    assert method.remap_condition == anchor
     data = with_prompt_ids(captioned_images(4, 16, ["a cat"]), family)
     batch = LabelledImages(data, range(4), resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
     from sfr_diffusion.data import BatchSampler
@@ -155,11 +176,18 @@ def test_sfr_on_trains_only_the_unet(sd_pipeline, accelerator, tmp_path):
     forget_rows, remain_rows = split_by_caption(data, "cat")
     kwargs = dict(resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
     forget, remain = LabelledImages(data, forget_rows, **kwargs), LabelledImages(data, remain_rows, **kwargs)
-    method = SFROn(SFROnConfig(forget_loss="remap", remap_class=0, mask_batches=1), family)
     args = TrainingArguments(
-        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=2, forget_batch_size=2, remain_batch_size=2
+        checkpoints_dir=str(tmp_path / "checkpoints"),
+        max_train_steps=2,
+        forget_batch_size=2,
+        remain_batch_size=2,
+        learning_rate=family.default_learning_rate,
     )
-    result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
+    with family.prepared_for_training():
+        # A text model's default forget loss is the remap, onto the anchor given to the method.
+        method = SFROn(SFROnConfig(mask_batches=1), family, anchor="a photo of a dog")
+        assert method.forget_loss == "remap" and method.remap_condition == family.prompt_id("a photo of a dog")
+        result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
     assert 0 < result.mask_statistics["density"] < 1
     for name, state in frozen.items():
         assert all(torch.equal(v, getattr(sd_pipeline, name).state_dict()[k]) for k, v in state.items()), name
@@ -184,8 +212,9 @@ def test_script_erases_a_concept_from_an_sd_layout_and_exports_plain_diffusers(s
     sd_pipeline.save_pretrained(base)
     (tmp_path / "remain.txt").write_text("a photo of a dog\na red car\n")
     run_script(tmp_path, "--pretrained_model_name_or_path", base, "--concept", "a cat", "--anchor_concept", "a dog",
-               "--remain_prompts", tmp_path / "remain.txt", "--images_per_prompt", "1", "--num_inference_steps", "2",
-               "--max_train_steps", "2", "--forget_batch_size", "2", "--remain_batch_size", "2",
+               "--remain_prompts", tmp_path / "remain.txt", "--images_per_prompt", "1",
+               "--generation_inference_steps", "2", "--max_train_steps", "2", "--forget_batch_size", "2",
+               "--remain_batch_size", "2",
                "--trainable", "cross_attention", "--output_dir", out)  # fmt: skip
     config = json.loads((out / "unlearning_config.json").read_text())
     assert config["family"] == "sd" and config["method_config"]["forget_loss"] == "remap"
@@ -248,14 +277,11 @@ def test_script_takes_a_captioned_imagefolder(sd_pipeline, tmp_path):
     result = run_script(tmp_path, "--pretrained_model_name_or_path", base, "--concept", "horse", "--train_data_dir",
                         data, "--output_dir", tmp_path / "out2", check=False)  # fmt: skip
     assert result.returncode != 0 and "No caption" in result.stderr
-    result = run_script(tmp_path, "--pretrained_model_name_or_path", base, "--concept", "cat", "--remap_class", "3",
-                        "--output_dir", tmp_path / "out3", check=False)  # fmt: skip
-    assert result.returncode != 0 and "--anchor_concept" in result.stderr
 
 
 def test_default_script_erases_three_from_the_bundled_sd(tmp_path):
     """End to end on the digits SD: "three" is gone, also for phrasings never seen in erasure; the rest stays."""
-    from sfr_diffusion.world import bundled_path
+    from sfr_diffusion.digits import bundled_path
 
     out = tmp_path / "sd-no-three"
     run_script(tmp_path, "--pretrained_model_name_or_path", "digits-sd", "--concept", "three", "--output_dir", out)
@@ -283,26 +309,29 @@ def test_an_sd2_layout_with_v_prediction_trains_on_the_velocity(accelerator, tmp
     data = with_prompt_ids(captioned_images(4, 16, ["a cat", "a dog"]), family)
     forget_rows, remain_rows = split_by_caption(data, "cat")
     kwargs = dict(resolution=16, channels=3, label_column=PROMPT_ID_COLUMN)
-    method = SFROn(SFROnConfig(forget_loss="remap", remap_class=0, mask_batches=1), family)
     args = TrainingArguments(
-        checkpoints_dir=str(tmp_path / "checkpoints"), max_train_steps=1, forget_batch_size=2, remain_batch_size=2
+        checkpoints_dir=str(tmp_path / "checkpoints"),
+        max_train_steps=1,
+        forget_batch_size=2,
+        remain_batch_size=2,
+        learning_rate=family.default_learning_rate,
     )
-    result = run_erasure(accelerator=accelerator, method=method, forget=LabelledImages(data, forget_rows, **kwargs),
-                         remain=LabelledImages(data, remain_rows, **kwargs), args=args)  # fmt: skip
+    with family.prepared_for_training():
+        method = SFROn(SFROnConfig(forget_loss="remap", mask_batches=1), family)  # no anchor: the empty prompt
+        assert method.remap_condition == family.null_class_id == family.prompt_id("")
+        forget, remain = LabelledImages(data, forget_rows, **kwargs), LabelledImages(data, remain_rows, **kwargs)
+        result = run_erasure(accelerator=accelerator, method=method, forget=forget, remain=remain, args=args)
     assert result.steps == 1 and 0 < result.mask_statistics["density"] < 1
 
 
 def test_evaluate_reports_paraphrase_fa_for_the_bundled_sd():
-    import importlib.util
+    from sfr_diffusion.commands.evaluate import main as evaluate
 
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
-    metrics = evaluate.main(["digits-sd", "--forget", "three", "--samples_per_class", "12"])
+    metrics = evaluate(["digits-sd", "--forget", "three", "--samples_per_class", "12"])
     assert metrics["samples_per_class"] == 12  # 12 prompts per digit (8 training captions, 4 held out), 1 each
     assert metrics["FA"] >= 0.9 and metrics["FA_paraphrases"] >= 0.75 and metrics["RA"] >= 0.9
     with pytest.raises(ValueError, match="names no digit"):
-        evaluate.main(["digits-sd", "--forget", "a blank image", "--samples_per_class", "12"])
+        evaluate(["digits-sd", "--forget", "a blank image", "--samples_per_class", "12"])
 
 
 def test_two_processes_generate_the_data_once_and_match_one(sd_pipeline, tmp_path, monkeypatch):
@@ -314,7 +343,7 @@ def test_two_processes_generate_the_data_once_and_match_one(sd_pipeline, tmp_pat
     sd_pipeline.save_pretrained(base)
     monkeypatch.setenv("SFR_DIFFUSION_CACHE", str(tmp_path / "cache"))
     common = ["--pretrained_model_name_or_path", base, "--concept", "a cat", "--images_per_prompt", "2",
-              "--num_inference_steps", "2", "--max_train_steps", "3", "--forget_batch_size", "4",
+              "--generation_inference_steps", "2", "--max_train_steps", "3", "--forget_batch_size", "4",
               "--remain_batch_size", "4", "--mask_batches", "1"]  # fmt: skip
     for processes in (2, 1):
         result = launch(*common, "--output_dir", tmp_path / f"out{processes}", cwd=tmp_path, hf_home=tmp_path / "hf",

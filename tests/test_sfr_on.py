@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sfr_diffusion.data import BatchSampler
+from sfr_diffusion.digits.models import digits_ddpm_pipeline
 from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import SFROn, SFROnConfig, get_method_class
 from sfr_diffusion.saliency import load_mask, mask_density
 from sfr_diffusion.training import MASK_FILE, REMAIN_STREAM, TrainingArguments, run_erasure
-from sfr_diffusion.digits.models import digits_ddpm_pipeline
 
 FORGET_CLASS, NULL_CLASS = 3, 10
 STEPS, BATCH = 3, 8

@@ -5,8 +5,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sfr_diffusion.families import family_for
-from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 from sfr_diffusion.methods import SFROn, SFROnConfig
+from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 from sfr_diffusion.training import TrainingArguments, run_erasure, select_trainable
 
 

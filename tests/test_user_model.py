@@ -1,6 +1,5 @@
-"""The erase script on a user's own class-conditional model: RGB, other sizes, imagefolder or `datasets` data."""
+"""The erase command on a user's own class-conditional model: RGB, other sizes, imagefolder or `datasets` data."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sfr_diffusion import ClassConditionalDDPMPipeline
+from sfr_diffusion.commands.erase import cli, main
+from sfr_diffusion.families import family_for
+from sfr_diffusion.methods import SFROn, SFROnConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("cat", "dog", "frog")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("erase_concept", ROOT / "scripts" / "erase_concept.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SHORT = ["--max_train_steps", "2", "--forget_batch_size", "4", "--remain_batch_size", "4"]
 
 
 @pytest.fixture
@@ -65,15 +60,15 @@ def write_imagefolder(root: Path, per_class: int = 6, size: int = 20) -> Path:
     return root
 
 
-def run(script, argv):
-    return script.main([*argv, "--max_train_steps", "2", "--forget_batch_size", "4", "--remain_batch_size", "4"])
+def run(argv) -> dict:
+    """The command's `main` on a short run; returns what the export's unlearning_config.json records."""
+    return main([*argv, *SHORT]).config
 
 
 def test_erases_a_class_of_a_user_model_from_an_imagefolder(tmp_path, user_pipeline, fresh_accelerate):
     data = write_imagefolder(tmp_path / "images")
     out = tmp_path / "no-dog"
     summary = run(
-        load_script(),
         ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "dog",
          "--output_dir", str(out)],
     )  # fmt: skip
@@ -103,7 +98,6 @@ def test_reads_a_datasets_folder_with_custom_columns(tmp_path, user_pipeline, fr
     dataset.to_parquet(str(dataset_dir / "train.parquet"))
 
     summary = run(
-        load_script(),
         ["--pretrained_model_name_or_path", str(user_pipeline), "--dataset_name", str(dataset_dir),
          "--image_column", "img", "--label_column", "fine_label", "--concept", "2", "--output_dir",
          str(tmp_path / "out")],
@@ -113,14 +107,15 @@ def test_reads_a_datasets_folder_with_custom_columns(tmp_path, user_pipeline, fr
 
 def test_missing_data_for_a_user_model_is_a_clear_error(tmp_path, user_pipeline, fresh_accelerate):
     with pytest.raises(ValueError, match="--dataset_name or --train_data_dir"):
-        run(load_script(), ["--pretrained_model_name_or_path", str(user_pipeline), "--concept", "cat"])
+        run(["--pretrained_model_name_or_path", str(user_pipeline), "--concept", "cat",
+             "--output_dir", str(tmp_path / "o")])  # fmt: skip
+    assert not (tmp_path / "o").exists()
 
 
 def test_wrong_column_is_a_clear_error(tmp_path, user_pipeline, fresh_accelerate):
     data = write_imagefolder(tmp_path / "images", per_class=2)
     with pytest.raises(ValueError, match="Column 'picture' not in the data set"):
         run(
-            load_script(),
             ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
              "--image_column", "picture", "--concept", "cat", "--output_dir", str(tmp_path / "o")],
         )  # fmt: skip
@@ -133,7 +128,6 @@ def test_class_names_that_disagree_with_the_model_are_refused(tmp_path, user_pip
         Image.new("RGB", (16, 16)).save(data / name / "0.png")
     with pytest.raises(ValueError, match="are not among the model's class names"):
         run(
-            load_script(),
             ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data),
              "--concept", "cat", "--output_dir", str(tmp_path / "o")],
         )  # fmt: skip
@@ -143,14 +137,14 @@ def test_rerun_into_a_folder_with_checkpoints_asks_to_resume(tmp_path, user_pipe
     data = write_imagefolder(tmp_path / "images", per_class=2)
     argv = ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
             "--output_dir", str(tmp_path / "o"), "--checkpointing_steps", "1"]  # fmt: skip
-    script = load_script()
-    run(script, argv)
+    run(argv)
+    assert (tmp_path / "o-checkpoints" / "checkpoint-2").is_dir()  # beside the export, never inside it
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
-        run(script, argv)
+        run(argv)
     argv.append("--overwrite_output_dir")
     with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
-        run(script, argv)
-    summary = run(script, [*argv, "--resume_from_checkpoint", "latest"])  # nothing left to do: exports again
+        run(argv)
+    summary = run([*argv, "--resume_from_checkpoint", "latest"])  # nothing left to do: exports again
     assert summary["steps"] == 2
 
 
@@ -163,21 +157,23 @@ def test_training_options_run_and_export_fp32_weights(tmp_path, user_pipeline, f
     data = write_imagefolder(tmp_path / "images", per_class=3)
     out = tmp_path / "o"
     summary = run(
-        load_script(),
         ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
          "--output_dir", str(out), *options],
     )  # fmt: skip
     weights = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(w.dtype == torch.float32 for w in weights.values())
     assert all(torch.isfinite(w).all() for w in weights.values())
-    if "remap" in options:
-        assert summary["method_config"]["forget_loss"] == "remap" and summary["method_config"]["remap_class"] == 2
+    if "remap" in options:  # --remap_class is an alias of --remap_target: a class name, resolved by the family
+        assert summary["method_config"]["forget_loss"] == "remap"
+        assert summary["method_config"]["remap_target"] == "frog"
+        family = family_for(ClassConditionalDDPMPipeline.from_pretrained(user_pipeline))
+        method = SFROn(SFROnConfig(**summary["method_config"]), family)
+        assert method.remap_condition == 2  # frog's id in the model's id2label
 
 
-def test_fine_tuning_baseline_runs_through_the_same_script(tmp_path, user_pipeline, fresh_accelerate):
+def test_fine_tuning_baseline_runs_through_the_same_command(tmp_path, user_pipeline, fresh_accelerate):
     data = write_imagefolder(tmp_path / "images", per_class=3)
     summary = run(
-        load_script(),
         ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat",
          "--output_dir", str(tmp_path / "ft"), "--method", "ft"],
     )  # fmt: skip
@@ -186,13 +182,18 @@ def test_fine_tuning_baseline_runs_through_the_same_script(tmp_path, user_pipeli
     assert not (tmp_path / "ft" / "saliency_mask.safetensors").exists()
 
 
-def test_options_a_method_does_not_use_are_reported(tmp_path, user_pipeline, fresh_accelerate, caplog):
+def test_options_a_method_does_not_take_are_refused(tmp_path, user_pipeline, fresh_accelerate, capsys):
+    """An option of another method is a one-line error naming it and the chosen method's options, before any work."""
     data = write_imagefolder(tmp_path / "images", per_class=2)
     base = ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "cat"]
-    with caplog.at_level("WARNING"):
-        run(load_script(), [*base, "--output_dir", str(tmp_path / "a"), "--method", "ft", "--gamma", "3", "--no_mask"])
-    assert "does not use gamma, no_mask" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        run(load_script(), [*base, "--output_dir", str(tmp_path / "b"), "--no_mask", "--gamma", "3"])
-    assert "does not use" not in caplog.text
+    capsys.readouterr()
+    code = cli([*base, "--output_dir", str(tmp_path / "a"), "--method", "ft", "--gamma", "3", "--no_mask", *SHORT])
+    assert code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("erase_concept.py: error: --method ft does not take "), lines
+    assert "--gamma" in lines[0] and "--no_mask" in lines[0], lines[0]  # both of SFR-on's options are named
+    assert "its options are --label_dropout, --max_grad_norm" in lines[0]
+    assert not (tmp_path / "a").exists()
+    # The same options are SFR-on's own: they run.
+    summary = run([*base, "--output_dir", str(tmp_path / "b"), "--no_mask", "--gamma", "3"])
+    assert summary["method_config"]["use_mask"] is False and summary["method_config"]["gamma"] == 3.0

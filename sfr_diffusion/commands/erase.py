@@ -42,11 +42,18 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..arguments import DataArguments, EvaluationArguments, option
-from ..cli import HelpFormatter, OneLineParser, add_dataclass_arguments, dataclass_from_args, run_command
+from ..cli import (
+    HelpFormatter,
+    OneLineParser,
+    add_dataclass_arguments,
+    dataclass_flags,
+    dataclass_from_args,
+    run_command,
+)
 from ..erasure import erase
 from ..export import check_output_dir
 from ..methods import METHODS
@@ -94,10 +101,10 @@ def parse_args(argv) -> argparse.Namespace:
     parser, flags = build_parser(method)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        others = {f"--{f.name}" for m in METHODS.values() for f in fields(m.config_class)}
+        others = {flag for m in METHODS.values() for flag in dataclass_flags(m.config_class)}
         option_names = [text.split("=", 1)[0] for text in unknown if text.startswith("--")]
         foreign = [name for name in option_names if name in others]
-        own = sorted(f"--{f.name}" for f in fields(METHODS[method].config_class))
+        own = sorted(dataclass_flags(METHODS[method].config_class))
         if foreign:
             parser.error(f"--method {method} does not take {', '.join(foreign)}; its options are {', '.join(own)}")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -128,11 +135,11 @@ def main(argv=None, callbacks: tuple = ()):
     output_dir = check_output_dir(
         command.output_dir or default_output_dir(command), overwrite=command.overwrite_output_dir
     )
-    training = dataclass_from_args(TrainingArguments, args)
-    if training.checkpoints_dir is None and (
-        training.checkpointing_steps or training.resume_from_checkpoint or training.report_to
-    ):
-        training = replace(training, checkpoints_dir=f"{output_dir}-checkpoints")
+    wants_checkpoints = args.checkpointing_steps or args.resume_from_checkpoint or args.report_to
+    default_checkpoints = f"{output_dir}-checkpoints" if wants_checkpoints else None
+    training = dataclass_from_args(
+        TrainingArguments, args, checkpoints_dir=args.checkpoints_dir or default_checkpoints
+    )
     if training.checkpoints_dir is not None and Path(training.checkpoints_dir).resolve() == output_dir:
         raise ValueError("--checkpoints_dir must not be the --output_dir: the export holds no training state.")
 

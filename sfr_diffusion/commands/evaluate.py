@@ -43,7 +43,9 @@ def main(argv=None) -> dict:
     metrics = preset.evaluate(pipeline, forget or [], settings, args.seed)
     if forget and metrics.get("FA") is None:
         raise ValueError(f"{forget} names no digit: the digits world judges digits only, so there is no FA to give.")
-    print(json.dumps({"pipeline": args.pipeline, "forget": forget or [], **metrics}, indent=2))
+    print(
+        json.dumps({"pipeline": args.pipeline, "forget": metrics.get("forget_classes", forget), **metrics}, indent=2)
+    )
     return metrics
 
 

@@ -113,6 +113,7 @@ def class_erasure_metrics(
     is_forget = torch.isin(labels, torch.tensor(forget)) if forget else torch.zeros_like(labels, dtype=torch.bool)
     correct = predictions == labels
     metrics = {
+        "forget_classes": forget,
         "FA": float(correct[is_forget].float().mean()) if forget else None,
         "RA": float(correct[~is_forget].float().mean()),
         "per_class_accuracy": {int(c): float(correct[labels == c].float().mean()) for c in forget + remain},

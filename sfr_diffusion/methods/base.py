@@ -72,6 +72,11 @@ class UnlearningMethod:
             )
         self.config, self.family = config, family
 
+    @classmethod
+    def check_config(cls, config: MethodConfig, family) -> None:
+        """Refuse, before any data or model work, a config that cannot run on `family` (e.g. a remap target the
+        model does not know). Configs check their own values; this checks them against the model."""
+
     @property
     def phases(self) -> tuple[Phase, ...]:
         raise NotImplementedError

@@ -105,6 +105,18 @@ class SFROn(UnlearningMethod):
             target = config.remap_target if config.remap_target is not None else anchor
             self.remap_condition = family.null_class_id if target is None else family.resolve_class(target)
 
+    @classmethod
+    def check_config(cls, config: SFROnConfig, family) -> None:
+        forget_loss = config.forget_loss or family.default_forget_loss
+        if config.remap_target is None:
+            return
+        if forget_loss != "remap":
+            raise ValueError(
+                f"remap_target {config.remap_target!r} is the target of forget_loss remap, but this run uses "
+                f"forget_loss {forget_loss}: add --forget_loss remap, or drop the target."
+            )
+        family.resolve_class(config.remap_target)  # an unknown class is an error now, not after the data
+
     @property
     def phases(self) -> tuple[Phase, ...]:
         cfg = self.config
