@@ -8,8 +8,9 @@
 
 from .arguments import DataArguments, EvaluationArguments
 from .erasure import ErasureResult, erase
+from .loading import load_pipeline
 from .methods import ESDConfig, FTConfig, GAConfig, RLConfig, SalUnConfig, SFROnConfig
-from .pipelines import ClassConditionalDDPMPipeline, load_pipeline
+from .pipelines import ClassConditionalDDPMPipeline
 from .training import PhaseEvent, TrainingArguments
 from .version import __version__
 

@@ -58,7 +58,8 @@ from .digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from .erasure import ErasureResult, erase
 from .export import UNLEARNING_CONFIG_FILE, format_metric, is_export
 from .families import DiffusionFamily, family_for
-from .pipelines import load_pipeline, quiet_progress
+from .loading import load_pipeline
+from .pipelines import quiet_progress
 from .presets import base_model_name, bundled_aliases, loadable_name, resolve_model
 from .training import PhaseEvent, TrainingArguments
 

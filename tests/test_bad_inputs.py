@@ -22,14 +22,13 @@ import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
-from sfr_diffusion import DataArguments, EvaluationArguments
+from sfr_diffusion import DataArguments, EvaluationArguments, load_pipeline
 from sfr_diffusion.cli import dataclass_from_args
 from sfr_diffusion.commands.erase import EraseCommand, cli, default_output_dir, parse_args
 from sfr_diffusion.digits.models import digits_ddpm_pipeline
 from sfr_diffusion.erasure import build_accelerator
 from sfr_diffusion.export import UNLEARNING_CONFIG_FILE, export_pipeline
 from sfr_diffusion.methods import ESDConfig, GAConfig, SalUnConfig, SFROnConfig, get_method_class
-from sfr_diffusion.pipelines import load_pipeline
 from sfr_diffusion.text_data import read_prompts
 from sfr_diffusion.training import CHECKPOINTS_MARKER, TrainingArguments
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from sfr_diffusion import load_pipeline
 from sfr_diffusion.digits import models
 from sfr_diffusion.digits import retrain as retrain_module
 from sfr_diffusion.digits.data import digits_tensor
 from sfr_diffusion.digits.prompts import digit_prompts
-from sfr_diffusion.pipelines import load_pipeline
 
 
 def test_training_set_without_a_digit():

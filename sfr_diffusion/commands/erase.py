@@ -56,8 +56,8 @@ from ..cli import (
 )
 from ..erasure import erase
 from ..export import check_output_dir
+from ..loading import load_pipeline
 from ..methods import METHODS
-from ..pipelines import load_pipeline
 from ..presets import base_model_name, bundled_aliases
 from ..training import TrainingArguments
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..arguments import EvaluationArguments
 from ..cli import HelpFormatter, OneLineParser, add_dataclass_arguments, dataclass_from_args, number, run_command
 from ..export import UNLEARNING_CONFIG_FILE
-from ..pipelines import load_pipeline
+from ..loading import load_pipeline
 from ..presets import preset_for, resolve_model
 
 PROG = "evaluate.py"

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 
 from ..export import save_pipeline
 from ..families import family_for
-from ..pipelines import load_pipeline
+from ..loading import load_pipeline
 from .data import digits_tensor
 from .judge import DigitsClassifier, train_judge
 from .metrics import digits_world_metrics

@@ -2,11 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
-
-from diffusers import DiffusionPipeline
 
 from .pipeline_class_conditional_ddpm import ClassConditionalDDPMPipeline
 
@@ -25,35 +22,6 @@ def read_model_index(folder: str | Path) -> dict:
     return values
 
 
-def looks_local(path: str | Path) -> bool:
-    """A path the user means as a folder on this machine rather than a Hub id ("org/name")."""
-    text = str(path)
-    return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
-
-
-class KnownTypeWarnings(logging.Filter):
-    """Drops diffusers' load-time type warnings for what is known to work: ``id2label`` read back from JSON has
-    string keys (DiTPipeline converts them), and a BERT text encoder conditions StableDiffusionPipeline as CLIP does
-    (the digits SD's MiniLM). Every other warning passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith("Expected types for id2label"):
-            return False
-        return not (message.startswith("Expected types for text_encoder") and "BertModel" in message)
-
-
-@contextlib.contextmanager
-def known_type_warnings_silenced() -> Iterator[None]:
-    diffusers_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
-    known = KnownTypeWarnings()
-    diffusers_logger.addFilter(known)
-    try:
-        yield
-    finally:
-        diffusers_logger.removeFilter(known)
-
-
 @contextlib.contextmanager
 def quiet_progress(pipeline) -> Iterator[None]:
     """Silence a pipeline's per-call progress bar (sampling inside a longer task that shows its own), then restore
@@ -66,36 +34,4 @@ def quiet_progress(pipeline) -> Iterator[None]:
         pipeline.set_progress_bar_config(**saved)  # replaces the whole setting
 
 
-def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
-    """Load any diffusers pipeline folder or Hub id, including this package's own pipeline classes, or a bundled
-    model by its alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``; :func:`sfr_diffusion.presets.resolve_model`).
-
-    A custom-pipeline folder (``_class_name`` a ``[module, class]`` list) of one of our classes loads with the
-    installed class; any other custom code is refused rather than run.
-    """
-    from ..presets import resolve_model
-
-    path = resolve_model(path)
-    folder = Path(path).expanduser()
-    if looks_local(path):
-        if not (folder / "model_index.json").is_file():
-            raise ValueError(f"{path} is not a diffusers pipeline folder: it has no model_index.json.")
-        class_name = read_model_index(folder)["_class_name"]
-        if isinstance(class_name, list):  # written by a custom pipeline: [module, class]
-            class_name = class_name[-1] if class_name else None
-            if class_name not in OUR_PIPELINES:
-                raise ValueError(
-                    f"{path} is a custom pipeline ({class_name}) that needs its own code to load; sfr-diffusion does "
-                    "not run code from a model folder. Load it with DiffusionPipeline.from_pretrained(path, "
-                    "custom_pipeline=..., trust_remote_code=True) if you trust that code."
-                )
-        pipeline_class = OUR_PIPELINES.get(class_name, DiffusionPipeline)
-        with known_type_warnings_silenced():
-            return pipeline_class.from_pretrained(folder, **kwargs)
-    if "/" not in str(path):
-        raise ValueError(f"{path!r} is neither a pipeline folder on this machine nor a Hub id (org/name).")
-    with known_type_warnings_silenced():
-        return DiffusionPipeline.from_pretrained(path, **kwargs)
-
-
-__all__ = ["ClassConditionalDDPMPipeline", "load_pipeline", "quiet_progress", "read_model_index"]
+__all__ = ["OUR_PIPELINES", "ClassConditionalDDPMPipeline", "quiet_progress", "read_model_index"]
