@@ -10,7 +10,7 @@ CURVE_COLOURS = {"FA": (214, 39, 40), "FA_paraphrases": (255, 127, 14), "RA": (3
 
 def draw_curve(history: list[dict], *, width: int = 480, height: int = 300) -> Image.Image:
     """A line per metric of `history` (``[{"step": ..., "FA": ..., "RA": ...}, ...]``), on a 0–1 scale."""
-    left, right, top, bottom = 44, 16, 16, 40
+    left, right, top, bottom = 44, 16, 30, 40  # the legend sits in the top margin, above the 1.0 line
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     steps = [record["step"] for record in history]
@@ -39,6 +39,6 @@ def draw_curve(history: list[dict], *, width: int = 480, height: int = 300) -> I
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([(x - 2, y - 2), (x + 2, y + 2)], fill=colour)
-        draw.text((legend_x, top + 2), metric, fill=colour)
+        draw.text((legend_x, 8), metric, fill=colour)
         legend_x += 8 * len(metric) + 16
     return image
