@@ -30,8 +30,17 @@ class NoiseDraw:
 
 
 def cast_if_needed(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module.to(dtype)`` only when it changes something (diffusers warns on every cast of some models)."""
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+    """``module.to(dtype)`` when it changes something, keeping the submodules a diffusers model lists in
+    ``_keep_in_fp32_modules`` in fp32. (``ModelMixin.to`` does the same but warns on every cast, even of models that
+    list none.)"""
+    if next(module.parameters()).dtype == dtype:
+        return module
+    torch.nn.Module.to(module, dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or ()
+    for name, submodule in module.named_modules():
+        if keep and any(part in keep for part in name.split(".")):
+            torch.nn.Module.to(submodule, torch.float32)
+    return module
 
 
 def _pair(size) -> tuple[int, int]:

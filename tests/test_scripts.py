@@ -167,7 +167,7 @@ def test_default_run_erases_three(tmp_path, hf_home, capsys):
     capsys.readouterr()
     assert evaluate_cli([str(output_dir)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["forget"] == ["three"]  # read from the export's unlearning_config.json
+    assert evaluated["forget"] == [3]  # the class read from the export's unlearning_config.json, as judged
     assert evaluated["FA"] == after["FA"] and evaluated["RA"] == after["RA"]
     assert evaluated["FID"] == pytest.approx(after["FID"], rel=1e-6)
 
