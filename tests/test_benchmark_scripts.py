@@ -297,7 +297,7 @@ def test_reliability_report_reads_only_the_junit_xml(tmp_path):
     assert "| command line (`erase_concept.py`) | 6 | 5 | 1 |" in text and "| library calls | 1 | 1 | 0 |" in text
     assert "| **all** | **7** | **6** | **1** |" in text and "see failed cases" in text
     flat = " ".join(text.split())
-    assert "2 at parsing, 0 by the option dataclasses' own checks before the model is loaded, 1 before any data" in flat
+    assert "2 at parsing, 0 by the option dataclasses' own checks before the model is loaded, 1 before any" in flat
     unstaged = [case._replace(properties={}) for case in cases]
     with pytest.raises(ValueError, match="record_property"):
         report.cli_stages(unstaged)
