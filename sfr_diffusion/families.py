@@ -11,6 +11,7 @@ on every family.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -29,18 +30,43 @@ class NoiseDraw:
     timesteps: torch.Tensor
 
 
+def _target_dtypes(module: torch.nn.Module, dtype: torch.dtype) -> dict[int, torch.dtype]:
+    """id(tensor) → the dtype it takes when `module` goes to `dtype`: floating tensors take it, except those of the
+    submodules a diffusers model lists in ``_keep_in_fp32_modules``, which stay fp32; other tensors keep theirs."""
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    targets = {}
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        kept = bool(keep) and any(part in keep for part in name.split(".")[:-1])
+        floating = tensor.is_floating_point()
+        targets[id(tensor)] = (torch.float32 if kept else dtype) if floating else tensor.dtype
+    return targets
+
+
 def cast_if_needed(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module.to(dtype)`` when it changes something, keeping the submodules a diffusers model lists in
-    ``_keep_in_fp32_modules`` in fp32. (``ModelMixin.to`` does the same but warns on every cast, even of models that
-    list none.)"""
+    """``module.to(dtype)`` when it changes something, keeping ``_keep_in_fp32_modules`` in fp32 (as
+    ``ModelMixin.to`` does, without its warning on every cast)."""
     if next(module.parameters()).dtype == dtype:
         return module
-    torch.nn.Module.to(module, dtype)
-    keep = getattr(module, "_keep_in_fp32_modules", None) or ()
-    for name, submodule in module.named_modules():
-        if keep and any(part in keep for part in name.split(".")):
-            torch.nn.Module.to(submodule, torch.float32)
+    targets = _target_dtypes(module, dtype)
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.to(targets[id(tensor)])
     return module
+
+
+def copy_in_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of `module` whose tensors are created directly in `dtype` (``_keep_in_fp32_modules`` aside):
+    copying in fp32 and casting afterwards would hold a full fp32 copy at the peak, the memory this is meant to
+    save (SD-1.4's UNet: 3.4 GB)."""
+    targets = _target_dtypes(module, dtype)
+    memo = {}
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            copied = tensor.detach().to(targets[id(tensor)], copy=True)
+            memo[id(tensor)] = (
+                torch.nn.Parameter(copied, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else copied
+            )
+    return copy.deepcopy(module, memo)
 
 
 def _pair(size) -> tuple[int, int]:
@@ -90,10 +116,10 @@ class DiffusionFamily:
             (module, next(module.parameters()).dtype, module.training, [p.requires_grad for p in module.parameters()])
             for module in modules
         ]
-        originals = {}
-        for index, part in enumerate(self.frozen_parts()):
+        originals = []  # the frozen parts' own tensors, moved off the accelerator while their cast copies work
+        for part in self.frozen_parts():
             if next(part.parameters()).dtype != weight_dtype:
-                originals[index] = {k: v.detach().to("cpu", copy=True) for k, v in part.state_dict().items()}
+                originals += [(t, t.data.to("cpu"), t.device) for t in [*part.parameters(), *part.buffers()]]
         self.frozen_dtype = weight_dtype
         cast_if_needed(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
         for part in self.frozen_parts():
@@ -103,13 +129,13 @@ class DiffusionFamily:
                 yield self
         finally:
             self.frozen_dtype = torch.float32
+            with torch.no_grad():
+                for tensor, original, device in originals:
+                    tensor.data = original.to(device)
             for module, dtype, training, flags in saved:
                 cast_if_needed(module, dtype).train(training)
                 for param, flag in zip(module.parameters(), flags, strict=True):
                     param.requires_grad_(flag)
-            for index, part in enumerate(self.frozen_parts()):
-                if index in originals:
-                    part.load_state_dict(originals[index])
 
     @contextlib.contextmanager
     def _training_switches(self) -> Iterator[None]:

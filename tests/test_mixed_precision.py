@@ -187,12 +187,9 @@ def test_the_frozen_copy_is_made_in_the_weight_dtype_of_the_preparation(method_c
     assert dtypes(method_class(config, family, anchor="").frozen) == {torch.float32}  # outside: fp32
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prepared_for_training restores frozen parts by casting their bf16 weights back up, so a bf16 erasure "
-    "gives back a VAE and text encoder rounded to bf16 (library bug; see tests/test_dit.py for the DiT VAE)",
-)
 def test_a_bf16_erasure_gives_back_the_frozen_parts_bit_for_bit():
+    """Cast down for the erasure, the VAE and text encoder must come back as the user's fp32 weights, not their bf16
+    roundings cast back up (what the export would then ship)."""
     pipe = tiny_pipeline("sd")
     original = {
         name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()} for name in FROZEN_PARTS["sd"]
@@ -202,3 +199,24 @@ def test_a_bf16_erasure_gives_back_the_frozen_parts_bit_for_bit():
         current = getattr(pipe, name).state_dict()
         changed = [k for k, v in weights.items() if not torch.equal(v, current[k])]
         assert not changed, f"{name}: {len(changed)} of {len(weights)} tensors were rounded, e.g. {changed[:2]}"
+
+
+def test_copy_in_dtype_equals_a_cast_copy_and_shares_nothing():
+    """The frozen copy is made directly in the weight dtype: the same values as copying then casting, new storage,
+    the original untouched; in fp32 an exact copy."""
+    import copy
+
+    from sfr_diffusion.families import copy_in_dtype
+    from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
+
+    unet = stable_diffusion_pipeline("tiny").unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    for dtype in (torch.bfloat16, torch.float32):
+        copied, reference = copy_in_dtype(unet, dtype), copy.deepcopy(unet).to(dtype)
+        for (name, tensor), (_, expected) in zip(
+            copied.state_dict().items(), reference.state_dict().items(), strict=True
+        ):
+            assert tensor.dtype == expected.dtype and torch.equal(tensor, expected), name
+        originals = {t.data_ptr() for t in unet.state_dict().values()}
+        assert not originals & {t.data_ptr() for t in copied.state_dict().values()}
+    assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in unet.state_dict().items())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
@@ -10,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..data import Batch
-from ..families import cast_if_needed
+from ..families import copy_in_dtype
 from ..saliency import Mask
 from ..validation import check_field_values
 
@@ -128,7 +127,7 @@ def family_device(model: torch.nn.Module) -> torch.device:
 def frozen_copy(family) -> torch.nn.Module:
     """θ₀: a frozen copy of the original denoiser, for targets that must not move with training; in the weight dtype
     under mixed precision (a frozen part, like the VAE), so it costs half the memory of the fp32 trainable copy."""
-    return cast_if_needed(copy.deepcopy(family.denoiser).requires_grad_(False).eval(), family.frozen_dtype)
+    return copy_in_dtype(family.denoiser, family.frozen_dtype).requires_grad_(False).eval()
 
 
 def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:
