@@ -32,6 +32,7 @@ from .presets import preset_for
 from .saliency import Mask
 from .sources import resolve_data
 from .training import (
+    TRAINABLE,
     PhaseEvent,
     TrainingArguments,
     check_checkpoints_dir,
@@ -245,7 +246,7 @@ def erase(
     if own_accelerator and training.report_to:
         accelerator.init_trackers("sfr-diffusion", config=_tracker_config(training, method_config))
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
-    with family.prepared_for_training(weight_dtype):
+    with family.prepared_for_training(weight_dtype, trains=TRAINABLE[training.trainable]):
         method_instance = method_class(method_config, family, anchor=target.anchor)
         outcome = run_erasure(
             accelerator=accelerator,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -103,27 +103,37 @@ class DiffusionFamily:
         return []
 
     @contextlib.contextmanager
-    def prepared_for_training(self, weight_dtype: torch.dtype = torch.float32) -> Iterator[DiffusionFamily]:
+    def prepared_for_training(
+        self, weight_dtype: torch.dtype = torch.float32, trains: Callable[[str], bool] | None = None
+    ) -> Iterator[DiffusionFamily]:
         """Freeze the frozen parts in `weight_dtype` (mixed precision, as diffusers' training examples do), turn off
         what must not act while erasing; on exit, restore every module's dtype, mode and ``requires_grad``.
 
-        A frozen part cast to a lower precision gets its original weights back bit for bit (kept on the CPU
+        `trains` tells which denoiser weights will train (by name; default all): the others are frozen parts too and
+        take `weight_dtype` (as diffusers' LoRA examples keep the frozen UNet), so autocast does not cast them anew on
+        every forward. A frozen weight cast to a lower precision gets its original back bit for bit (kept on the CPU
         meanwhile, so an accelerator holds only the cast copy): the erased pipeline's VAE and text encoder are the
-        user's, unrounded. The denoiser keeps its trained weights, in its original dtype.
+        user's, unrounded. The trained weights stay fp32, and return in the denoiser's original dtype.
         """
         modules = [self.denoiser, *self.frozen_parts()]
         saved = [
             (module, next(module.parameters()).dtype, module.training, [p.requires_grad for p in module.parameters()])
             for module in modules
         ]
-        originals = []  # the frozen parts' own tensors, moved off the accelerator while their cast copies work
-        for part in self.frozen_parts():
-            if next(part.parameters()).dtype != weight_dtype:
-                originals += [(t, t.data.to("cpu"), t.device) for t in [*part.parameters(), *part.buffers()]]
-        self.frozen_dtype = weight_dtype
         cast_if_needed(self.denoiser, torch.float32)  # trainable weights stay fp32 under mixed precision
+        targets = _target_dtypes(self.denoiser, weight_dtype)
+        frozen = [p for name, p in self.denoiser.named_parameters() if trains is not None and not trains(name)]
         for part in self.frozen_parts():
-            cast_if_needed(part.requires_grad_(False).eval(), weight_dtype)
+            part.requires_grad_(False).eval()
+            targets |= _target_dtypes(part, weight_dtype)
+            frozen += [*part.parameters(), *part.buffers()]
+        changed = [t for t in frozen if t.dtype != targets[id(t)]]
+        # Their originals, moved off the accelerator while the cast copies work (no copy when already on the CPU).
+        originals = [(t, t.data.to("cpu"), t.device) for t in changed]
+        with torch.no_grad():
+            for tensor in changed:
+                tensor.data = tensor.data.to(targets[id(tensor)])
+        self.frozen_dtype = weight_dtype
         try:
             with self._training_switches():
                 yield self

@@ -220,3 +220,28 @@ def test_copy_in_dtype_equals_a_cast_copy_and_shares_nothing():
         originals = {t.data_ptr() for t in unet.state_dict().values()}
         assert not originals & {t.data_ptr() for t in copied.state_dict().values()}
     assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in unet.state_dict().items())
+
+
+def test_weights_that_do_not_train_are_frozen_parts_in_bf16_and_come_back_exactly():
+    """With trainable="cross_attention" the rest of the UNet is frozen: under bf16 it is held in bf16 like the VAE
+    (no per-forward autocast copy), the cross-attention weights train in fp32, and after erase() the frozen weights
+    are the original fp32 values, bit for bit, while the trained ones moved."""
+    pipe = tiny_pipeline("sd")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    seen = {}
+
+    def record(event):
+        for name, param in pipe.unet.named_parameters():
+            seen.setdefault(name, (param.dtype, param.requires_grad))
+
+    training = TrainingArguments(max_train_steps=1, forget_batch_size=2, remain_batch_size=2, mixed_precision="bf16",
+                                 trainable="cross_attention")  # fmt: skip
+    erase(pipe, CONCEPT["sd"], method=REMAP, data=training_data("sd", pipe), training=training, evaluate=False,
+          callbacks=(record,))  # fmt: skip
+    trained = {name for name in seen if ".attn2." in name}
+    assert trained and all(seen[name] == (torch.float32, True) for name in trained)
+    assert all(seen[name] == (torch.bfloat16, False) for name in seen if name not in trained)
+    after = pipe.unet.state_dict()
+    assert all(after[k].dtype == torch.float32 for k in after)
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in trained)
+    assert any(not torch.equal(after[k], before[k]) for k in trained)
