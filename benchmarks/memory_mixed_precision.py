@@ -127,6 +127,18 @@ def unets_alive() -> list[torch.nn.Module]:
     return [obj for obj in gc.get_objects() if type(obj) is UNet2DConditionModel]  # exact: no proxy objects' hooks
 
 
+def training_state_bytes(modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors training works with: every weight and buffer of `modules` (the pipeline's components as
+    they are during training, and the frozen copy) and the optimizer's state, each storage counted once. This is
+    what a GPU would hold besides activations: originals that mixed precision parks on the CPU are not in it."""
+    storages = {}
+    tensors = [t for module in modules for t in [*module.parameters(), *module.buffers()]]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    for tensor in tensors:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 def child(settings: dict) -> dict:
     """One measured run (in its own process): build the pipeline and data; unless "load", erase with SFR-on."""
     start = time.perf_counter()
@@ -157,11 +169,16 @@ def child(settings: dict) -> dict:
         marks["first_step_end"] = time.perf_counter()
         copies = [m for m in unets_alive() if not any(m is old for old in existing)]
         seen.update(
+            training_state_bytes=training_state_bytes([*components.values(), *copies], event.optimizer),
             vae=dtype_name(pipeline.vae),
             vae_frozen=not any(p.requires_grad for p in pipeline.vae.parameters()),
             text_encoder=dtype_name(pipeline.text_encoder),
             text_encoder_frozen=not any(p.requires_grad for p in pipeline.text_encoder.parameters()),
             unet_trained=dtype_name(event.model, trainable_only=True),
+            unet_frozen="/".join(
+                sorted({str(p.dtype).removeprefix("torch.") for p in event.model.parameters() if not p.requires_grad})
+            )
+            or "none",  # fmt: skip
             unet_trained_parameters=sum(p.numel() for p in event.model.parameters() if p.requires_grad),
             frozen_copy=dtype_name(copies[0]) if len(copies) == 1 else f"{len(copies)} new UNets found",
         )
@@ -273,10 +290,17 @@ def render(args, command: str, reports: dict, wall_seconds: float, sources: str)
             "of which, sampled: after the first optimizer step (the remaining steps, dtypes restored)",
             *sampled["after_first_step"],
         ),
+        row(
+            "training state at the first step: the weights and buffers of the UNet, VAE, text encoder and frozen "
+            "copy as they are during training, and Adam's moments (what an accelerator holds besides activations)",
+            fp32["during_training"]["training_state_bytes"],
+            bf16["during_training"]["training_state_bytes"],
+        ),
     ]
     dtypes = [
-        "| during training | VAE | text encoder | trained UNet weights | frozen copy θ₀ | restored after `erase()` |",
-        "|---|---|---|---|---|---|",
+        "| during training | VAE | text encoder | UNet weights that train | the others | frozen copy θ₀ "
+        "| restored after `erase()` |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, report in (("fp32 (`no`)", fp32), ("bf16", bf16)):
         seen = report["during_training"]
@@ -284,7 +308,8 @@ def render(args, command: str, reports: dict, wall_seconds: float, sources: str)
         restored = "yes" if all(report["restored"].values()) else f"no: {report['restored']}"
         dtypes.append(
             f"| {label} | {seen['vae']}, {frozen[seen['vae_frozen']]} | {seen['text_encoder']}, "
-            f"{frozen[seen['text_encoder_frozen']]} | {seen['unet_trained']} | {seen['frozen_copy']} | {restored} |"
+            f"{frozen[seen['text_encoder_frozen']]} | {seen['unet_trained']} | {seen['unet_frozen']} | "
+            f"{seen['frozen_copy']} | {restored} |"
         )
     estimate = {mode: gib(n * parameters) for mode, n in BYTES_PER_PARAMETER_ALL.items()}
     all_note = (
@@ -331,6 +356,12 @@ def render(args, command: str, reports: dict, wall_seconds: float, sources: str)
         "",
         *dtypes,
         "",
+        "- Reading: under bf16 everything that does not train (VAE, text encoder, the UNet weights outside the "
+        "trained selection, θ₀) is held in bf16 while training, which shrinks the training state above. The "
+        "originals of the cast weights are kept on the CPU and put back bit for bit afterwards (the export holds the "
+        "user's VAE and text encoder, unrounded): on a GPU they leave the card, but on this CPU-only machine they "
+        "stay in the same memory as the bf16 copies, so the process's peak does not fall here. The peak a GPU would "
+        "save is the training-state difference; it has not been measured on a GPU.",
         f"- {all_note}",
         f"<!-- {SECTION}:end -->",
     ]) + "\n"  # fmt: skip
