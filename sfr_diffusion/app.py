@@ -58,6 +58,7 @@ from .digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from .erasure import ErasureResult, erase
 from .export import UNLEARNING_CONFIG_FILE, format_metric, is_export
 from .families import DiffusionFamily, family_for
+from .files import default_export_name
 from .loading import load_pipeline
 from .pipelines import quiet_progress
 from .presets import base_model_name, bundled_aliases, loadable_name, resolve_model
@@ -321,10 +322,6 @@ def export_card(config: dict | None, path: str) -> str:
 def progress_html(done: int, total: int, text: str) -> str:
     bar = f'<progress value="{done}" max="{total}" style="width: 100%; accent-color: var(--color-accent)"></progress>'
     return f"{bar}<div>{html.escape(text)}</div>"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("_") or "model"
 
 
 def export_name(text: str | None, default: str) -> str:
@@ -600,7 +597,7 @@ class AppHandlers:
             if steps < 1 or eval_every < 0 or eval_samples < 0:
                 raise ValueError("Iterations must be >= 1; evaluation interval and samples >= 0.")
             base_name = base_name.strip()
-            default_name = f"app-{slug(Path(base_name).name)}-erase-{slug(concept)}"
+            default_name = f"app-{default_export_name(base_name, concept)}"
             output = self.outputs_dirs[0] / export_name(name, default_name)
             check_export_target(output, replace=bool(replace))
             # Evaluation samples 0: no FA/RA at all (as --skip_eval); interval 0: only before and after.

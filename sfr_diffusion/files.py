@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -35,3 +36,15 @@ def write_once(target: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def slug(text: str) -> str:
+    """A folder-name form of a model or concept name: letters, digits, '.', '_' and '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._") or "model"
+
+
+def default_export_name(model: str | Path, concept: str) -> str:
+    """``<model>-erase-<concept>``: the default export folder name, so that runs with other models or concepts never
+    share a folder."""
+    model_name = Path(str(model).rstrip("/\\")).name
+    return f"{slug(model_name)}-erase-{slug(concept)}"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..cli import (
 )
 from ..erasure import erase
 from ..export import check_output_dir
+from ..files import default_export_name
 from ..loading import load_pipeline
 from ..methods import METHODS
 from ..presets import base_model_name, bundled_aliases
@@ -99,15 +99,8 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def slug(text: str) -> str:
-    """A folder-name form of a model or concept name: letters, digits, '.', '_' and '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._") or "model"
-
-
 def default_output_dir(command: EraseCommand) -> Path:
-    """outputs/<model>-erase-<concept>: runs with other models or concepts never share a folder."""
-    model = Path(str(command.pretrained_model_name_or_path).rstrip("/\\")).name
-    return Path("outputs") / f"{slug(model)}-erase-{slug(command.concept)}"
+    return Path("outputs") / default_export_name(command.pretrained_model_name_or_path, command.concept)
 
 
 def main(argv=None, callbacks: tuple = ()):
