@@ -25,15 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from datasets import Dataset, Features, Image, Value
+from datasets import Dataset
 from reporting import write_section
 
 from sfr_diffusion import FTConfig, SFROnConfig, TrainingArguments, erase
 from sfr_diffusion.families import family_for
+from sfr_diffusion.testing.data import random_captioned_images, random_images
 from sfr_diffusion.testing.layouts import dit_pipeline, stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,30 +44,17 @@ DEFAULT_BATCH_SIZE = {"dit": 32, "sd": 8}
 CONCEPT, CAPTIONS = "cat", ("a photo of a cat", "a photo of a dog")  # SD: the concept erased, the two captions
 
 
-def random_images(count: int, resolution: int, classes: int = 2) -> Dataset:
-    """Random images labelled with class ids 0..classes-1 (plain ids: the layouts name their classes "class <id>")."""
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8) for _ in range(count)]
-    features = Features({"image": Image(), "label": Value("int64")})
-    return Dataset.from_dict({"image": images, "label": [i % classes for i in range(count)]}, features=features)
-
-
-def random_captioned_images(count: int, resolution: int) -> Dataset:
-    """Random images, every other one captioned with the concept to erase, the others with another subject."""
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8) for _ in range(count)]
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(count)]
-    features = Features({"image": Image(), "text": Value("string")})
-    return Dataset.from_dict({"image": images, "text": captions}, features=features)
-
-
 def erasure_data(family, count: int) -> tuple[Dataset, str, dict]:
     """`count` random images at the family's resolution, the concept to erase from them, and the SFR-on settings
     that make it the family's configuration of the method."""
     _, resolution, _ = family.image_shape
     if family.text_conditioned:
         # Text-to-image concepts are remapped onto an anchor prompt; a model without a preset has the empty one.
-        return random_captioned_images(count, resolution), CONCEPT, {"forget_loss": "remap", "remap_target": ""}
+        return (
+            random_captioned_images(count, resolution, CAPTIONS),
+            CONCEPT,
+            {"forget_loss": "remap", "remap_target": ""},
+        )
     return random_images(count, resolution), "0", {}
 
 

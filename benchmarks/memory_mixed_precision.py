@@ -37,14 +37,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from datasets import Dataset, Features, Image, Value
 from diffusers import UNet2DConditionModel
 from reporting import git_commit, machine_description, write_section
 
 import sfr_diffusion
 from sfr_diffusion import SFROnConfig, TrainingArguments, erase
+from sfr_diffusion.testing.data import random_captioned_images
 from sfr_diffusion.testing.layouts import SD_SIZES, stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,15 +54,6 @@ RESULT_PREFIX = "MEMORY_RESULT "
 # Bytes per UNet parameter that trainable="all" needs at least, besides activations, the mask and the rest:
 # fp32 weights 4 + gradients 4 + Adam's two moments 8 + the frozen copy (fp32 4 or bf16 2).
 BYTES_PER_PARAMETER_ALL = {"no": 20, "bf16": 18}
-
-
-def random_captioned_images(count: int, resolution: int) -> Dataset:
-    """Random RGB images, every other one captioned with the concept to erase, the others with another subject."""
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8) for _ in range(count)]
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(count)]
-    features = Features({"image": Image(), "text": Value("string")})
-    return Dataset.from_dict({"image": images, "text": captions}, features=features)
 
 
 def snapshot_library(folder: Path) -> str:
@@ -148,7 +138,7 @@ def child(settings: dict) -> dict:
     # weight's shape); the VAE's sample_size is only the tiling default, kept in step.
     pipeline.unet.register_to_config(sample_size=settings["resolution"] // 8)
     pipeline.vae.register_to_config(sample_size=settings["resolution"])
-    dataset = random_captioned_images(4, settings["resolution"])
+    dataset = random_captioned_images(4, settings["resolution"], CAPTIONS)
     report = {"mode": settings["mode"], "build_seconds": round(time.perf_counter() - start, 1)}
     report["parameters"] = {
         name: sum(p.numel() for p in getattr(pipeline, name).parameters()) for name in ("unet", "vae", "text_encoder")

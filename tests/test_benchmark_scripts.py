@@ -301,3 +301,20 @@ def test_reliability_report_reads_only_the_junit_xml(tmp_path):
     unstaged = [case._replace(properties={}) for case in cases]
     with pytest.raises(ValueError, match="record_property"):
         report.cli_stages(unstaged)
+
+
+def test_mixed_precision_memory_script_runs_on_the_tiny_layout(tmp_path):
+    """Each setting in its own process; the bf16 run trains in fp32 and holds every frozen tensor in bf16, so its
+    training state is smaller; the section names the command and both settings."""
+    output = tmp_path / "BENCHMARKS.md"
+    argv = ["--size", "tiny", "--resolution", "16", "--output", str(output)]
+    reports = load("memory_mixed_precision").main(argv)
+    fp32, bf16 = reports["no"]["during_training"], reports["bf16"]["during_training"]
+    assert fp32["frozen_copy"] == fp32["vae"] == "float32" and fp32["unet_trained"] == "float32"
+    assert (
+        bf16["frozen_copy"] == bf16["vae"] == bf16["text_encoder"] == "bfloat16" and bf16["unet_trained"] == "float32"
+    )
+    assert bf16["training_state_bytes"] < fp32["training_state_bytes"]
+    assert all(all(report["restored"].values()) for report in (reports["no"], reports["bf16"]))
+    text = output.read_text()
+    assert "python benchmarks/memory_mixed_precision.py --size tiny" in text and "| bf16 | bfloat16, frozen" in text
