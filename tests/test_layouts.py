@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sfr_diffusion.families import family_for
+from sfr_diffusion.families import StableDiffusionFamily, family_for
 from sfr_diffusion.testing.layouts import (
     clip_tokenizer,
     dit_configs,
@@ -59,7 +59,7 @@ def test_clip_tokenizer_round_trips(tmp_path):
 def test_family_and_image_size():
     sd = stable_diffusion_pipeline("tiny")
     family = family_for(sd)
-    assert family.name == "sd" and family.image_shape == (3, 16, 16) and image_size(sd) == 16
+    assert isinstance(family, StableDiffusionFamily) and family.image_shape == (3, 16, 16) and image_size(sd) == 16
     dit = dit_pipeline("tiny")
     assert family_for(dit).name == "dit" and image_size(dit) == 8 and dit.labels["class 0"] == 0
 

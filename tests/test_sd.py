@@ -49,7 +49,7 @@ def captioned_images(count: int, size: int, captions) -> Dataset:
 
 def test_prompts_are_conditions_and_the_empty_prompt_is_null(sd_pipeline):
     family = family_for(sd_pipeline)
-    assert isinstance(family, StableDiffusionFamily) and family.name == "sd"
+    assert isinstance(family, StableDiffusionFamily) and family.text_conditioned
     assert family.null_class_id == 0 and family.prompts == [""]
     cat = family.prompt_id("a photo of a cat")
     assert family.prompt_id("a photo of a cat") == cat == 1 and family.resolve_class(" a dog ") == 2
