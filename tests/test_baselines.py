@@ -100,7 +100,7 @@ def test_top_fraction_mask_is_one_global_threshold():
 
 
 def test_rl_relabels_forget_images_with_remain_conditions(pipeline, forget_remain):
-    from sfr_diffusion.methods.rl import random_remain_conditions
+    from sfr_diffusion.methods.base import random_remain_conditions
 
     family = family_for(pipeline)
     forget = forget_batch(family, forget_remain, size=64)
@@ -113,7 +113,7 @@ def test_rl_relabels_forget_images_with_remain_conditions(pipeline, forget_remai
 def test_rl_remaps_the_forget_condition_onto_a_wrong_ones_prediction(pipeline, forget_remain):
     """SalUn's diffusion form ‖ε_θ(x_t | c′) − ε_θ(x_t | c)‖²: the gradient flows through the forgotten side."""
     from sfr_diffusion.methods import RL, RLConfig
-    from sfr_diffusion.methods.rl import random_remain_conditions
+    from sfr_diffusion.methods.base import random_remain_conditions
 
     family = family_for(pipeline)
     model = family.denoiser

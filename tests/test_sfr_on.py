@@ -337,3 +337,42 @@ def test_every_step_reports_the_same_terms(accelerator, pipeline, forget_remain,
     erase(accelerator, method, forget_remain, tmp_path, callbacks=(record,))
 
     assert len(keys["forget"]) == 1 and len(keys["remain"]) == 1, keys
+
+
+def test_remap_others_targets_each_forget_sample_onto_a_condition_of_the_same_remain_batch(
+    accelerator, pipeline, forget_remain, tmp_path
+):
+    """remap_others: the forget step (still masked, before the remain step) draws the remain batch the remain step
+    uses, and the frozen original is asked, per forget sample, for one of that batch's conditions: never the
+    forgotten class, never the null class, not all the same."""
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(forget_loss="remap_others", mask_batches=1), family)
+    assert [(p.name, p.data, p.masked) for p in method.phases] == [
+        ("forget", ("forget", "remain"), True),
+        ("remain", "remain", False),
+    ]
+    frozen_conditions = []
+
+    def record(module, args, kwargs):
+        frozen_conditions.append(kwargs["class_labels"].clone())
+
+    handle = method.frozen.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        erase(accelerator, method, forget_remain, tmp_path)
+    finally:
+        handle.remove()
+
+    sampler = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM)
+    assert len(frozen_conditions) == STEPS
+    for step, conditions in enumerate(frozen_conditions):
+        remain_labels = set(sampler.batch(step).labels.tolist())
+        assert set(conditions.tolist()) <= remain_labels
+        assert FORGET_CLASS not in conditions.tolist() and NULL_CLASS not in conditions.tolist()
+    assert len(set(torch.cat(frozen_conditions).tolist())) > 1
+
+
+def test_remap_others_takes_no_remap_target(pipeline):
+    family = family_for(pipeline)
+    with pytest.raises(ValueError, match="remap_others takes its targets from the remain set"):
+        SFROn.check_config(SFROnConfig(forget_loss="remap_others", remap_target="seven"), family)
+    SFROn.check_config(SFROnConfig(forget_loss="remap_others"), family)  # no target: fine

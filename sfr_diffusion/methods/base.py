@@ -140,3 +140,9 @@ def remain_terms(family, model, batch: Batch, label_dropout: float, weight: floa
     terms = {"loss": weight * per_sample.mean(), "remain_mse": per_sample.detach().mean()}
     terms.update(timestep_quartile_terms("remain_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
     return terms
+
+
+def random_remain_conditions(forget: Batch, remain: Batch) -> torch.Tensor:
+    """For each forget sample, the condition of a remain sample picked by its own uniform draw (reproducible)."""
+    picks = (forget.uniform * len(remain.labels)).long().clamp(max=len(remain.labels) - 1)
+    return remain.labels[picks]

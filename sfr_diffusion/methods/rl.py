@@ -18,7 +18,14 @@ import torch
 from ..arguments import option
 from ..data import Batch
 from ..losses import per_sample_mse
-from .base import Phase, UnlearningMethod, family_device, remain_terms, timestep_quartile_terms
+from .base import (
+    Phase,
+    UnlearningMethod,
+    family_device,
+    random_remain_conditions,
+    remain_terms,
+    timestep_quartile_terms,
+)
 from .ft import FTConfig
 
 
@@ -60,9 +67,3 @@ class RL(UnlearningMethod):
         terms = remain_terms(family, model, remain, self.config.label_dropout, self.config.remain_weight)
         terms.update(timestep_quartile_terms("forget_remap", per_sample, forget.draw.timesteps, family.num_timesteps))
         return {**terms, "loss": per_sample.mean() + terms["loss"], "forget_remap": per_sample.detach().mean()}
-
-
-def random_remain_conditions(forget: Batch, remain: Batch) -> torch.Tensor:
-    """For each forget sample, the condition of a remain sample picked by its own uniform draw (reproducible)."""
-    picks = (forget.uniform * len(remain.labels)).long().clamp(max=len(remain.labels) - 1)
-    return remain.labels[picks]

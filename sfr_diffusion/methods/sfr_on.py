@@ -23,13 +23,14 @@ from .base import (
     UnlearningMethod,
     family_device,
     frozen_copy,
+    random_remain_conditions,
     remain_terms,
     timestep_quartile_terms,
 )
 
 logger = logging.getLogger(__name__)
 
-FORGET_LOSSES = ("ascent", "remap")
+FORGET_LOSSES = ("ascent", "remap", "remap_others")
 
 
 @dataclass
@@ -40,7 +41,10 @@ class SFROnConfig(MethodConfig):
     forget_loss: str | None = option(
         None,
         "ascent: adaptive-weighted gradient ascent on the forget class's own loss (the paper's choice for classes); "
-        "remap: pull the forget condition's prediction onto the frozen original's prediction for --remap_target. "
+        "remap: pull the forget condition's prediction onto the frozen original's prediction for --remap_target; "
+        "remap_others: onto the frozen original's prediction under a condition of the remain set, drawn per sample "
+        "(another class, or a remain prompt). Remaps have a minimum, so their push fades once the concept is gone; "
+        "they take the mean over the batch (the adaptive weights and --temperature shape ascent only). "
         "Default: the family's (ascent for class-conditional models, remap for text-to-image ones).",
         choices=FORGET_LOSSES,
     )
@@ -99,9 +103,10 @@ class SFROn(UnlearningMethod):
         super().__init__(config, family, anchor=anchor)
         self.forget_loss = config.forget_loss or family.default_forget_loss
         self.frozen, self.remap_condition = None, None
-        if self.forget_loss == "remap":
+        if self.forget_loss != "ascent":
             # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)).
             self.frozen = frozen_copy(family)
+        if self.forget_loss == "remap":
             target = config.remap_target if config.remap_target is not None else anchor
             self.remap_condition = family.null_class_id if target is None else family.resolve_class(target)
 
@@ -113,7 +118,8 @@ class SFROn(UnlearningMethod):
         if forget_loss != "remap":
             raise ValueError(
                 f"remap_target {config.remap_target!r} is the target of forget_loss remap, but this run uses "
-                f"forget_loss {forget_loss}: add --forget_loss remap, or drop the target."
+                f"forget_loss {forget_loss} (remap_others takes its targets from the remain set): add --forget_loss "
+                "remap, or drop the target."
             )
         family.resolve_class(config.remap_target)  # an unknown class is an error now, not after the data
 
@@ -124,8 +130,10 @@ class SFROn(UnlearningMethod):
             return (
                 Phase("joint", data=("forget", "remain"), masked=cfg.use_mask, max_grad_norm=cfg.forget_max_grad_norm),
             )
+        # remap_others draws its targets from the remain batch of the same iteration (the one the remain step uses).
+        forget_data = ("forget", "remain") if self.forget_loss == "remap_others" else "forget"
         return (
-            Phase("forget", data="forget", masked=cfg.use_mask, max_grad_norm=cfg.forget_max_grad_norm),
+            Phase("forget", data=forget_data, masked=cfg.use_mask, max_grad_norm=cfg.forget_max_grad_norm),
             Phase("remain", data="remain", masked=False, max_grad_norm=cfg.remain_max_grad_norm),
         )
 
@@ -152,26 +160,37 @@ class SFROn(UnlearningMethod):
 
     def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
         if phase.name == "forget":
-            return self._forget_terms(model, batch, step, total_steps, reduce_sum, num_processes)
+            forget, remain = (batch["forget"], batch["remain"]) if isinstance(batch, dict) else (batch, None)
+            return self._forget_terms(model, forget, remain, step, total_steps, reduce_sum, num_processes)
         if phase.name == "remain":
             return self._remain_terms(model, batch)
         if phase.name == "joint":
-            forget = self._forget_terms(model, batch["forget"], step, total_steps, reduce_sum, num_processes)
+            forget = self._forget_terms(
+                model, batch["forget"], batch["remain"], step, total_steps, reduce_sum, num_processes
+            )
             remain = self._remain_terms(model, batch["remain"])
             return {**forget, **remain, "loss": forget["loss"] + remain["loss"]}
         raise ValueError(f"SFR-on has no phase {phase.name!r}.")
 
-    def _forget_terms(self, model, batch, step, total_steps, reduce_sum, num_processes):
+    def remap_conditions(self, forget: Batch, remain: Batch | None) -> torch.Tensor:
+        """Each forget sample's target condition: the fixed remap target, or one of the remain batch's conditions
+        picked by the sample's own uniform draw (remap_others: never the forgotten condition)."""
+        if self.forget_loss == "remap_others":
+            return random_remain_conditions(forget, remain)
+        return torch.full_like(forget.labels, self.remap_condition)
+
+    def _forget_terms(self, model, batch, remain, step, total_steps, reduce_sum, num_processes):
         family, cfg = self.family, self.config
         x0 = family.encode(batch.images.to(family_device(model)))
         labels = batch.labels.to(x0.device)  # the real label, never dropped: the null branch is not attacked
         alpha = forget_weight(step, total_steps, cfg.alpha, cfg.cosine_decay)
-        if self.forget_loss == "remap":
+        if self.forget_loss != "ascent":
             x_t = family.noisy(x0, batch.draw)
             timesteps = batch.draw.timesteps.to(x0.device)
             self.frozen.to(x0.device)
             with torch.no_grad():
-                target = family.predict(self.frozen, x_t, timesteps, torch.full_like(labels, self.remap_condition))
+                conditions = self.remap_conditions(batch, remain).to(x0.device)
+                target = family.predict(self.frozen, x_t, timesteps, conditions)
             per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
             # Mean over the global batch; DDP averages gradients over processes, hence the division by global size.
             loss = alpha * per_sample.sum() * num_processes / batch.global_size
@@ -183,7 +202,7 @@ class SFROn(UnlearningMethod):
             loss = weighted_ascent_loss(per_sample, weights, alpha) * num_processes
             terms = {"loss": loss, "forget_mse": per_sample.detach().mean()}
         terms["alpha"] = torch.tensor(alpha, device=x0.device)
-        prefix = "forget_remap" if self.forget_loss == "remap" else "forget_mse"
+        prefix = "forget_mse" if self.forget_loss == "ascent" else "forget_remap"
         terms.update(timestep_quartile_terms(prefix, per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
 
