@@ -31,10 +31,9 @@ def write_once(target: str | Path, write: Callable[[Path], object]) -> Path:
         staging.rename(target)
     except OSError:
         if not target.exists():  # a real failure, not another process that got there first
-            shutil.rmtree(staging, ignore_errors=True)
             raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # only this process's own staging folder
     return target
 
 

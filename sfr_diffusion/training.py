@@ -411,9 +411,9 @@ def run_erasure(
     )
     start, eval_seconds = time.perf_counter(), 0.0
     for step in progress:
-        logs = {}
+        logs, drawn = {}, {}
         for phase in method.phases:
-            batch = _draw(samplers, phase.data, step, accelerator)
+            batch = _draw(samplers, phase.data, step, accelerator, drawn)
             with accelerator.autocast():  # frozen parts and frozen copies run in the weight dtype too
                 terms = method.loss(
                     phase,
@@ -464,11 +464,17 @@ def run_erasure(
     )
 
 
-def _draw(samplers: dict, data: str | tuple[str, ...], step: int, accelerator):
-    """This process's share of the batch a phase draws: one batch, or a dict of them for a joint phase."""
+def _draw(samplers: dict, data: str | tuple[str, ...], step: int, accelerator, drawn: dict):
+    """This process's share of the batch a phase draws: one batch, or a dict of them for a joint phase.
+
+    A step's batch of a set is the same for every phase that draws it (a pure function of the step), so it is loaded
+    once per step and kept in `drawn` (remap_others' forget step reads the remain step's batch).
+    """
     if isinstance(data, str):
-        return samplers[data].batch(step, accelerator.process_index, accelerator.num_processes)
-    return {name: _draw(samplers, name, step, accelerator) for name in data}
+        if data not in drawn:
+            drawn[data] = samplers[data].batch(step, accelerator.process_index, accelerator.num_processes)
+        return drawn[data]
+    return {name: _draw(samplers, name, step, accelerator, drawn) for name in data}
 
 
 def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: ForgetMask | None) -> None:
