@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from diffusers.models.embeddings import LabelEmbedding
 
 from .losses import per_sample_mse
 
@@ -196,6 +197,50 @@ class DiffusionFamily:
         """Images in [-1, 1] → the denoiser's space."""
         raise NotImplementedError
 
+    # What a condition is given to the denoiser as, for the attacks of sfr_diffusion.attacks. Class-conditional
+    # families look a class up in one or more embedding tables (the DDPM's class embedding; one per DiT block).
+
+    def condition_tables(self) -> list[torch.nn.Embedding]:
+        """The denoiser's class embedding tables, whose row c is what class c is given as."""
+        raise NotImplementedError
+
+    def condition_embedding(self, condition: int) -> torch.Tensor:
+        """A detached fp32 copy of what the denoiser is given for `condition`: (tables, dim), row c of each table."""
+        return torch.stack([table.weight[condition].detach().float() for table in self.condition_tables()])
+
+    @contextlib.contextmanager
+    def condition_embedding_override(self, conditions, embedding: torch.Tensor) -> Iterator[None]:
+        """Within the block, every prediction and every sample the pipeline draws for one of `conditions` is given
+        `embedding` (shaped as :meth:`condition_embedding` returns it; it may require grad) instead of the model's
+        own; the weights are not touched."""
+        conditions = torch.as_tensor(list(conditions))
+
+        def hook_for(index: int):
+            def replace_rows(module, args, output):
+                rows = torch.isin(args[0], conditions.to(args[0].device))
+                if not rows.any():
+                    return output
+                return torch.where(rows[:, None], embedding[index].to(output), output)
+
+            return replace_rows
+
+        handles = [table.register_forward_hook(hook_for(i)) for i, table in enumerate(self.condition_tables())]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def reset_condition_embedding(self, condition: int) -> bool:
+        """Set `condition`'s row of every class table to the mean of the other classes' rows (the null class and
+        unused rows aside), so an erasure that lives only in that row is undone; returns whether anything was
+        reset (text families: no, their condition comes from a text encoder that erasure never trains)."""
+        others = [c for c in range(self.num_classes()) if c != condition]
+        for table in self.condition_tables():
+            table.weight[condition] = table.weight[others].mean(0)
+        return True
+
     def predict(self, model, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -254,6 +299,9 @@ class ClassConditionalUNetFamily(DiffusionFamily):
 
     def predict(self, model, x_t, timesteps, labels):
         return model(x_t, timesteps, class_labels=labels).sample
+
+    def condition_tables(self) -> list[torch.nn.Embedding]:
+        return [self.denoiser.class_embedding]
 
 
 class LatentFamily(DiffusionFamily):
@@ -320,6 +368,10 @@ class DiTFamily(LatentFamily):
         output = model(x_t, timestep=timesteps, class_labels=labels).sample
         return output[:, : self.sample_shape[0]] if self.learned_sigma else output
 
+    def condition_tables(self) -> list[torch.nn.Embedding]:
+        # Every block's adaLN-Zero has its own label embedder.
+        return [m.embedding_table for m in self.denoiser.modules() if isinstance(m, LabelEmbedding)]
+
 
 class StableDiffusionFamily(LatentFamily):
     """Text-to-image ``UNet2DConditionModel`` behind a VAE and a frozen text encoder, as ``StableDiffusionPipeline``.
@@ -346,6 +398,7 @@ class StableDiffusionFamily(LatentFamily):
         self.prompts: list[str] = []
         self._ids: dict[str, int] = {}
         self._embeddings: dict[int, torch.Tensor] = {}
+        self._override: tuple[torch.Tensor, torch.Tensor] | None = None  # see condition_embedding_override
         self.prompt_id("")
 
     @property
@@ -388,7 +441,48 @@ class StableDiffusionFamily(LatentFamily):
         return torch.stack([self._embeddings[int(i)] for i in ids.tolist()]).to(device)
 
     def predict(self, model, x_t, timesteps, labels):
-        return model(x_t, timesteps, encoder_hidden_states=self.prompt_embeddings(labels).to(x_t.dtype)).sample
+        states = self.prompt_embeddings(labels)
+        if self._override is not None:
+            conditions, embedding = self._override
+            rows = torch.isin(labels.to(states.device), conditions.to(states.device))
+            states = torch.where(rows[:, None, None], embedding.to(states), states)
+        return model(x_t, timesteps, encoder_hidden_states=states.to(x_t.dtype)).sample
+
+    def condition_embedding(self, condition: int) -> torch.Tensor:
+        """The prompt's encoder hidden states (tokens, dim), fp32."""
+        return self.prompt_embeddings(torch.tensor([condition]))[0].detach().float()
+
+    @contextlib.contextmanager
+    def condition_embedding_override(self, conditions, embedding: torch.Tensor) -> Iterator[None]:
+        """The prompts of `conditions` are given `embedding` in :meth:`predict`, and in the pipeline's own sampling
+        through a hook on the text encoder's output (rows whose token ids are one of those prompts')."""
+        conditions = torch.as_tensor(list(conditions))
+        tokenizer = self.pipeline.tokenizer
+        prompt_ids = tokenizer(
+            [self.prompts[int(c)] for c in conditions],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+        def replace_rows(module, args, output):
+            input_ids = args[0]
+            rows = (input_ids[:, None, :] == prompt_ids.to(input_ids.device)[None]).all(-1).any(-1)
+            if rows.any():
+                output[0][rows] = embedding.detach().to(output[0])
+            return output
+
+        handle = self.pipeline.text_encoder.register_forward_hook(replace_rows)
+        self._override = (conditions, embedding)
+        try:
+            yield
+        finally:
+            self._override = None
+            handle.remove()
+
+    def reset_condition_embedding(self, condition: int) -> bool:
+        return False  # a prompt's embedding comes from the frozen text encoder: erasure never changes it
 
 
 def family_for(pipeline) -> DiffusionFamily:

@@ -16,6 +16,10 @@ class Preset:
         prompts: concept → (forget prompts, remain prompts), for concept erasure in text-to-image models.
         anchor: the prompt a text concept is remapped to by default.
         evaluate: (pipeline, erased concepts, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
+        judge: what `evaluate` judges with, as attack and benchmark records name it.
+        concept_images: concept → a `datasets.Dataset` of its images (``image`` column), what an attacker holds.
+        judged_prompts: concept → every prompt `evaluate` samples it with (text-to-image), what an attack stands in
+            for.
     """
 
     name: str
@@ -23,3 +27,6 @@ class Preset:
     prompts: Callable[[str], tuple[list[str], list[str]]] | None = None
     anchor: str | None = None
     evaluate: Callable[..., dict] | None = None
+    judge: str | None = None
+    concept_images: Callable[[str], object] | None = None
+    judged_prompts: Callable[[str], list[str]] | None = None
