@@ -14,8 +14,8 @@ never learned it?
   Text-to-image models have nothing to reset: the prompt's embedding comes from a text encoder erasure never trains.
 
 The attack success rate (ASR) is FA after the attack, judged by the model's preset (the digits world's classifier) or
-a given evaluator, at evaluations every ``eval_every`` attack steps; ``steps_to_half`` is the first evaluated step
-with FA ≥ 50%. On the digits world *retrain* (a model trained without the digit) is the reference: an embedding
+a given evaluator, before the attack and at evenly spaced steps; ``steps_to_half`` is the first evaluated step with
+FA ≥ 50%. On the digits world *retrain* (a model trained without the digit) is the reference: an embedding
 never trained on a digit can still be steered to draw it, so the honest goal of an eraser is to be no easier to
 recover than retrain at equal budget. Every attack leaves the pipeline as it found it.
 
@@ -57,17 +57,21 @@ class AttackArguments:
     attack_images: int = option(16, "k: images of the concept the attacker has.")
     attack_batch_size: int = option(16, "Images per attack step (drawn from the k).")
     inversion_steps: int = option(100, "Optimisation steps of the conditioning inversion.")
-    inversion_learning_rate: float = option(1e-2, "Adam learning rate of the inverted embedding.")
-    relearn_steps: int = option(50, "Fine-tuning steps of the relearning attacks.")
+    inversion_learning_rate: float = option(
+        5e-2, "Adam learning rate of the inverted embedding (at 1e-2 the original digits DiT needs ~4x the steps)."
+    )
+    relearn_steps: int = option(20, "Fine-tuning steps of the relearning attacks.")
     relearn_learning_rate: float | None = option(
         None, "Adam learning rate of relearning (default: the family's erasure learning rate)."
     )
-    attack_eval_every: int = option(10, "Judge every N attack steps (and before the first and after the last).")
+    attack_evaluations: int = option(
+        5, "Judge before the attack and at this many evenly spaced steps (the last one included)."
+    )
     attack_seed: int = option(0, "Seed of the images drawn, the noise and timesteps, and the judged samples.")
 
     def __post_init__(self):
         check_field_values(self)
-        for name in ("attack_images", "attack_batch_size", "inversion_steps", "relearn_steps", "attack_eval_every"):
+        for name in ("attack_images", "attack_batch_size", "inversion_steps", "relearn_steps", "attack_evaluations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("inversion_learning_rate", "relearn_learning_rate"):
@@ -145,12 +149,13 @@ def _optimise(
     *,
     steps: int,
     learning_rate: float,
-    eval_every: int,
+    evaluations: int,
     evaluate: Callable[[int], dict],
     description: str,
 ) -> list[dict]:
-    """Adam on `parameters` for `steps` steps of ``loss_at(step)``, judged before, every `eval_every` steps and at
-    the end."""
+    """Adam on `parameters` for `steps` steps of ``loss_at(step)``, judged before and at `evaluations` evenly spaced
+    steps (the last one included)."""
+    judged_steps = {round(steps * (i + 1) / evaluations) for i in range(evaluations)} - {0}
     optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     curve = [{"step": 0, **evaluate(0)}]
     for step in tqdm(range(1, steps + 1), desc=description, leave=False):
@@ -158,7 +163,7 @@ def _optimise(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % eval_every == 0 or step == steps:
+        if step in judged_steps:
             curve.append({"step": step, "loss": float(loss.detach()), **evaluate(step)})
     return curve
 
@@ -226,7 +231,7 @@ def attack(
                     _loss_at(family, denoiser, latents, labels, **loss_kwargs),
                     steps=arguments.inversion_steps,
                     learning_rate=arguments.inversion_learning_rate,
-                    eval_every=arguments.attack_eval_every,
+                    evaluations=arguments.attack_evaluations,
                     evaluate=judged,
                     description="inversion",
                 )
@@ -241,7 +246,7 @@ def attack(
                 _loss_at(family, denoiser, latents, labels, **loss_kwargs),
                 steps=arguments.relearn_steps,
                 learning_rate=learning_rate,
-                eval_every=arguments.attack_eval_every,
+                evaluations=arguments.attack_evaluations,
                 evaluate=judged,
                 description=kind,
             )

@@ -15,7 +15,7 @@ from sfr_diffusion.families import family_for
 from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = AttackArguments(attack_images=4, attack_batch_size=4, inversion_steps=3, relearn_steps=3, attack_eval_every=2)
+SMALL = AttackArguments(attack_images=4, attack_batch_size=4, inversion_steps=3, relearn_steps=3, attack_evaluations=2)
 
 
 @pytest.fixture(params=["ddpm", "dit"])
@@ -125,7 +125,7 @@ def test_inversion_moves_only_the_condition_embedding_and_lowers_the_loss(class_
         class_pipeline,
         "three",
         "inversion",
-        arguments=AttackArguments(attack_images=8, attack_batch_size=8, inversion_steps=30, attack_eval_every=1,
+        arguments=AttackArguments(attack_images=8, attack_batch_size=8, inversion_steps=30, attack_evaluations=30,
                                   inversion_learning_rate=0.05),
         images=images,
         evaluate=scripted_evaluator([0.0]),
@@ -159,7 +159,7 @@ def test_the_preset_supplies_real_images_of_the_digit_and_judges(class_pipeline)
         concept_images(class_pipeline, "three", images=torch.zeros(2, 1, 8, 8), count=5, seed=0)
     results = run_attacks(
         class_pipeline, "three", ["relearn_reset"],
-        arguments=AttackArguments(attack_images=4, relearn_steps=1, attack_eval_every=1),
+        arguments=AttackArguments(attack_images=4, relearn_steps=1, attack_evaluations=1),
         evaluation=sfr_evaluation(),
     )  # fmt: skip
     record = results["attacks"]["relearn_reset"]
@@ -211,7 +211,7 @@ def test_the_script_attacks_an_export_and_writes_a_new_results_file(tmp_path):
                                                              remain_batch_size=4), evaluate=False)  # fmt: skip
     export = result.save_pretrained(tmp_path / "erased")
     out = tmp_path / "attack.json"
-    flags = ["--attack", "relearn", "--relearn_steps", "2", "--attack_eval_every", "2", "--attack_images", "4",
+    flags = ["--attack", "relearn", "--relearn_steps", "2", "--attack_evaluations", "1", "--attack_images", "4",
              "--eval_samples_per_class", "2", "--num_inference_steps", "2", "--results_json", out]  # fmt: skip
     done = run_script(export, *flags)
     assert done.returncode == 0, done.stderr[-2000:]
