@@ -8,9 +8,10 @@
 
 For every digit it runs the erase command (``sfr_diffusion.commands.erase``, what ``scripts/erase_concept.py`` runs)
 with its defaults, plus FA/RA tracking every ``--eval_every`` iterations and any option this script does not know
-(e.g. ``--max_train_steps 100``), then records FA, RA and FID-digits before and after, the first tracked iteration at
-which FA ≤ 1% with RA ≥ base − 1 point, and the wall time of the mask and of the erasure (evaluation excluded). It
-plots FA and RA against iteration for ``--plot_digit`` and replaces the marked section of BENCHMARKS.md.
+(e.g. ``--max_train_steps 100``), then records FA, RA and FID-digits before and after, the first tracked iteration from
+which FA ≤ 1% with RA ≥ base − 1 point holds at every later evaluation, and the wall time of the mask and of the
+erasure (evaluation excluded). It plots FA and RA against iteration for ``--plot_digit`` and replaces the marked
+section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from pathlib import Path
 
 from reporting import FA_TARGET, RA_TOLERANCE, git_commit, iterations_to_forget, machine_description, write_section
 
+from sfr_diffusion import EvaluationArguments
+from sfr_diffusion.attacks import AttackArguments, run_attacks
 from sfr_diffusion.commands import erase as erase_command
 from sfr_diffusion.digits import DIGIT_NAMES
+from sfr_diffusion.digits.metrics import guidance_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
@@ -54,6 +58,43 @@ def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path,
     plt.close(fig)
 
 
+GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5)  # and each pipeline's own default
+
+
+def final_judgement(args, pipeline, digit: int) -> dict:
+    """The erased model at every guidance a user would pick (and the pipeline's default), on fresh noise."""
+    return guidance_sweep(
+        pipeline,
+        [digit],
+        scales=GUIDANCE_SCALES,
+        samples_per_class=args.final_samples,
+        forget_samples_per_class=args.final_forget_samples,
+        seed=1,  # not the seed of the erase command's own "after" evaluation
+    )
+
+
+def attacks(args, pipeline, digit: int) -> dict:
+    """Inversion, relearning and relearning after the embedding reset, each at the default budget."""
+    budget = AttackArguments(relearn_steps=2, inversion_steps=2, attack_images=4) if args.quick else AttackArguments()
+    forget = 4 if args.quick else 50
+    evaluation = EvaluationArguments(eval_samples_per_class=2 if args.quick else 10, forget_samples_per_class=forget)
+    return run_attacks(pipeline, DIGIT_NAMES[digit], arguments=budget, evaluation=evaluation)
+
+
+def headline(row: dict) -> dict:
+    """The worst FA and RA over the guidance sweep, FID at guidance 2, and each attack's ASR."""
+    final = row["final"]
+    summary = {
+        "FA_worst": final["FA_worst"],
+        "RA_worst": final["RA_worst"],
+        "worst_guidance": final["worst_guidance"],
+        "FID_g2": final["per_guidance"]["2.0"]["FID"],
+    }
+    if row.get("attacks"):
+        summary |= {f"ASR_{kind}": record["ASR"] for kind, record in row["attacks"]["attacks"].items()}
+    return summary
+
+
 def fmt(value, percent: bool = False) -> str:
     if value is None:
         return "not reached"
@@ -62,13 +103,16 @@ def fmt(value, percent: bool = False) -> str:
 
 def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str], family: str) -> str:
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
-    kept = sum(r["after"]["FA"] <= FA_TARGET and r["after"]["RA"] >= r["before"]["RA"] - RA_TOLERANCE for r in rows)
+    worst = [headline(r) for r in rows]
+    held = sum(w["FA_worst"] <= FA_TARGET and w["RA_worst"] >= r["before"]["RA"] - RA_TOLERANCE
+               for w, r in zip(worst, rows, strict=True))  # fmt: skip
     title = TITLES.get(family, family)
-    paraphrases = "FA_paraphrases" in rows[0]["after"]
+    first = rows[0]
+    scales = ", ".join(first["final"]["per_guidance"])
+    attacked = first.get("attacks") is not None
     prompts = (
-        " Each digit is prompted with its 8 training captions and 4 held-out phrasings (4 samples each); FA covers"
-        " all 12, *FA paraphrases* only the held-out ones, never used in training or erasure."
-        if paraphrases
+        " Each digit is prompted with its 8 training captions and 4 held-out phrasings; FA covers all 12."
+        if "FA_paraphrases" in first["after"]
         else ""
     )
     lines = [
@@ -76,35 +120,55 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
         f"## SFR-on on the digits {title}, one run per digit",
         "",
         f"- Command: `{command}`",
-        f"- Date: {rows[0]['date']}; commit: {rows[0]['commit']}; machine: {rows[0]['machine']}",
+        f"- Date: {first['date']}; commit: {first['commit']}; machine: {first['machine']}",
         "- Settings: `scripts/erase_concept.py` defaults"
         + (f" plus `{' '.join(extra_args)}`" if extra_args else "")
-        + "; FA/RA from 50 samples per class (guidance 2.0, 20 DDIM steps, seed 0) judged by the bundled classifier;"
-        " FID-digits on the nine remaining classes against held-out real digits." + prompts,
-        "- *Iterations to forget*: first tracked iteration with FA ≤ 1% and RA ≥ base RA − 1 point; in brackets,"
-        " how often FA/RA were tracked.",
+        + f"; tracked every {first['eval_every']} iterations on {first['after']['forget_samples']} samples of the "
+        f"digit and {first['after']['remain_samples_per_class']} of each other digit, each evaluation on fresh "
+        "noise; judged by the bundled classifier (20 DDIM steps)." + prompts,
+        f"- *FA, RA (worst)*: the final model at guidance {scales} (the pipeline's default is "
+        f"{first['final']['default_guidance']:g}), {first['final']['per_guidance']['2.0']['forget_samples']} samples "
+        f"of the digit and {first['final']['per_guidance']['2.0']['remain_samples_per_class']} of each other digit "
+        "per scale: the highest FA and the lowest RA over the scales. FID-digits at guidance 2 on the nine other "
+        "digits against held-out real ones.",
+        "- *Iterations to forget*: the first tracked iteration from which FA ≤ 1% with RA ≥ base RA − 1 point holds "
+        "at every later evaluation.",
         "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
-        "",
-        "| digit | FA before | FA after | "
-        + ("FA paraphrases before | FA paraphrases after | " if paraphrases else "")
-        + "RA before | RA after | FID before | FID after | iterations | "
-        "iterations to forget | mask density | seconds (mask + erase) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if paraphrases else ""),
     ]
-    for r in rows:
-        b, a = r["before"], r["after"]
-        held_out = f"{fmt(b['FA_paraphrases'], True)} | {fmt(a['FA_paraphrases'], True)} | " if paraphrases else ""
+    if attacked:
+        budget = first["attacks"]["arguments"]
         lines.append(
-            f"| {r['digit']} ({r['name']}) | {fmt(b['FA'], True)} | {fmt(a['FA'], True)} | {held_out}"
-            f"{fmt(b['RA'], True)} | "
-            f"{fmt(a['RA'], True)} | {fmt(b['FID'])} | {fmt(a['FID'])} | {r['steps']} | "
-            f"{r['iterations_to_forget'] or 'not reached'} (every {r['eval_every']}) | {r['mask_density']:.1%} | "
-            f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f} |"
+            f"- *ASR*: FA after each attack (`sfr_diffusion.attacks`, {budget['attack_images']} real images of the "
+            f"digit): conditioning inversion ({budget['inversion_steps']} steps at "
+            f"{budget['inversion_learning_rate']:g}), relearning and relearning after resetting the digit's "
+            f"embedding row(s) ({budget['relearn_steps']} steps at the family's learning rate); judged at guidance 2."
         )
+    header = "| digit | FA before | FA after (worst) | RA before | RA after (worst) | FID before | FID after | "
+    header += "iterations to forget | "
+    header += "ASR inversion | ASR relearn | ASR relearn + reset | " if attacked else ""
+    header += "mask density | seconds (mask + erase) |"
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for r, w in zip(rows, worst, strict=True):
+        b = r["before"]
+        cells = [
+            f"{r['digit']} ({r['name']})",
+            fmt(b["FA"], True),
+            fmt(w["FA_worst"], True) + f" (at {w['worst_guidance']:g})",
+            fmt(b["RA"], True),
+            fmt(w["RA_worst"], True),
+            fmt(b["FID"]),
+            fmt(w["FID_g2"]),
+            f"{r['iterations_to_forget'] or 'not reached'} of {r['steps']}",
+        ]
+        if attacked:
+            cells += [fmt(w[f"ASR_{kind}"], True) for kind in ("inversion", "relearn", "relearn_reset")]
+        cells += [f"{r['mask_density']:.1%}" if r["mask_density"] is not None else "–",
+                  f"{r['seconds']['mask']:.1f} + {r['seconds']['train']:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"**Target (FA ≤ 1% with RA ≥ base − 1 point) reached on {reached} of {len(rows)} digits; "
-        f"still met at the last iteration on {kept} of {len(rows)}.**",
+        f"**Forgetting that holds (FA ≤ 1% with RA ≥ base − 1 point from some tracked iteration on) on {reached} of "
+        f"{len(rows)} digits; at every guidance scale of the final model on {held} of {len(rows)}.**",
     ]
     if plot is not None:
         shown = plot.resolve().relative_to(ROOT) if plot.resolve().is_relative_to(ROOT) else plot
@@ -125,9 +189,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=None, help="Default: docs/sfr_on_digits_<family>_curve.png.")
     parser.add_argument("--results_json", type=Path, default=None, help="Also write the raw results here.")
+    parser.add_argument("--track_samples", type=int, default=20, help="Tracked evaluations: per other class.")
+    parser.add_argument("--track_forget_samples", type=int, default=50, help="Tracked: of the forgotten digit.")
+    parser.add_argument("--final_samples", type=int, default=30, help="Final sweep: per other class.")
+    parser.add_argument("--final_forget_samples", type=int, default=100, help="Final sweep: of the forgotten digit.")
+    parser.add_argument("--attacks", action="store_true", help="Also attack every erased model (default budget).")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
     args, extra_args = parser.parse_known_args(argv)
+    if args.quick:
+        args.track_samples, args.track_forget_samples, args.final_samples, args.final_forget_samples = 2, 4, 2, 4
     if args.render_only:
         payload = json.loads(args.render_only.read_text())
         rows = payload["rows"]
@@ -141,7 +212,8 @@ def main(argv=None) -> list[dict]:
         return rows
 
     rows = []
-    samples = ["--eval_samples_per_class", "10"] if args.quick else []
+    samples = ["--eval_samples_per_class", str(args.track_samples),
+               "--forget_samples_per_class", str(args.track_forget_samples)]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for digit in args.digits:
             every = args.plot_eval_every if digit == args.plot_digit else args.eval_every
@@ -172,13 +244,16 @@ def main(argv=None) -> list[dict]:
                 "mask_density": summary["mask_statistics"]["density"],
                 "seconds": summary["seconds"],
                 "history": summary["history"],
+                "final": final_judgement(args, result.pipeline, digit),
+                "attacks": attacks(args, result.pipeline, digit) if args.attacks else None,
                 "family": summary["family"],
                 "date": datetime.date.today().isoformat(),
                 "commit": git_commit(ROOT),
                 "machine": machine_description(),
             }
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "history"}, default=str), flush=True)
+            shown = {k: v for k, v in row.items() if k not in ("history", "final", "attacks")}
+            print(json.dumps({**shown, **headline(row)}, default=str), flush=True)
 
     family = rows[0]["family"]
     plot_rows = [r for r in rows if r["digit"] == args.plot_digit]

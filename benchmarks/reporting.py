@@ -9,15 +9,20 @@ from pathlib import Path
 
 import torch
 
-FA_TARGET, RA_TOLERANCE = 0.01, 0.01  # "forgotten": FA ≤ 1% while RA stays within 1 point of the base model
+# "Forgotten" is the library's rule (FA ≤ 1% with RA within 1 point of the base model, held at every later
+# evaluation); the benchmark scripts import it from here.
+from sfr_diffusion.forgetting import FA_TARGET, RA_TOLERANCE, held_for, is_forgotten, iterations_to_forget
 
-
-def iterations_to_forget(history: list[dict], base_ra: float) -> int | None:
-    """First tracked iteration with FA ≤ 1% and RA ≥ base − 1 point (None if never reached)."""
-    for record in history:
-        if record["FA"] <= FA_TARGET and record["RA"] >= base_ra - RA_TOLERANCE:
-            return record["step"]
-    return None
+__all__ = [
+    "FA_TARGET",
+    "RA_TOLERANCE",
+    "git_commit",
+    "held_for",
+    "is_forgotten",
+    "iterations_to_forget",
+    "machine_description",
+    "write_section",
+]
 
 
 def machine_description() -> str:

@@ -74,10 +74,19 @@ class EvaluationArguments:
     """How an erasure is measured, where the model's preset has an evaluator (the digits world's judge).
 
     FA, RA and FID-digits are measured before and after; with `eval_every` (a training option) also along the way.
+    FA is judged on at least `MIN_FORGET_SAMPLES` samples of each erased class by default, whatever
+    `eval_samples_per_class` is: "FA ≤ 1%" on 10 samples would only say that none of 10 showed the class.
     """
+
+    MIN_FORGET_SAMPLES = 50  # the default floor of `resolved_forget_samples_per_class`
 
     eval_samples_per_class: int = option(
         50, "Samples generated per class (per digit, over its prompts) to judge.", aliases=("--samples_per_class",)
+    )
+    forget_samples_per_class: int | None = option(
+        None,
+        "Samples generated per erased class to judge FA (spread over its prompts, rounded up to a whole number per "
+        "prompt); default: max(50, eval_samples_per_class).",
     )
     guidance_scale: float = option(2.0, "Guidance scale of the judged samples.")
     num_inference_steps: int = option(20, "Sampling steps of the judged samples.")
@@ -86,5 +95,14 @@ class EvaluationArguments:
         check_field_values(self)
         if self.eval_samples_per_class < 1 or self.num_inference_steps < 1:
             raise ValueError("eval_samples_per_class and num_inference_steps must be >= 1.")
+        if self.forget_samples_per_class is not None and self.forget_samples_per_class < 1:
+            raise ValueError(f"forget_samples_per_class must be >= 1 or None, got {self.forget_samples_per_class}.")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}.")
+
+    @property
+    def resolved_forget_samples_per_class(self) -> int:
+        """Samples judged per erased class: `forget_samples_per_class`, else max(50, `eval_samples_per_class`)."""
+        if self.forget_samples_per_class is not None:
+            return self.forget_samples_per_class
+        return max(self.MIN_FORGET_SAMPLES, self.eval_samples_per_class)

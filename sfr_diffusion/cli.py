@@ -1,7 +1,8 @@
 """Command lines generated from the option dataclasses: one default and one help text per option, in the field.
 
 Each field of a dataclass becomes ``--field_name`` (plus its ``aliases``); a boolean that is off by default becomes a
-switch, one that is on by default gets its ``negative`` switch (``--no_mask``); ``int`` and ``float`` values must be
+switch, one that is on by default gets its ``negative`` switch (``--no_mask``); one with ``several`` in its metadata
+takes one value or more (a list; the erase command's ``--concept``); ``int`` and ``float`` values must be
 finite numbers, and ``none`` clears an optional number. Values are then checked by the dataclass itself, so the
 library and the command line refuse the same things. Errors are one line, as is every user error of our commands.
 """
@@ -23,6 +24,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class ExtendDefault(argparse.Action):
+    """A flag that takes one value or several (``--x a b``, or ``--x a --x b``): its first use replaces the default,
+    later uses add to it (argparse's ``extend`` would add to the default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (given if given is not self.default else []) + list(values))
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -81,6 +91,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str) ->
         kwargs = {"dest": field.name, "default": _default(field), "help": help_text}
         if "choices" in metadata:
             kwargs["choices"] = list(metadata["choices"])
+        if metadata.get("several"):
+            kwargs.update(nargs="+", action=ExtendDefault)
         if "str" not in kinds and ("int" in kinds or "float" in kinds):
             kwargs["type"] = number(int if "float" not in kinds else float, optional="None" in kinds)
         group.add_argument(*flags, **kwargs)

@@ -5,6 +5,8 @@
     >>> result = sfr_diffusion.erase(pipe, "three")                  # SFR-on, 50 iterations, ~15 s on 2 CPU cores
     >>> result.metrics["after"]["FA"], result.metrics["after"]["RA"]
     >>> result.save_pretrained("outputs/digits-ddpm-erase-three")   # a standard diffusers folder
+    >>> result = sfr_diffusion.erase(pipe, ["three", "seven"])       # several at once, with an FA for each
+    >>> result.metrics["after"]["FA_per_concept"]                    # {"three": ..., "seven": ...}
 
 The same call erases a class from a DiT (``load_pipeline("digits-dit")``, or ``facebook/DiT-XL-2-256`` with
 ``data=DataArguments(dataset_name=...)``) and a concept from Stable Diffusion (``load_pipeline("digits-sd")``, or
@@ -27,10 +29,11 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from .arguments import EvaluationArguments
 from .export import export_pipeline, render_model_card
 from .families import family_for
+from .forgetting import evaluation_seed
 from .methods import METHODS, MethodConfig, get_method_class
 from .presets import preset_for
 from .saliency import Mask
-from .sources import resolve_data
+from .sources import concept_names, default_anchor, resolve_concepts, resolve_data
 from .training import (
     TRAINABLE,
     PhaseEvent,
@@ -51,12 +54,13 @@ HEADLINE_METRICS = ("FA", "FA_paraphrases", "RA", "FID")
 class ErasureResult:
     """What :func:`erase` did. The pipeline it was given now holds the erased denoiser.
 
-    ``config`` is what the export's ``unlearning_config.json`` records (the full settings, per-class metrics, the
-    history of tracked evaluations); ``metrics`` is ``{"before": ..., "after": ...}`` (None without an evaluator).
+    ``concepts`` lists what was erased, in the order given; ``config`` is what the export's
+    ``unlearning_config.json`` records (the full settings, per-class metrics, the history of tracked evaluations);
+    ``metrics`` is ``{"before": ..., "after": ...}`` (None without an evaluator).
     """
 
     pipeline: object
-    concept: str
+    concepts: list[str]
     method: str
     steps: int
     seconds: dict
@@ -67,6 +71,11 @@ class ErasureResult:
     model_card: str
     mask: Mask | None = field(default=None, repr=False)
     is_main_process: bool = True
+
+    @property
+    def concept(self) -> str:
+        """The erased concept, or the erased concepts joined by ", " (for display; :attr:`concepts` lists them)."""
+        return ", ".join(self.concepts)
 
     def save_pretrained(
         self,
@@ -99,17 +108,23 @@ class ErasureResult:
         return output_dir
 
     def brief(self) -> dict:
-        """A short, rounded summary for a terminal: what was erased, the cost, the headline metrics."""
-        summary = {"erased": self.concept, "method": self.method, "steps": self.steps, "seconds": self.seconds}
+        """A short, rounded summary for a terminal: what was erased (a name, or the list of several), the cost, the
+        headline metrics (with several concepts also each one's FA, where the evaluator gives it)."""
+        erased = self.concepts[0] if len(self.concepts) == 1 else list(self.concepts)
+        summary = {"erased": erased, "method": self.method, "steps": self.steps, "seconds": self.seconds}
         before, after = self.metrics.get("before"), self.metrics.get("after")
         if after:
             keys = [k for k in HEADLINE_METRICS if after.get(k) is not None]
+            if len(self.concepts) > 1 and after.get("FA_per_concept"):
+                keys.append("FA_per_concept")
             summary["before"] = {k: _rounded(before.get(k)) for k in keys}
             summary["after"] = {k: _rounded(after.get(k)) for k in keys}
         return summary
 
 
 def _rounded(value, digits: int = 3):
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
     return round(value, digits) if isinstance(value, float) else value
 
 
@@ -156,13 +171,17 @@ def build_accelerator(training: TrainingArguments) -> Accelerator:
     )
 
 
-def evaluator_for(evaluate, pipeline, concept: str, preset, seed: int) -> Callable[[], dict] | None:
+def evaluator_for(evaluate, pipeline, concepts: Sequence[str], preset, seed: int) -> Callable[..., dict] | None:
     """``evaluate``: None (the preset's evaluator at its defaults, if any), False (none), EvaluationArguments (the
-    preset's evaluator with them, if any) or a callable ``pipeline → metrics``."""
+    preset's evaluator with them, if any) or a callable ``pipeline → metrics``.
+
+    The evaluator returned takes the tracked step (``step=n``; None before and after erasing). The preset's one
+    judges samples drawn with ``evaluation_seed(seed, step)``: fresh noise at every tracked step, `seed` itself before
+    and after (see :func:`sfr_diffusion.forgetting.evaluation_seed`); its metrics record it as ``"seed"``."""
     if evaluate is False:
         return None
     if callable(evaluate) and not isinstance(evaluate, EvaluationArguments):
-        return lambda: evaluate(pipeline)
+        return lambda step=None: evaluate(pipeline)
     if evaluate is not None and not isinstance(evaluate, EvaluationArguments):
         raise TypeError(f"evaluate must be None, False, EvaluationArguments or a callable, got {evaluate!r}.")
     if preset is None or preset.evaluate is None:
@@ -170,12 +189,17 @@ def evaluator_for(evaluate, pipeline, concept: str, preset, seed: int) -> Callab
             logger.info("No evaluator knows this model (only the digits world has a judge): FA/RA are not measured.")
         return None
     settings = evaluate or EvaluationArguments()
-    return lambda: preset.evaluate(pipeline, [concept], settings, seed)
+
+    def evaluator(step: int | None = None) -> dict:
+        drawn = evaluation_seed(seed, step)
+        return {**preset.evaluate(pipeline, list(concepts), settings, drawn), "seed": drawn}
+
+    return evaluator
 
 
 def erase(
     pipeline,
-    concept: str | int,
+    concept: str | int | Sequence[str | int],
     *,
     method: str | MethodConfig = "sfr_on",
     data=None,
@@ -185,12 +209,16 @@ def erase(
     accelerator: Accelerator | None = None,
     base_model: str | None = None,
 ) -> ErasureResult:
-    """Erase `concept` from `pipeline` in place and return what was done.
+    """Erase `concept` (or several concepts at once) from `pipeline` in place and return what was done.
 
     Args:
         pipeline: a class-conditional DDPM (``ClassConditionalDDPMPipeline``), a ``DiTPipeline`` or a
             ``StableDiffusionPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
-        concept: a class name from ``id2label`` or a class id; for text-to-image models the concept text.
+        concept: a class name from ``id2label`` or a class id; for text-to-image models the concept text. A list or
+            tuple erases several at once: the forget set holds each one's images, the remain set none of them, and
+            the preset's evaluator reports each one's FA as ``FA_per_concept``. A string is always one concept
+            (``"three,seven"`` is no class name; commas are part of prompts). An empty or repeated concept is an
+            error.
         method: a method name (``"sfr_on"``, ``"ft"``, ``"ga"``, ``"rl"``, ``"salun"``, ``"esd"``) or its config
             (e.g. ``SFROnConfig(forget_loss="remap")``).
         data: None (the model's preset decides), a :class:`DataArguments`, a `datasets.Dataset` with a label or
@@ -208,6 +236,7 @@ def erase(
 
         result = erase(load_pipeline("digits-ddpm"), "three")
         result = erase(load_pipeline("digits-dit"), "seven")
+        result = erase(load_pipeline("digits-ddpm"), ["three", "seven"])  # several at once
         result = erase(load_pipeline("digits-sd"), "three", method=SFROnConfig(remap_target="a blank image"))
         result.save_pretrained("outputs/digits-sd-erase-three")
     """
@@ -216,7 +245,9 @@ def erase(
     method_class = method_class_for(method_config)
     family = family_for(pipeline)
     preset = preset_for(pipeline)
-    concept = str(concept).strip()
+    names = concept_names(concept)
+    # An unknown class, or one class named twice, is an error now, not after the data.
+    conditions = resolve_concepts(family, names)
     check_checkpoints_dir(training)
     resolve_resume(training)  # a checkpoint that cannot be resumed from is an error now, not after the data
     # Family defaults are resolved here, so that the export records what ran.
@@ -225,19 +256,20 @@ def erase(
     if getattr(method_config, "forget_loss", False) is None:
         method_config = replace(method_config, forget_loss=family.default_forget_loss)
     method_class.check_config(method_config, family)
+    _check_remap_target(method_config, family, preset, names, conditions)
     own_accelerator = accelerator is None
     accelerator = accelerator or build_accelerator(training)
     set_seed(training.seed)
     pipeline.to(accelerator.device)
 
     target = resolve_data(
-        data, family, concept, preset=preset, seed=training.seed, main_process_first=accelerator.main_process_first
+        data, family, names, preset=preset, seed=training.seed, main_process_first=accelerator.main_process_first
     )
     logger.info(
-        "Erasing %r (%s, condition %d): %d forget / %d remain images",
-        target.name, family.name, target.condition, len(target.forget), len(target.remain),
+        "Erasing %s (%s, conditions %s): %d forget / %d remain images",
+        target.names, family.name, target.conditions, len(target.forget), len(target.remain),
     )  # fmt: skip
-    evaluator = evaluator_for(evaluate, pipeline, concept, preset, training.seed)
+    evaluator = evaluator_for(evaluate, pipeline, target.names, preset, training.seed)
     main = accelerator.is_main_process
     tracked = evaluator is not None and training.eval_every is not None  # the run measures step 0 itself
     metrics_before = evaluator() if evaluator and main and not tracked else None
@@ -282,7 +314,7 @@ def erase(
     }
     card = render_model_card(
         base_model=base_model,
-        erased=target.name,
+        erased=target.names,
         method_name=method_class.name,
         paper=method_class.paper,
         steps=outcome.steps,
@@ -294,7 +326,7 @@ def erase(
     )
     return ErasureResult(
         pipeline=pipeline,
-        concept=target.name,
+        concepts=target.names,
         method=method_class.name,
         steps=outcome.steps,
         seconds=seconds,
@@ -306,6 +338,21 @@ def erase(
         mask=outcome.mask,
         is_main_process=main,
     )
+
+
+def _check_remap_target(method_config, family, preset, names: list[str], conditions: list[int]) -> None:
+    """A remap onto an erased concept (the explicit target, or a text model's default anchor) would pull the concepts
+    onto one of themselves: refuse it before any data work."""
+    if getattr(method_config, "forget_loss", None) != "remap":
+        return
+    target = method_config.remap_target
+    if target is None and family.text_conditioned:
+        target = default_anchor(preset)
+    if target is not None and family.resolve_class(target) in conditions:
+        raise ValueError(
+            f"The remap target {target!r} is erased here ({names}): remap onto a class or prompt that is kept "
+            "(--remap_target)."
+        )
 
 
 def _anchor_summary(method, family) -> dict:

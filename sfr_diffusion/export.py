@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import diffusers
@@ -219,7 +220,7 @@ def format_metric(value, digits: int = 3) -> str:
 def render_model_card(
     *,
     base_model: str,
-    erased: str,
+    erased: str | Sequence[str],
     method_name: str,
     paper: str,
     steps: int,
@@ -229,7 +230,9 @@ def render_model_card(
     mask_statistics: dict | None,
     pipeline_class: str,
 ) -> str:
-    """A diffusers-style model card: what was erased from which model, how, and what it measured."""
+    """A diffusers-style model card: what was erased (one concept, or several) from which model, how, and what it
+    measured (with several concepts, each one's FA where the evaluator gives ``FA_per_concept``)."""
+    erased = [erased] if isinstance(erased, str) else list(erased)
     rows = ""
     if metrics_before and metrics_after:
         for key in ("FA", "FA_paraphrases", "RA", "FID"):
@@ -237,12 +240,21 @@ def render_model_card(
                 rows += (
                     f"| {key} | {format_metric(metrics_before.get(key))} | {format_metric(metrics_after.get(key))} |\n"
                 )
+            if key == "FA" and len(erased) > 1:
+                before, after = metrics_before.get("FA_per_concept") or {}, metrics_after.get("FA_per_concept") or {}
+                for concept in [c for c in erased if c in after]:
+                    values = f"{format_metric(before.get(concept))} | {format_metric(after[concept])}"
+                    rows += f"| FA ({concept}) | {values} |\n"
     table = (
         "| metric | before | after |\n|---|---|---|\n" + rows
         if rows
         else "No evaluation was run (metrics need a judge for this model's classes).\n"
     )
     density = f"{mask_statistics['density']:.1%}" if mask_statistics else "no mask"
+    title = ", ".join(f"`{concept}`" for concept in erased)
+    bold = [f"**{concept}**" for concept in erased]
+    bold = bold[0] if len(bold) == 1 else f"{', '.join(bold[:-1])} and {bold[-1]}"
+    each_note = "" if len(erased) == 1 else "\nFA (name): the same for one of the erased concepts alone;"
     if hasattr(diffusers, pipeline_class):
         loader = (
             f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
@@ -270,9 +282,9 @@ tags:
 - {method_name}
 ---
 
-# {pipeline_class}: `{erased}` erased from `{base_model}`
+# {pipeline_class}: {title} erased from `{base_model}`
 
-This pipeline is `{base_model}` with **{erased}** erased by **{method_name}** using
+This pipeline is `{base_model}` with {bold} erased by **{method_name}** using
 [sfr-diffusion](https://pypi.org/project/sfr-diffusion/).
 
 - Method: {method_name} — {paper}
@@ -281,7 +293,7 @@ This pipeline is `{base_model}` with **{erased}** erased by **{method_name}** us
 
 ## Evaluation
 
-FA: share of samples generated for the erased class or concept still judged as it (lower is better);
+FA: share of samples generated for the erased class or concept still judged as it (lower is better);{each_note}
 FA_paraphrases: the same on prompt phrasings never used during erasure (text-to-image models).
 RA: accuracy on the other classes. FID: Fréchet distance of judge features, other classes vs real images.
 

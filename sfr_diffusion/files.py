@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+MAX_CONCEPT_NAME = 80  # of the concept part of a default export name: folder names and Hub repository ids stay short
 
 
 def staging_path(target: Path, kind: str = "partial", pid: int | None = None) -> Path:
@@ -42,8 +46,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._") or "model"
 
 
-def default_export_name(model: str | Path, concept: str) -> str:
+def default_export_name(model: str | Path, concept: str | Sequence[str]) -> str:
     """``<model>-erase-<concept>``: the default export folder name, so that runs with other models or concepts never
-    share a folder."""
+    share a folder. Several concepts are joined by ``-`` (``digits-ddpm-erase-three-seven``); a name that would grow
+    past :data:`MAX_CONCEPT_NAME` characters is cut there and ends in a hash of all of them, so it stays unique."""
     model_name = Path(str(model).rstrip("/\\")).name
-    return f"{slug(model_name)}-erase-{slug(concept)}"
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    name = "-".join(slug(c) for c in concepts)
+    if len(name) > MAX_CONCEPT_NAME:
+        digest = hashlib.sha256(json.dumps([str(c) for c in concepts]).encode()).hexdigest()[:8]
+        name = f"{name[: MAX_CONCEPT_NAME - 9].rstrip('._-')}-{digest}"
+    return f"{slug(model_name)}-erase-{name}"
+
+
+def write_new_file(target: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Write `text` to the file `target` through a hidden sibling renamed into place; an existing file is replaced
+    only with `overwrite` (a folder never)."""
+    target = Path(target)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a folder; give a file path.")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass --overwrite to replace it.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(target)
+    try:
+        staging.write_text(text)
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target

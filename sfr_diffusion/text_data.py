@@ -175,13 +175,25 @@ def with_prompt_ids(dataset, family, text_column: str = "text"):
     return dataset.add_column(PROMPT_ID_COLUMN, ids)
 
 
-def split_by_caption(dataset, concept: str, text_column: str = "text") -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of (forget, remain): captions that name `concept`, and the others."""
+def split_by_caption(
+    dataset, concepts: str | Sequence[str], text_column: str = "text"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of (forget, remain): captions that name any of `concepts` (one, or several), and the others.
+
+    A concept that no caption names is an error (a misspelling would otherwise erase nothing of it)."""
     if text_column not in dataset.column_names:
         raise ValueError(f"Column {text_column!r} not in the data set; columns are {dataset.column_names}.")
-    named = np.array([mentions(text, concept) for text in dataset[text_column]], dtype=bool)
-    if not named.any():
-        raise ValueError(f"No caption in column {text_column!r} mentions {concept!r}.")
+    concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+    if not concepts:
+        raise ValueError("No concept to split the captions by.")
+    captions = dataset[text_column]
+    named = np.zeros(len(captions), dtype=bool)
+    for concept in concepts:
+        names_it = np.array([mentions(text, concept) for text in captions], dtype=bool)
+        if not names_it.any():
+            raise ValueError(f"No caption in column {text_column!r} mentions {concept!r}.")
+        named |= names_it
     if named.all():
-        raise ValueError(f"Every caption mentions {concept!r}: there is nothing to remain.")
+        what = repr(concepts[0]) if len(concepts) == 1 else f"one of {concepts}"
+        raise ValueError(f"Every caption mentions {what}: there is nothing to remain.")
     return np.flatnonzero(named), np.flatnonzero(~named)

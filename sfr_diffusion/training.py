@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from .arguments import option
 from .data import BatchSampler, LabelledImages
+from .forgetting import held_for
 from .methods import Phase, UnlearningMethod
 from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
 from .validation import check_field_values
@@ -84,6 +86,11 @@ class TrainingArguments:
     report_to: str | None = option(None, '"tensorboard", "wandb", "all"... (default: none).')
     gradient_checkpointing: bool = option(False, "Trade compute for memory in the denoiser.")
     eval_every: int | None = option(None, "Also measure FA/RA every N iterations (where an evaluator exists).")
+    stop_when_forgotten: int | None = option(
+        None,
+        "With an evaluator and --eval_every: stop once FA ≤ 0.01 with RA ≥ base − 0.01 has held for this many "
+        "consecutive evaluations (see sfr_diffusion.forgetting).",  # no percent sign: argparse formats help with %
+    )
     trainable: str = option(
         "all",
         "Which denoiser weights train (cross-attention exists in text-conditioned UNets only).",
@@ -112,10 +119,12 @@ class TrainingArguments:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
-        for name in ("checkpointing_steps", "checkpoints_total_limit", "eval_every"):
+        for name in ("checkpointing_steps", "checkpoints_total_limit", "eval_every", "stop_when_forgotten"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}.")
+        if self.stop_when_forgotten is not None and self.eval_every is None:
+            raise ValueError("stop_when_forgotten needs eval_every: forgetting is judged at the tracked evaluations.")
         if self.checkpoints_dir is None:
             for name in ("checkpointing_steps", "resume_from_checkpoint"):
                 if getattr(self, name) is not None:
@@ -345,10 +354,15 @@ def run_erasure(
     forget: LabelledImages,
     remain: LabelledImages,
     args: TrainingArguments,
-    evaluate: Callable[[], dict] | None = None,
+    evaluate: Callable[..., dict] | None = None,
     callbacks: tuple[Callable[[PhaseEvent], None], ...] = (),
 ) -> TrainingOutcome:
     """Erase with `method`; the family's denoiser is trained in place. Evaluates every ``eval_every`` steps.
+
+    `evaluate` is called as ``evaluate(step=n)`` on the main process (a preset's evaluator draws fresh noise per
+    step). With ``args.stop_when_forgotten`` the run ends after the tracked evaluation at which the forgetting rule
+    (:mod:`sfr_diffusion.forgetting`) has held that many evaluations in a row; ``TrainingOutcome.steps`` is then the
+    iterations run.
 
     The family must be prepared for training (:meth:`DiffusionFamily.prepared_for_training`) and
     ``args.learning_rate`` set; :func:`sfr_diffusion.erase` does both.
@@ -399,17 +413,25 @@ def run_erasure(
     def reduce_sum(value: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(value.detach().clone(), reduction="sum")
 
-    if evaluate is not None and args.eval_every and start_step == 0:
-        history.append({"step": 0, **_evaluate_on_main(accelerator, raw_model, evaluate)})
+    tracked = evaluate is not None and args.eval_every is not None
+    if args.stop_when_forgotten and not tracked:
+        logger.warning(
+            "stop_when_forgotten: this run has no evaluator, so it runs all %d iterations.", args.max_train_steps
+        )
+    stop_after = args.stop_when_forgotten if tracked else None
+    if tracked and start_step == 0:
+        history.append({"step": 0, **_evaluate_on_main(accelerator, raw_model, evaluate, 0)})
+    # Checked before the first step too: a resumed run that had already stopped there runs no further iteration.
+    stop = _held_long_enough(accelerator, history, stop_after)
 
     progress = tqdm(
-        range(start_step, args.max_train_steps),
+        range(start_step, start_step if stop else args.max_train_steps),
         initial=start_step,
         total=args.max_train_steps,
         desc=f"{method.name}",
         disable=not accelerator.is_local_main_process,
     )
-    start, eval_seconds = time.perf_counter(), 0.0
+    start, eval_seconds, steps_run = time.perf_counter(), 0.0, start_step
     for step in progress:
         logs, drawn = {}, {}
         for phase in method.phases:
@@ -440,22 +462,33 @@ def run_erasure(
             raise FloatingPointError(f"Non-finite loss at step {step}: {losses}")
         accelerator.log({k: v for k, v in logs.items() if math.isfinite(v)}, step=step + 1)
         progress.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("/loss")})
-        if evaluate is not None and args.eval_every and (step + 1) % args.eval_every == 0:
+        steps_run = step + 1
+        if tracked and steps_run % args.eval_every == 0:
             eval_start = time.perf_counter()
-            history.append({"step": step + 1, **_evaluate_on_main(accelerator, raw_model, evaluate)})
+            history.append({"step": steps_run, **_evaluate_on_main(accelerator, raw_model, evaluate, steps_run)})
+            stop = _held_long_enough(accelerator, history, stop_after)
             eval_seconds += time.perf_counter() - eval_start
-        if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
+        if args.checkpointing_steps and steps_run % args.checkpointing_steps == 0:
             seconds = resumed_seconds + time.perf_counter() - start - eval_seconds
             state = {"history": history, "train_seconds": seconds, "mask_seconds": mask_seconds}
-            save_checkpoint(accelerator, args, step + 1, state)
+            save_checkpoint(accelerator, args, steps_run, state)
+        if stop:  # after this step's checkpoint, so that one holds the evaluations that decided the stop
+            break
     progress.close()
+    if stop:
+        logger.info(
+            "Forgotten: FA ≤ 1%% with RA ≥ base − 1 point held for %d evaluations; stopped after %d of %d iterations.",
+            stop_after,
+            steps_run,
+            args.max_train_steps,
+        )
     # Evaluation is measurement, not erasure; after a resume the interrupted part's seconds count too.
     train_seconds = resumed_seconds + time.perf_counter() - start - eval_seconds
     # Remove accelerate's autocast wrapper from the denoiser's forward: exports and "after" metrics run in the
     # precision the user loads the pipeline in, like the "before" metrics.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
     return TrainingOutcome(
-        steps=args.max_train_steps,
+        steps=steps_run,
         mask_seconds=mask_seconds,
         train_seconds=train_seconds,
         mask_statistics=mask_statistics(mask.keep) if mask is not None else None,
@@ -513,11 +546,37 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, resum
     return ForgetMask.from_mask({name: m.to(accelerator.device) for name, m in mask.items()})
 
 
-def _evaluate_on_main(accelerator, raw_model, evaluate) -> dict:
+def _evaluate_on_main(accelerator, raw_model, evaluate, step: int) -> dict:
     result = {}
     if accelerator.is_main_process:
         raw_model.eval()
-        result = evaluate()
+        result = evaluate(step=step)
         raw_model.train()
     accelerator.wait_for_everyone()
     return result
+
+
+def _held_long_enough(accelerator, history: list, needed: int | None) -> bool:
+    """Whether the forgetting rule held at the last `needed` evaluations, base RA from step 0's (False when `needed`
+    is None or there is no step-0 evaluation to compare with).
+
+    Only the main process holds the metrics of the evaluations made in this run (the others record the step alone),
+    so it decides and broadcasts the decision: every process stops after the same step. An error (an evaluation
+    without FA or RA) is broadcast as well and raised everywhere, rather than leaving the other processes waiting.
+    """
+    if needed is None:
+        return False
+    decision = [False]
+    if accelerator.is_main_process and history and history[0]["step"] == 0:
+        base_ra = history[0].get("RA")
+        if base_ra is None:
+            decision[0] = "stop_when_forgotten: the step-0 evaluation measured no RA to compare later ones with."
+        else:
+            try:
+                decision[0] = held_for(history, base_ra) >= needed
+            except ValueError as error:  # an evaluation without FA or RA
+                decision[0] = str(error)
+    (decision,) = broadcast_object_list(decision)
+    if isinstance(decision, str):
+        raise ValueError(decision)
+    return decision

@@ -63,7 +63,8 @@ def test_the_default_erasure_keeps_its_measured_fa_and_ra(ddpm, tmp_path):
     assert config["training"]["learning_rate"] == 2e-3  # the DDPM family's default, recorded as used
     assert config["method_config"]["forget_loss"] == "ascent" and config["family"] == "ddpm"  # the family's default
     assert set(result.brief()) == {"erased", "method", "steps", "seconds", "before", "after"}
-    assert result.brief()["after"] == {"FA": 0.0, "RA": 0.996, "FID": 25.685}
+    brief = result.brief()["after"]  # rounded to 3 decimals; FID's third moves with the CPU's float kernels
+    assert brief == {"FA": 0.0, "RA": 0.996, "FID": pytest.approx(25.685, abs=2e-3)}
 
 
 def test_erase_and_the_command_line_give_bit_identical_weights(tmp_path):
@@ -229,13 +230,15 @@ def test_tracked_runs_export_an_fa_ra_curve(ddpm, tmp_path):
 
 
 def test_the_console_commands_are_installed_with_the_package():
-    """The wheel holds neither scripts/ nor app.py: sfr-erase, sfr-evaluate and sfr-app are its entry points."""
+    """The wheel holds neither scripts/ nor app.py: sfr-erase, sfr-evaluate, sfr-attack and sfr-app are its entry
+    points."""
     from importlib.metadata import entry_points
 
     commands = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name.startswith("sfr-")}
     assert commands == {
         "sfr-erase": "sfr_diffusion.commands.erase:cli",
         "sfr-evaluate": "sfr_diffusion.commands.evaluate:cli",
+        "sfr-attack": "sfr_diffusion.commands.attack:cli",
         "sfr-app": "sfr_diffusion.app:cli",
     }
     for value in commands.values():

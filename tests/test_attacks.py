@@ -169,7 +169,7 @@ def test_the_preset_supplies_real_images_of_the_digit_and_judges(class_pipeline)
 def sfr_evaluation():
     from sfr_diffusion import EvaluationArguments
 
-    return EvaluationArguments(eval_samples_per_class=2, num_inference_steps=2)
+    return EvaluationArguments(eval_samples_per_class=2, forget_samples_per_class=4, num_inference_steps=2)
 
 
 def test_the_sd_attack_stands_in_for_every_prompt_the_judge_uses(sd_pipeline):
@@ -212,7 +212,8 @@ def test_the_script_attacks_an_export_and_writes_a_new_results_file(tmp_path):
     export = result.save_pretrained(tmp_path / "erased")
     out = tmp_path / "attack.json"
     flags = ["--attack", "relearn", "--relearn_steps", "2", "--attack_evaluations", "1", "--attack_images", "4",
-             "--eval_samples_per_class", "2", "--num_inference_steps", "2", "--results_json", out]  # fmt: skip
+             "--eval_samples_per_class", "2", "--forget_samples_per_class", "4", "--num_inference_steps", "2",
+             "--results_json", out]  # fmt: skip
     done = run_script(export, *flags)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())

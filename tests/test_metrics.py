@@ -1,5 +1,6 @@
 """FA, RA and FID-digits: the formulas, and the bundled judge's behaviour on digits and on non-digits."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,7 @@ from scipy import linalg
 from sfr_diffusion.digits import bundled_path
 from sfr_diffusion.digits.data import digits_tensor
 from sfr_diffusion.digits.judge import DigitsClassifier, non_digit_images
-from sfr_diffusion.digits.metrics import class_erasure_metrics, frechet_distance
+from sfr_diffusion.digits.metrics import class_erasure_metrics, frechet_distance, generate_per_class
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,75 @@ def test_metrics_when_the_class_is_gone(judge):
         assert shares[c] == pytest.approx(metrics["per_class_accuracy"][c])
     assert metrics["RA"] >= 0.95
     assert np.isfinite(metrics["FID"])  # on the nine remaining classes only: unaffected by the blanks
+
+
+class CountingReplay(ReplayPipeline):
+    """A ReplayPipeline that counts its calls."""
+
+    calls = 0
+
+    def __call__(self, class_labels, **kwargs):
+        self.calls += 1
+        return super().__call__(class_labels, **kwargs)
+
+
+def test_forget_classes_get_their_own_sample_count_in_one_call(judge):
+    pipeline = CountingReplay()
+    metrics = class_erasure_metrics(
+        pipeline, judge, [3], samples_per_class=5, forget_samples_per_class=30, num_inference_steps=1, seed=4
+    )
+    assert pipeline.calls == 1
+    assert metrics["forget_samples"] == 30 and metrics["remain_samples_per_class"] == metrics["samples_per_class"] == 5
+    assert metrics["label_distribution"][3][3] >= 0.95 and metrics["seed"] == 4
+    default = class_erasure_metrics(CountingReplay(), judge, [3, 5], samples_per_class=4, num_inference_steps=1)
+    assert default["forget_samples"] == 8 and default["remain_samples_per_class"] == 4  # both erased classes: 4 each
+
+
+def test_text_prompts_of_forget_classes_get_proportionally_more_samples():
+    seen = []
+
+    def text_pipeline(prompts, generator=None, **kwargs):
+        seen.extend(prompts)
+        return SimpleNamespace(images=torch.zeros(len(prompts), 1, 8, 8))
+
+    text_pipeline.device = torch.device("cpu")
+    prompts = {3: ["a 3", "three", "III"], 4: ["a 4", "four", "IV"]}
+    images, labels, _ = generate_per_class(
+        text_pipeline, [3, 4], {3: 10, 4: 10}, guidance_scale=1.0, num_inference_steps=1, class_prompts=prompts,
+        round_up=[3],
+    )  # fmt: skip
+    assert seen.count("three") == 4 and seen.count("four") == 3  # 10 samples over 3 prompts: at least 10 / at most
+    assert labels.tolist() == [3] * 12 + [4] * 9 and len(images) == 21
+
+
+@pytest.mark.parametrize(("alias", "default_guidance"), [("ddpm", 1.0), ("dit", 4.0)])
+def test_guidance_sweep_on_the_bundled_models(judge, alias, default_guidance):
+    """A few samples and two sampling steps: the sweep's bookkeeping, not the models' quality."""
+    from sfr_diffusion import load_pipeline
+    from sfr_diffusion.digits.metrics import guidance_sweep
+
+    pipeline = load_pipeline(f"digits-{alias}")
+    sweep = guidance_sweep(
+        pipeline, [3], scales=(1.0, 3.0), samples_per_class=2, forget_samples_per_class=6, num_inference_steps=2,
+        seed=5, judge=judge,
+    )  # fmt: skip
+    per_guidance = sweep["per_guidance"]
+    assert list(per_guidance) == sorted({"1.0", "3.0", str(default_guidance)}, key=float)
+    assert sweep["default_guidance"] == default_guidance
+    assert sweep["FA_worst"] == max(m["FA"] for m in per_guidance.values())
+    assert sweep["RA_worst"] == min(m["RA"] for m in per_guidance.values())
+    assert per_guidance[str(sweep["worst_guidance"])]["FA"] == sweep["FA_worst"]
+    for scale, metrics in per_guidance.items():
+        assert metrics["guidance_scale"] == float(scale) and metrics["seed"] == 5 and np.isfinite(metrics["FID"])
+        assert metrics["forget_samples"] == 6 and metrics["remain_samples_per_class"] == 2
+
+
+def test_the_evaluate_command_sweeps_guidance(capsys):
+    from sfr_diffusion.commands.evaluate import main
+
+    argv = ["digits-ddpm", "--forget", "three", "--guidance_scales", "2", "--samples_per_class", "2"]
+    metrics = main([*argv, "--forget_samples_per_class", "3", "--num_inference_steps", "2"])
+    assert list(metrics["per_guidance"]) == ["1.0", "2.0"] and metrics["default_guidance"] == 1.0
+    assert metrics["per_guidance"]["2.0"]["forget_samples"] == 3
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["forget"] == [3] and printed["FA_worst"] == metrics["FA_worst"]

@@ -32,11 +32,16 @@ PROG = "attack.py"
 
 
 def erased_concept(path: Path) -> str | None:
-    """The concept an export records as erased, or None for a folder that is not an export."""
+    """The concept an export records as erased, or None for a folder that is not an export; an export of several
+    concepts needs --concept to say which one to attack."""
     config_path = path / UNLEARNING_CONFIG_FILE
     if not config_path.exists():
         return None
-    return json.loads(config_path.read_text())["erased"]["concept"]
+    erased = json.loads(config_path.read_text())["erased"]
+    concepts = erased.get("concepts") or [erased["concept"]]
+    if len(concepts) > 1:
+        raise ValueError(f"{path} erased several concepts {concepts}: pass --concept with the one to attack.")
+    return concepts[0]
 
 
 def main(argv=None) -> dict:
@@ -52,7 +57,7 @@ def main(argv=None) -> dict:
     add_dataclass_arguments(parser, AttackArguments, "attack budget")
     add_dataclass_arguments(parser, EvaluationArguments, "judged samples")
     parser.add_argument("--debug", action="store_true", help="Show the traceback of an error instead of one line.")
-    parser.set_defaults(eval_samples_per_class=20)
+    parser.set_defaults(eval_samples_per_class=20, forget_samples_per_class=100)  # ASR on 100 samples
     args = parser.parse_args(argv)
     arguments = dataclass_from_args(AttackArguments, args)
     evaluation = dataclass_from_args(EvaluationArguments, args)
@@ -60,7 +65,7 @@ def main(argv=None) -> dict:
         raise FileExistsError(f"--results_json {args.results_json} exists; pass --overwrite to replace it.")
 
     path = Path(resolve_model(args.pipeline))
-    concept = args.concept or erased_concept(path)
+    concept = args.concept if args.concept is not None else erased_concept(path)
     if concept is None:
         raise ValueError(f"{args.pipeline} is not an export that records its concept: pass --concept.")
     images = load_image_dataset(train_data_dir=args.images) if args.images else None

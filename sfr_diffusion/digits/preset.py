@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..arguments import EvaluationArguments
 from ..families import family_for
 from ..presets.preset import Preset
 from . import is_digits_world
 from .data import load_digits_dataset
-from .prompts import NEUTRAL_PROMPT, digit_of, digits_sd_prompts
+from .prompts import NEUTRAL_PROMPT, digit_of, digit_prompts, digits_sd_prompts
 
 
 def judged_digits(family, concepts: Sequence[str]) -> list[int]:
@@ -20,18 +22,55 @@ def judged_digits(family, concepts: Sequence[str]) -> list[int]:
     return sorted({digit for digit in map(digit_of, concepts) if digit is not None})
 
 
+def fa_per_concept(family, concepts: Sequence[str], metrics: dict) -> dict[str, float | None]:
+    """Each erased concept's own FA, read from the judge's ``per_class_accuracy`` (None for a text concept that
+    names no digit)."""
+    accuracy = metrics.get("per_class_accuracy") or {}
+    per_concept = {}
+    for concept in concepts:
+        digits = judged_digits(family, [concept])
+        per_concept[str(concept)] = accuracy.get(digits[0]) if digits else None
+    return per_concept
+
+
 def evaluate_digits(pipeline, concepts: Sequence[str], settings: EvaluationArguments, seed: int = 0) -> dict:
-    """FA/RA/FID-digits of a digits pipeline after (or before) erasing `concepts`, by the bundled judge."""
+    """FA/RA/FID-digits of a digits pipeline after (or before) erasing `concepts`, by the bundled judge.
+
+    The erased digits get ``settings.resolved_forget_samples_per_class`` samples each, the others
+    ``settings.eval_samples_per_class``.
+    """
     from .metrics import digits_world_metrics
 
-    return digits_world_metrics(
+    metrics = digits_world_metrics(
         pipeline,
         judged_digits(family_for(pipeline), concepts),
         samples_per_class=settings.eval_samples_per_class,
+        forget_samples_per_class=settings.resolved_forget_samples_per_class,
         guidance_scale=settings.guidance_scale,
         num_inference_steps=settings.num_inference_steps,
         seed=seed,
     )
+    return {**metrics, "FA_per_concept": fa_per_concept(family_for(pipeline), concepts, metrics)}
+
+
+def _named_digit(concept: str) -> int:
+    digit = digit_of(concept)
+    if digit is None:
+        raise ValueError(f"{concept!r} names no digit: the digits world has images of 'zero'..'nine' only.")
+    return digit
+
+
+def digit_images(concept: str):
+    """The training split's images of the digit `concept` names (what an attacker of an erasure holds)."""
+    digit = _named_digit(concept)
+    dataset = load_digits_dataset("train")
+    return dataset.select(np.flatnonzero(np.asarray(dataset["label"]) == digit))
+
+
+def judged_digit_prompts(concept: str) -> list[str]:
+    """Every prompt the digits SD is judged with for the digit `concept` names: its captions and held-out ones."""
+    digit = _named_digit(concept)
+    return digit_prompts(digit, "train") + digit_prompts(digit, "held_out")
 
 
 DIGITS_PRESET = Preset(
@@ -40,6 +79,9 @@ DIGITS_PRESET = Preset(
     prompts=digits_sd_prompts,
     anchor=NEUTRAL_PROMPT,
     evaluate=evaluate_digits,
+    judge="the bundled digits classifier (sfr_diffusion/digits/assets/judge)",
+    concept_images=digit_images,
+    judged_prompts=judged_digit_prompts,
 )
 
 

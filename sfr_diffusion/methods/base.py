@@ -143,6 +143,9 @@ def remain_terms(family, model, batch: Batch, label_dropout: float, weight: floa
 
 
 def random_remain_conditions(forget: Batch, remain: Batch) -> torch.Tensor:
-    """For each forget sample, the condition of a remain sample picked by its own uniform draw (reproducible)."""
+    """For each forget sample, the condition of a remain sample picked by its own uniform draw (reproducible).
+
+    Never a forgotten condition, however many concepts are erased: the remain set holds none of them (the data
+    checks it, :func:`sfr_diffusion.sources.resolve_data`)."""
     picks = (forget.uniform * len(remain.labels)).long().clamp(max=len(remain.labels) - 1)
     return remain.labels[picks]

@@ -3,7 +3,8 @@ Models", ICCV 2023).
 
 The model's prediction for the concept is pulled toward the frozen original's prediction *guided away* from it:
 ``ε_θ(x_t, c) → ε_θ₀(x_t, ∅) − η (ε_θ₀(x_t, c) − ε_θ₀(x_t, ∅))``. For class-conditional models the class label plays
-the prompt's role and the null class the empty prompt's. ESD draws x_t by sampling the model from the prompt; here
+the prompt's role and the null class the empty prompt's; each forget sample is guided away from its own condition,
+so one run erases several concepts at once. ESD draws x_t by sampling the model from the prompt; here
 x_t is the forget images noised at random timesteps, the data every method in this package shares.
 """
 

@@ -6,7 +6,8 @@ on the forget data, the c′ side without gradient as in SalUn's DDPM code).
 Training the forget images *under* the wrong condition (the classifier recipe) would teach the other classes to draw
 the forgotten one and leave its own condition untouched; the remap changes what the forgotten condition produces.
 The wrong conditions are drawn from the remain batch's own conditions: other classes for class-conditional models,
-other prompts for text-to-image ones — never the forgotten one, on every family alike.
+other prompts for text-to-image ones — never a forgotten one (none of them, when several concepts are erased at
+once), on every family alike.
 """
 
 from __future__ import annotations

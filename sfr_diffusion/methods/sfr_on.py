@@ -174,7 +174,8 @@ class SFROn(UnlearningMethod):
 
     def remap_conditions(self, forget: Batch, remain: Batch | None) -> torch.Tensor:
         """Each forget sample's target condition: the fixed remap target, or one of the remain batch's conditions
-        picked by the sample's own uniform draw (remap_others: never the forgotten condition)."""
+        picked by the sample's own uniform draw (remap_others: never a forgotten condition). The fixed target is never
+        an erased concept either (:func:`sfr_diffusion.erase` refuses one)."""
         if self.forget_loss == "remap_others":
             return random_remain_conditions(forget, remain)
         return torch.full_like(forget.labels, self.remap_condition)
