@@ -376,3 +376,57 @@ def test_remap_others_takes_no_remap_target(pipeline):
     with pytest.raises(ValueError, match="remap_others takes its targets from the remain set"):
         SFROn.check_config(SFROnConfig(forget_loss="remap_others", remap_target="seven"), family)
     SFROn.check_config(SFROnConfig(forget_loss="remap_others"), family)  # no target: fine
+
+
+# --- robust SFR-on: the adversarial forget step ---------------------------------------------------------------------
+
+
+def forget_batch(family, forget_remain):
+    return BatchSampler(forget_remain[0], family, BATCH, seed=0, stream=0).batch(0)
+
+
+def test_the_adversarial_embedding_draws_the_forget_batch_better_and_leaves_the_weights_alone(pipeline, forget_remain):
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(adversarial_steps=5, adversarial_step_size=0.05), family)
+    batch = forget_batch(family, forget_remain)
+    x0, labels = family.encode(batch.images), batch.labels
+    embedding = method.adversarial_embedding(x0, labels, batch)
+
+    def loss_with(candidate):
+        with torch.no_grad(), family.condition_embedding_override([FORGET_CLASS], candidate):
+            return float(family.diffusion_loss(family.denoiser, x0, labels, batch.draw).mean())
+
+    start = family.condition_embedding(FORGET_CLASS)
+    assert loss_with(embedding) < loss_with(start)
+    assert (embedding - start).abs().max() <= 5 * 0.05 + 1e-6  # signed steps: at most steps × size per coordinate
+    assert all(p.grad is None for p in family.denoiser.parameters())
+
+
+@pytest.mark.parametrize("forget_loss", ["ascent", "remap_others"])
+def test_the_adversarial_forget_loss_is_the_mean_of_the_real_and_the_adversarial_one(
+    pipeline, forget_remain, forget_loss
+):
+    family = family_for(pipeline)
+    plain = SFROn(SFROnConfig(forget_loss=forget_loss), family)
+    robust = SFROn(SFROnConfig(forget_loss=forget_loss, adversarial_steps=2), family)
+    batch = forget_batch(family, forget_remain)
+    remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
+    data = {"forget": batch, "remain": remain} if forget_loss == "remap_others" else batch
+    phase = robust.phases[0]
+    kwargs = dict(step=0, total_steps=STEPS, reduce_sum=lambda t: t, num_processes=1)
+    robust_terms = robust.loss(phase, family.denoiser, data, **kwargs)
+    plain_terms = plain.loss(phase, family.denoiser, data, **kwargs)
+    embedding = robust.adversarial_embedding(family.encode(batch.images), batch.labels, batch)
+    with family.condition_embedding_override([FORGET_CLASS], embedding):
+        at_adversary = plain.loss(phase, family.denoiser, data, **kwargs)
+    expected = (plain_terms["loss"] + at_adversary["loss"]) / 2
+    assert torch.allclose(robust_terms["loss"], expected, rtol=1e-5)
+    prefix = "forget_mse" if forget_loss == "ascent" else "forget_remap"
+    assert f"{prefix}_adversarial" in robust_terms and f"{prefix}_adversarial" not in plain_terms
+
+
+def test_adversarial_settings_are_checked():
+    with pytest.raises(ValueError, match="adversarial_steps must be >= 0"):
+        SFROnConfig(adversarial_steps=-1)
+    with pytest.raises(ValueError, match="adversarial_step_size > 0"):
+        SFROnConfig(adversarial_step_size=0.0)

@@ -77,6 +77,16 @@ class SFROnConfig(MethodConfig):
         "batches (with --temperature 0 and --no_mask: the paper's 'R').",
         negative="--no_online",
     )
+    adversarial_steps: int = option(
+        0,
+        "Robust SFR-on: before each forget step, this many signed-gradient steps move the forgotten condition's "
+        "embedding (class-embedding rows; a text prompt's encoder hidden states) toward the concept with the model "
+        "frozen, as the inversion attack does, and the forget loss is the mean of its value at the real condition "
+        "and at that embedding (AdvUnlearn's idea for text). 0: off.",
+    )
+    adversarial_step_size: float = option(
+        0.05, "Size of each signed-gradient step of --adversarial_steps, per embedding coordinate."
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,6 +97,8 @@ class SFROnConfig(MethodConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.mask_batches < 1:
             raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}.")
+        if self.adversarial_steps < 0 or self.adversarial_step_size <= 0:
+            raise ValueError("adversarial_steps must be >= 0 and adversarial_step_size > 0.")
         self.check_grad_norms("forget_max_grad_norm", "remain_max_grad_norm")
         self.check_label_dropout()
 
@@ -185,27 +197,57 @@ class SFROn(UnlearningMethod):
         x0 = family.encode(batch.images.to(family_device(model)))
         labels = batch.labels.to(x0.device)  # the real label, never dropped: the null branch is not attacked
         alpha = forget_weight(step, total_steps, cfg.alpha, cfg.cosine_decay)
+        target = None
         if self.forget_loss != "ascent":
-            x_t = family.noisy(x0, batch.draw)
-            timesteps = batch.draw.timesteps.to(x0.device)
             self.frozen.to(x0.device)
             with torch.no_grad():
                 conditions = self.remap_conditions(batch, remain).to(x0.device)
-                target = family.predict(self.frozen, x_t, timesteps, conditions)
-            per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
-            # Mean over the global batch; DDP averages gradients over processes, hence the division by global size.
-            loss = alpha * per_sample.sum() * num_processes / batch.global_size
-            terms = {"loss": loss, "forget_remap": per_sample.detach().mean()}
-        else:
-            per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
-            weights = adaptive_weights(per_sample, cfg.temperature, reduce_sum)
-            # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.
-            loss = weighted_ascent_loss(per_sample, weights, alpha) * num_processes
-            terms = {"loss": loss, "forget_mse": per_sample.detach().mean()}
-        terms["alpha"] = torch.tensor(alpha, device=x0.device)
+                timesteps = batch.draw.timesteps.to(x0.device)
+                target = family.predict(self.frozen, family.noisy(x0, batch.draw), timesteps, conditions)
+        loss, per_sample = self._forget_loss(model, x0, labels, batch, target, alpha, reduce_sum, num_processes)
         prefix = "forget_mse" if self.forget_loss == "ascent" else "forget_remap"
+        terms = {prefix: per_sample.detach().mean()}
+        if cfg.adversarial_steps:
+            embedding = self.adversarial_embedding(x0, labels, batch)
+            with family.condition_embedding_override(labels.unique().tolist(), embedding):
+                adversarial, adversarial_per_sample = self._forget_loss(
+                    model, x0, labels, batch, target, alpha, reduce_sum, num_processes
+                )
+            loss = (loss + adversarial) / 2
+            terms[f"{prefix}_adversarial"] = adversarial_per_sample.detach().mean()
+        terms |= {"loss": loss, "alpha": torch.tensor(alpha, device=x0.device)}
         terms.update(timestep_quartile_terms(prefix, per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
+
+    def _forget_loss(self, model, x0, labels, batch, target, alpha, reduce_sum, num_processes):
+        """The forget loss of the batch and its per-sample terms: the remap onto `target`, or weighted ascent."""
+        family = self.family
+        if target is not None:
+            timesteps = batch.draw.timesteps.to(x0.device)
+            per_sample = per_sample_mse(family.predict(model, family.noisy(x0, batch.draw), timesteps, labels), target)
+            # Mean over the global batch; DDP averages gradients over processes, hence the division by global size.
+            return alpha * per_sample.sum() * num_processes / batch.global_size, per_sample
+        per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
+        weights = adaptive_weights(per_sample, self.config.temperature, reduce_sum)
+        # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.
+        return weighted_ascent_loss(per_sample, weights, alpha) * num_processes, per_sample
+
+    def adversarial_embedding(self, x0, labels, batch) -> torch.Tensor:
+        """The embedding that draws the forget batch best after ``adversarial_steps`` signed-gradient steps from the
+        model's own embedding of its first condition, the weights frozen (one embedding stands in for every forget
+        condition of the batch, as the inversion attack's does for a concept's prompts). Only the embedding gets
+        gradients (``torch.autograd.grad``) and the unwrapped denoiser runs, so neither the weights' ``.grad`` nor
+        DDP's gradient reduction sees these steps."""
+        family, cfg = self.family, self.config
+        model = family.denoiser
+        embedding = family.condition_embedding(int(labels[0])).to(x0.device).requires_grad_(True)
+        with family.condition_embedding_override(labels.unique().tolist(), embedding):
+            for _ in range(cfg.adversarial_steps):
+                loss = family.diffusion_loss(model, x0, labels, batch.draw).mean()
+                (gradient,) = torch.autograd.grad(loss, [embedding])
+                with torch.no_grad():
+                    embedding -= cfg.adversarial_step_size * gradient.sign()
+        return embedding.detach()
 
     def _remain_terms(self, model, batch):
         return remain_terms(self.family, model, batch, self.config.label_dropout, self.config.remain_weight)
