@@ -25,11 +25,12 @@ from pathlib import Path
 
 from reporting import FA_TARGET, RA_TOLERANCE, git_commit, iterations_to_forget, machine_description, write_section
 
-from sfr_diffusion import EvaluationArguments
+from sfr_diffusion import EvaluationArguments, load_pipeline
 from sfr_diffusion.attacks import AttackArguments, run_attacks
 from sfr_diffusion.commands import erase as erase_command
 from sfr_diffusion.digits import DIGIT_NAMES
 from sfr_diffusion.digits.metrics import guidance_sweep
+from sfr_diffusion.forgetting import forgotten_at_every_guidance
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
@@ -104,8 +105,7 @@ def fmt(value, percent: bool = False) -> str:
 def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str], family: str) -> str:
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
     worst = [headline(r) for r in rows]
-    held = sum(w["FA_worst"] <= FA_TARGET and w["RA_worst"] >= r["before"]["RA"] - RA_TOLERANCE
-               for w, r in zip(worst, rows, strict=True))  # fmt: skip
+    held = sum(forgotten_at_every_guidance(r["final"], r["base_final"]) for r in rows)
     title = TITLES.get(family, family)
     first = rows[0]
     scales = ", ".join(first["final"]["per_guidance"])
@@ -129,8 +129,8 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
         f"- *FA, RA (worst)*: the final model at guidance {scales} (the pipeline's default is "
         f"{first['final']['default_guidance']:g}), {first['final']['per_guidance']['2.0']['forget_samples']} samples "
         f"of the digit and {first['final']['per_guidance']['2.0']['remain_samples_per_class']} of each other digit "
-        "per scale: the highest FA and the lowest RA over the scales. FID-digits at guidance 2 on the nine other "
-        "digits against held-out real ones.",
+        "per scale: the highest FA and the lowest RA over the scales (*RA base (worst)*: the original model's, on "
+        "the same noise). FID-digits at guidance 2 on the nine other digits against held-out real ones.",
         "- *Iterations to forget*: the first tracked iteration from which FA ≤ 1% with RA ≥ base RA − 1 point holds "
         "at every later evaluation.",
         "- *Seconds*: saliency mask + erasure loop, evaluation excluded.",
@@ -143,7 +143,7 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
             f"{budget['inversion_learning_rate']:g}), relearning and relearning after resetting the digit's "
             f"embedding row(s) ({budget['relearn_steps']} steps at the family's learning rate); judged at guidance 2."
         )
-    header = "| digit | FA before | FA after (worst) | RA before | RA after (worst) | FID before | FID after | "
+    header = "| digit | FA before | FA after (worst) | RA base (worst) | RA after (worst) | FID before | FID after | "
     header += "iterations to forget | "
     header += "ASR inversion | ASR relearn | ASR relearn + reset | " if attacked else ""
     header += "mask density | seconds (mask + erase) |"
@@ -154,7 +154,7 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
             f"{r['digit']} ({r['name']})",
             fmt(b["FA"], True),
             fmt(w["FA_worst"], True) + f" (at {w['worst_guidance']:g})",
-            fmt(b["RA"], True),
+            fmt(r["base_final"]["RA_worst"], True),
             fmt(w["RA_worst"], True),
             fmt(b["FID"]),
             fmt(w["FID_g2"]),
@@ -168,7 +168,8 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
     lines += [
         "",
         f"**Forgetting that holds (FA ≤ 1% with RA ≥ base − 1 point from some tracked iteration on) on {reached} of "
-        f"{len(rows)} digits; at every guidance scale of the final model on {held} of {len(rows)}.**",
+        f"{len(rows)} digits; at every guidance scale of the final model (RA against the original's at that scale) "
+        f"on {held} of {len(rows)}.**",
     ]
     if plot is not None:
         shown = plot.resolve().relative_to(ROOT) if plot.resolve().is_relative_to(ROOT) else plot
@@ -244,6 +245,7 @@ def main(argv=None) -> list[dict]:
                 "mask_density": summary["mask_statistics"]["density"],
                 "seconds": summary["seconds"],
                 "history": summary["history"],
+                "base_final": final_judgement(args, load_pipeline(args.model), digit),
                 "final": final_judgement(args, result.pipeline, digit),
                 "attacks": attacks(args, result.pipeline, digit) if args.attacks else None,
                 "family": summary["family"],

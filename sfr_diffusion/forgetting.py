@@ -110,3 +110,13 @@ def sweep_guidance(evaluate: Callable[[float], dict], scales: Iterable[float], d
         "RA_worst": min(m["RA"] for m in per_guidance.values()),
         "worst_guidance": worst,
     }
+
+
+def forgotten_at_every_guidance(sweep: Mapping, base_sweep: Mapping) -> bool:
+    """Whether the rule holds at every guidance scale of `sweep` (a :func:`sweep_guidance` result), each scale's RA
+    against the base model's RA at that same scale in `base_sweep` (stronger guidance changes RA by itself)."""
+    base = base_sweep["per_guidance"]
+    missing = sorted(set(sweep["per_guidance"]) - set(base))
+    if missing:
+        raise ValueError(f"The base model was not measured at guidance {missing}: nothing to compare RA with.")
+    return all(is_forgotten(metrics, base[scale]["RA"]) for scale, metrics in sweep["per_guidance"].items())

@@ -187,3 +187,17 @@ def test_a_resumed_run_that_had_stopped_runs_no_further_step(pipeline, tmp_path,
 def test_an_evaluation_without_fa_stops_the_run_with_a_clear_error(pipeline, fresh_accelerate_state):
     with pytest.raises(ValueError, match="no FA or RA"):
         erase(pipeline, "three", method=FTConfig(), training=TrainingArguments(**TINY), evaluate=lambda p: {"RA": 1})
+
+
+def test_forgetting_at_every_guidance_compares_each_scale_with_the_base_at_that_scale():
+    from sfr_diffusion.forgetting import forgotten_at_every_guidance
+
+    base = {"per_guidance": {"1.0": {"FA": 1.0, "RA": 1.0}, "7.5": {"FA": 1.0, "RA": 0.90}}}
+    erased = {"per_guidance": {"1.0": {"FA": 0.0, "RA": 0.995}, "7.5": {"FA": 0.0, "RA": 0.895}}}
+    assert forgotten_at_every_guidance(erased, base)  # 0.895 is within a point of the base's 0.90 at 7.5
+    erased["per_guidance"]["7.5"]["FA"] = 0.02
+    assert not forgotten_at_every_guidance(erased, base)
+    erased["per_guidance"]["7.5"] = {"FA": 0.0, "RA": 0.88}
+    assert not forgotten_at_every_guidance(erased, base)
+    with pytest.raises(ValueError, match="not measured at guidance"):
+        forgotten_at_every_guidance({"per_guidance": {"4.0": {"FA": 0.0, "RA": 1.0}}}, base)
