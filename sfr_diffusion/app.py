@@ -56,7 +56,7 @@ from PIL import Image, ImageDraw
 from .arguments import EvaluationArguments
 from .digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from .erasure import ErasureResult, erase
-from .export import UNLEARNING_CONFIG_FILE, format_metric, is_export
+from .export import UNLEARNING_CONFIG_FILE, erased_concepts, format_metric, is_export, read_unlearning_config
 from .families import DiffusionFamily, family_for
 from .files import default_export_name
 from .loading import load_pipeline
@@ -238,17 +238,6 @@ def display(images: list[Image.Image], labels: Sequence[str] | None = None) -> I
 # --- erased exports and their cards ----------------------------------------------------------------------------------
 
 
-def read_unlearning_config(folder: str | Path) -> dict | None:
-    """An export's ``unlearning_config.json``, or None for a pipeline folder that has none."""
-    path = Path(folder) / UNLEARNING_CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
 def original_of(config: dict | None) -> str | None:
     """The model an export was erased from, as the app names it (a bundled alias or a path)."""
     base = (config or {}).get("base_model")
@@ -264,9 +253,9 @@ class ErasedExport:
 
     @property
     def label(self) -> str:
-        concept = (self.config.get("erased") or {}).get("concept", "?")
+        concepts = ", ".join(map(repr, erased_concepts(self.config))) or "?"
         base = original_of(self.config) or "?"
-        return f"{self.path}: {concept!r} erased from {base} ({self.config.get('method', '?')})"
+        return f"{self.path}: {concepts} erased from {base} ({self.config.get('method', '?')})"
 
 
 def find_exports(outputs_dirs: Sequence[str | Path]) -> list[ErasedExport]:
@@ -292,7 +281,7 @@ def export_card(config: dict | None, path: str) -> str:
     erased = config.get("erased") or {}
     seconds = config.get("seconds") or {}
     facts = [
-        f"**Erased** {erased.get('concept', '?')!r}",
+        f"**Erased** {', '.join(map(repr, erased_concepts(config))) or '?'}",
         f"**from** {config.get('base_model', '?')}",
         f"**method** {config.get('method', '?')} ({config.get('family', '?')})",
         f"**iterations** {config.get('steps', '?')}",

@@ -217,6 +217,23 @@ def format_metric(value, digits: int = 3) -> str:
     return str(value)
 
 
+def read_unlearning_config(folder: str | Path) -> dict | None:
+    """An export's ``unlearning_config.json``, or None for a pipeline folder that has none."""
+    path = Path(folder) / UNLEARNING_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def erased_concepts(config: dict) -> list[str]:
+    """The concepts an export's ``unlearning_config.json`` records as erased (one, or several)."""
+    erased = config.get("erased") or {}
+    return list(erased.get("concepts") or ([erased["concept"]] if "concept" in erased else []))
+
+
 def render_model_card(
     *,
     base_model: str,

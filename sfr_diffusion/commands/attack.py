@@ -22,7 +22,7 @@ from ..arguments import EvaluationArguments
 from ..attacks import ATTACKS, AttackArguments, run_attacks
 from ..cli import HelpFormatter, OneLineParser, add_dataclass_arguments, dataclass_from_args, run_command
 from ..data import load_image_dataset
-from ..export import UNLEARNING_CONFIG_FILE
+from ..export import erased_concepts, read_unlearning_config
 from ..files import write_new_file
 from ..loading import load_pipeline
 from ..presets import resolve_model
@@ -34,11 +34,10 @@ PROG = "attack.py"
 def erased_concept(path: Path) -> str | None:
     """The concept an export records as erased, or None for a folder that is not an export; an export of several
     concepts needs --concept to say which one to attack."""
-    config_path = path / UNLEARNING_CONFIG_FILE
-    if not config_path.exists():
+    config = read_unlearning_config(path)
+    if config is None:
         return None
-    erased = json.loads(config_path.read_text())["erased"]
-    concepts = erased.get("concepts") or [erased["concept"]]
+    concepts = erased_concepts(config)
     if len(concepts) > 1:
         raise ValueError(f"{path} erased several concepts {concepts}: pass --concept with the one to attack.")
     return concepts[0]

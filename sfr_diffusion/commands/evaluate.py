@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..arguments import EvaluationArguments
 from ..cli import HelpFormatter, OneLineParser, add_dataclass_arguments, dataclass_from_args, number, run_command
-from ..export import UNLEARNING_CONFIG_FILE
+from ..export import erased_concepts, read_unlearning_config
 from ..forgetting import default_guidance_scale, sweep_guidance
 from ..loading import load_pipeline
 from ..presets import preset_for, resolve_model
@@ -49,10 +49,9 @@ def main(argv=None) -> dict:
     if preset is None or preset.evaluate is None:
         raise ValueError(f"{args.pipeline} is not a model any preset can judge (the digits world's, today).")
     forget = args.forget
-    config_path = path / UNLEARNING_CONFIG_FILE
-    if forget is None and config_path.exists():
-        erased = json.loads(config_path.read_text())["erased"]
-        forget = erased.get("concepts") or [erased["concept"]]  # several concepts, or the one
+    config = read_unlearning_config(path)
+    if forget is None and config is not None:
+        forget = erased_concepts(config)
     if args.guidance_scales:
         metrics = sweep_guidance(
             lambda scale: preset.evaluate(pipeline, forget or [], replace(settings, guidance_scale=scale), args.seed),
