@@ -1,22 +1,43 @@
 """SFR-on against the baselines and retrain on the digits world: methods × families × forget targets, one run.
 
-    python benchmarks/benchmark.py                      # the full run: DDPM, DiT and SD digits; digits 3, 0 and 1
-    python benchmarks/benchmark.py --models digits-ddpm --digits 3 7
+    python benchmarks/benchmark.py                      # the full run: DDPM, DiT and SD digits; digits 3, 0, 1, 5, 8
+    python benchmarks/benchmark.py --models digits-ddpm --digits 3 7 --multi_digits
     python benchmarks/benchmark.py --quick              # a smoke run of every code path, into a temp folder
     python benchmarks/benchmark.py --resume             # after an interruption: reuse the finished runs
+    python benchmarks/benchmark.py --no_attacks --relearn_steps 50   # no attacks / another attack budget
     python benchmarks/benchmark.py --methods sfr_on --ablations --forget_loss remap   # + erase-command options
 
 For each model and forget digit every method gets the same iteration budget (``--iterations``) through the erase
 command (``sfr_diffusion.commands.erase``, what ``scripts/erase_concept.py`` runs; options this script does not know
-are passed on to it), with FA/RA tracked every ``--eval_every`` iterations on ``--track_samples`` samples per class.
-Learning rates: on the first digit, each method (SFR-on and the baselines) runs the same grid, the model's SFR-on
-default × ``--lr_factors``, and keeps the rate that forgets soonest (FA ≤ 1% with RA ≥ base − 1 point; ties and
-misses: lower final FA, then higher final RA); the other digits and SFR-on's ablations R, R+on and F+R+on use that
-rate. Every final model is judged on ``--final_samples`` samples per class and compared with *retrain*, the bundled
-recipe trained without the digit (cached; `sfr_diffusion.digits.retrain`): the total-variation distance between the
-judge's label distributions for the forgotten digit and, averaged, for the other digits, plus the RA and FID-digits
-differences. A short extra run per method, in a fresh process, measures peak memory. Tables, plots and the verdict
-go into BENCHMARKS.md.
+are passed on to it), with FA/RA tracked every ``--eval_every`` iterations (guidance 2) on ``--track_forget_samples``
+samples of the digit and ``--track_samples`` per other class, fresh noise at every evaluation.
+
+- Learning rates: on the first digit, each method (SFR-on and the baselines) runs the same grid, the model's SFR-on
+  default × ``--lr_factors``, and keeps the rate that forgets soonest (the first tracked iteration after which FA ≤ 1%
+  with RA ≥ base − 1 point holds at every later evaluation; ties and misses: lower final FA, then higher final RA);
+  the other digits and SFR-on's ablations R, R+on and F+R+on use that rate. Digits 5 and 8 never served to tune a
+  default.
+- The final judgement of every final model (each method's, each ablation's, retrain's, and the base model's for
+  reference): ``guidance_sweep`` at guidance 1, 2, 4 and 7.5 and the pipeline's own default, on
+  ``--final_forget_samples`` samples of the digit and ``--final_samples`` per other class, the same noise at every
+  scale. FA and RA are reported at their worst over the scales; FID-digits and the gap to *retrain* (the bundled
+  recipe trained without the digit, cached; `sfr_diffusion.digits.retrain`) at guidance 2: the total-variation
+  distance between the judge's label distributions for the forgotten digit and, averaged, for the other digits, and
+  the RA and FID-digits differences.
+- Attacks (``sfr_diffusion.attacks``: conditioning inversion, relearning, relearning after resetting the class
+  embedding) on every final model at its chosen rate and on retrain, one budget and seed for all (the ``--attack_*``,
+  ``--inversion_*`` and ``--relearn_*`` options, `AttackArguments`), judged on ``--attack_forget_samples`` samples of
+  the digit and ``--attack_samples`` per other class: ASR and the steps to FA ≥ 50%. ``--no_attacks`` skips them.
+- Several digits at once (``--multi_digits``, default 3 7 8): per model one SFR-on run erasing them together.
+- A short extra run per method, in a fresh process, measures peak memory.
+
+Tables, plots and the verdict go into BENCHMARKS.md, the numbers into the results JSON. A full run takes hours on 2
+CPU cores; resumable with --resume. Estimated from measured unit costs on one torch thread (a judged sample, a training
+iteration, an attack step, a retrain step) times the full run's counts: about 4 h for the DDPM, 2 h for DiT and 6.5 h
+for SD, one model after another, of which retraining (cached for later runs) is about 0.5, 0.4 and 1 h. Most of the
+rest is sampling for the judge: the tracked evaluations, the guidance sweeps and the attacks' evaluations, roughly a
+third each. Two processes with different ``--models`` (and ``--results_json``) use both cores; ``--render_only``
+merges their results.
 """
 
 from __future__ import annotations
@@ -30,19 +51,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from reporting import FA_TARGET, git_commit, iterations_to_forget, machine_description, write_section
+from reporting import FA_TARGET, git_commit, is_forgotten, iterations_to_forget, machine_description, write_section
 
 from sfr_diffusion import load_pipeline
+from sfr_diffusion.arguments import EvaluationArguments
+from sfr_diffusion.attacks import ATTACKS, AttackArguments, run_attacks
+from sfr_diffusion.cli import add_dataclass_arguments, dataclass_from_args
 from sfr_diffusion.commands import erase as erase_command
 from sfr_diffusion.digits import BUNDLED_ALIASES, DIGIT_NAMES
-from sfr_diffusion.digits.metrics import digits_world_metrics
+from sfr_diffusion.digits.metrics import guidance_sweep
+from sfr_diffusion.digits.registry import DEFAULT_GUIDANCE_SCALE
 from sfr_diffusion.digits.retrain import retrain
 from sfr_diffusion.families import family_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEPT_METHODS = ("sfr_on", "ft", "ga", "rl", "salun", "esd")
+BASELINES = SWEPT_METHODS[1:]
 # SFR-on's ablations (SPEC §1, the paper's Table 5): R = ascent + remain in one joint step; +on = the online
 # fast-slow pair; +F = the adaptive forget weights (temperature λ); SFR-on adds the saliency mask S.
 ABLATIONS = {
@@ -52,73 +79,157 @@ ABLATIONS = {
 }
 LABELS = {"sfr_on": "SFR-on", "ft": "FT", "ga": "GA", "rl": "RL", "salun": "SalUn", "esd": "ESD"}
 TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
+# The final judgement's guidance scales (the pipeline's own default is added: DDPM 1, DiT 4, SD 7.5). A concept erased
+# at one guidance can return at another, so FA and RA are reported at their worst over these.
+GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5)
+# FID-digits and the gap to retrain stay at the judge's guidance, the one tracking uses.
+GAP_GUIDANCE = float(DEFAULT_GUIDANCE_SCALE)
+ASR_MARGIN = 0.05  # the verdict's "no easier to attack than retrain": ASR ≤ retrain's + 5 points
+UNTUNED_DIGITS = (5, 8)  # no default (learning rates, method settings, the forgetting rule) was tuned on these
 QUICK = dict(
     models=["digits-ddpm"], digits=[3], methods=["sfr_on", "ft"], ablations=["R"], iterations=4, eval_every=2,
-    track_samples=2, final_samples=4, lr_factors=[1.0, 3.0], retrain_steps=20, memory_iterations=2,
+    track_samples=2, track_forget_samples=4, final_samples=2, final_forget_samples=4, lr_factors=[1.0, 3.0],
+    retrain_steps=20, memory_iterations=2, attack_samples=1, attack_forget_samples=4, attack_images=4,
+    inversion_steps=2, relearn_steps=2, attack_evaluations=1,
 )  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: options this script does not know go to the erase command, and must not be taken for a prefix
+    # of one of ours.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--models", nargs="+", default=list(BUNDLED_ALIASES), choices=sorted(BUNDLED_ALIASES))
-    parser.add_argument("--digits", type=int, nargs="+", default=[3, 0, 1], help="The first one is the sweep's.")
+    parser.add_argument(
+        "--digits", type=int, nargs="+", default=[3, 0, 1, 5, 8],
+        help="The first one is the learning-rate sweep's; 5 and 8 never served to tune a default.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--multi_digits", type=int, nargs="*", default=[3, 7, 8],
+        help="Erased together by one SFR-on run per model (none: skip).",
+    )  # fmt: skip
     parser.add_argument("--methods", nargs="+", default=list(SWEPT_METHODS), choices=SWEPT_METHODS)
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=sorted(ABLATIONS))
     parser.add_argument("--iterations", type=int, default=100, help="The budget, the same for every method.")
     parser.add_argument("--eval_every", type=int, default=10)
-    parser.add_argument("--track_samples", type=int, default=20, help="Samples per class when tracking FA/RA.")
-    parser.add_argument("--final_samples", type=int, default=50, help="Samples per class for the final judgement.")
+    parser.add_argument("--track_samples", type=int, default=20, help="Tracked FA/RA: samples per other class.")
+    parser.add_argument("--track_forget_samples", type=int, default=50, help="Tracked FA/RA: samples of the digit.")
+    parser.add_argument("--final_samples", type=int, default=50, help="Final judgement: samples per other class.")
+    parser.add_argument("--final_forget_samples", type=int, default=100, help="Final judgement: samples of the digit.")
     parser.add_argument("--lr_factors", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
     parser.add_argument("--retrain_steps", type=int, default=3000, help="The bundled recipe's steps.")
     parser.add_argument("--memory_iterations", type=int, default=3, help="Iterations of the peak-memory run.")
+    parser.add_argument("--no_attacks", action="store_true", help="Skip the attacks.")
+    parser.add_argument("--attack_samples", type=int, default=10, help="Attacks' judge: samples per other class.")
+    parser.add_argument("--attack_forget_samples", type=int, default=50, help="Attacks' judge: samples of the digit.")
+    add_dataclass_arguments(parser, AttackArguments, "attacks: one budget and seed for every model attacked")
     parser.add_argument("--output", type=Path, default=None, help="Default: BENCHMARKS.md (--quick: a temp folder).")
     parser.add_argument("--plots_dir", type=Path, default=None, help="Default: docs/ (--quick: next to --output).")
     parser.add_argument("--results_json", type=Path, default=None, help="Default: <plots_dir>/benchmark_methods.json")
-    parser.add_argument("--quick", action="store_true", help=f"Smoke-run settings: {QUICK}.")
+    parser.add_argument("--quick", action="store_true", help=f"Smoke-run defaults (options given still win): {QUICK}.")
     parser.add_argument("--resume", action="store_true", help="Reuse the finished runs of an interrupted benchmark.")
     parser.add_argument(
         "--render_only", type=Path, nargs="+", default=None,
         help="Rewrite tables and plots from results JSONs (several: runs of different models, merged).",
     )  # fmt: skip
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
     args, erase_args = parser.parse_known_args(argv)
     if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
         # A smoke run never touches the repository's BENCHMARKS.md or docs/.
         args.output = args.output or Path(tempfile.mkdtemp(prefix="sfr-benchmark-quick-")) / "BENCHMARKS.md"
     args.output = args.output or ROOT / "BENCHMARKS.md"
     args.plots_dir = args.plots_dir or (args.output.parent if args.quick else ROOT / "docs")
-    bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
+    bad = [d for d in args.digits + args.multi_digits if d not in range(len(DIGIT_NAMES))]
     if bad:
-        parser.error(f"--digits must be 0..9, got {bad}.")
+        parser.error(f"--digits and --multi_digits must be 0..9, got {bad}.")
+    if len(set(args.digits)) < len(args.digits) or len(set(args.multi_digits)) < len(args.multi_digits):
+        parser.error("--digits and --multi_digits must not repeat a digit.")
+    if len(args.multi_digits) == 1:
+        parser.error("--multi_digits takes several digits to erase together, or none to skip.")
     if not args.methods:
         parser.error("--methods must name at least one method.")
     if args.iterations < 1 or args.eval_every < 1 or args.eval_every > args.iterations:
         parser.error("Need --iterations >= 1 and 1 <= --eval_every <= --iterations.")
+    counts = (
+        "track_samples track_forget_samples final_samples final_forget_samples attack_samples attack_forget_samples"
+    )
+    small = [f"--{name}" for name in counts.split() if getattr(args, name) < 1]
+    if small:
+        parser.error(f"{', '.join(small)} must be >= 1.")
+    try:
+        args.attack = None if args.no_attacks else dataclass_from_args(AttackArguments, args)
+    except ValueError as error:
+        parser.error(str(error))
     args.erase_args = erase_args
     args.results_json = args.results_json or args.plots_dir / "benchmark_methods.json"
     return args
 
 
-def erase_argv(args, model: str, digit: int, method_args: list[str], output_dir: Path, **overrides) -> list[str]:
+def run_settings(args) -> dict:
+    """What the numbers depend on: a resumed run with other settings starts over, and merged results must agree."""
+    keys = "digits multi_digits iterations eval_every track_samples track_forget_samples final_samples"
+    keys += " final_forget_samples lr_factors retrain_steps memory_iterations erase_args attack_samples"
+    settings = {key: getattr(args, key) for key in (keys + " attack_forget_samples").split()}
+    return settings | {
+        "guidance_scales": list(GUIDANCE_SCALES),
+        "attacks": None if args.attack is None else list(ATTACKS),
+        "attack": None if args.attack is None else asdict(args.attack),
+    }
+
+
+def erase_argv(
+    args, model: str, digits: list[int], method_args: list[str], output_dir: Path, **overrides
+) -> list[str]:
     settings = {
         "max_train_steps": args.iterations,
         "eval_every": args.eval_every,
         "eval_samples_per_class": args.track_samples,
+        "forget_samples_per_class": args.track_forget_samples,
         **overrides,
     }
-    argv = ["--pretrained_model_name_or_path", model, "--concept", DIGIT_NAMES[digit], "--output_dir", str(output_dir)]
+    # Several digits: one run erasing them together, as separate values (a text-to-image model would take
+    # "three,seven" for one prompt).
+    concepts = [DIGIT_NAMES[d] for d in digits]
+    argv = ["--pretrained_model_name_or_path", model, "--concept", *concepts, "--output_dir", str(output_dir)]
     for key, value in settings.items():
         argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return argv + method_args + args.erase_args
 
 
-def judged(path, digit: int, samples: int) -> dict:
-    """The final judgement of a model: FA, RA, FID-digits and the judge's label distribution per class (keyed by the
-    class as a string, as it reads back from the results JSON)."""
-    metrics = digits_world_metrics(load_pipeline(path), [digit], samples_per_class=samples)
-    keys = ("FA", "FA_paraphrases", "RA", "FID", "label_distribution")
-    return json.loads(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+def judged(path, digits: list[int], args) -> dict:
+    """The final judgement of a model (a folder or an alias) for erased `digits`: ``guidance_sweep`` at
+    `GUIDANCE_SCALES` and the pipeline's default, every scale on the same noise, as the results JSON reads it back
+    (classes keyed as strings). Per scale: FA, RA, FID-digits, each class's accuracy and judged label distribution;
+    ``FA_worst``, ``RA_worst`` over the scales; ``seconds``."""
+    start = time.perf_counter()
+    sweep = guidance_sweep(
+        load_pipeline(path),
+        digits,
+        scales=GUIDANCE_SCALES,
+        samples_per_class=args.final_samples,
+        forget_samples_per_class=args.final_forget_samples,
+    )
+    return json.loads(json.dumps(sweep)) | {"seconds": time.perf_counter() - start}
+
+
+def at_guidance(final: dict, scale: float = GAP_GUIDANCE) -> dict:
+    """A final judgement's metrics at one guidance scale (by default the gap's)."""
+    return final["per_guidance"][str(float(scale))]
+
+
+def attacked(args, path, digit: int) -> dict:
+    """Every attack of `ATTACKS` on the model at `path` (an export or retrain's folder) for `digit`: the same budget,
+    seed and judge for every model, so that their ASRs compare. ``{attack: its record}`` (curve, ASR, steps_to_half,
+    budget, seconds)."""
+    evaluation = EvaluationArguments(
+        eval_samples_per_class=args.attack_samples, forget_samples_per_class=args.attack_forget_samples
+    )
+    pipeline = load_pipeline(path)
+    pipeline.set_progress_bar_config(disable=True)
+    results = run_attacks(pipeline, DIGIT_NAMES[digit], ATTACKS, arguments=args.attack, evaluation=evaluation)
+    return json.loads(json.dumps(results["attacks"]))
 
 
 def total_variation(p: list[float], q: list[float]) -> float:
@@ -126,7 +237,8 @@ def total_variation(p: list[float], q: list[float]) -> float:
 
 
 def gap_to_retrain(final: dict, retrained: dict, digit: int) -> dict:
-    """How far an erased model's final judgement is from retrain's (0 = indistinguishable by these measures)."""
+    """How far an erased model's final judgement is from retrain's (0 = indistinguishable by these measures); both at
+    one guidance scale (see `at_guidance`)."""
     erased_labels, retrain_labels = final["label_distribution"], retrained["label_distribution"]
     others = [c for c in retrain_labels if int(c) != digit]
     return {
@@ -137,16 +249,26 @@ def gap_to_retrain(final: dict, retrained: dict, digit: int) -> dict:
     }
 
 
+def holds_by_guidance(final: dict, base: dict, digits: list[int]) -> dict[str, bool]:
+    """Per guidance scale of a final judgement: does FA ≤ 1% with RA ≥ base − 1 point hold, the base model judged at
+    the same scale on the same noise? With several digits, FA is the highest of theirs."""
+    holds = {}
+    for scale, metrics in final["per_guidance"].items():
+        fa = max(metrics["per_class_accuracy"][str(d)] for d in digits)
+        holds[scale] = is_forgotten({"FA": fa, "RA": metrics["RA"]}, base["per_guidance"][scale]["RA"])
+    return holds
+
+
 class FinishedRuns:
     """Every finished run, saved to ``<results_json stem>.partial.json`` as it ends: an interrupted benchmark loses
     only the run in progress, and ``--resume`` reuses the saved runs (same settings; keyed by model, method, digit
-    and learning rate)."""
+    and learning rate, and apart: their attacks and the base and retrain judgements)."""
 
     def __init__(self, path: Path, settings: dict, resume: bool):
         self.path, self.settings, self.runs = path, settings, {}
         if resume and path.exists():
             saved = json.loads(path.read_text())
-            if saved["settings"] == settings:
+            if saved["settings"] == json.loads(json.dumps(settings)):
                 self.runs = saved["runs"]
             else:
                 print(f"Not resuming from {path}: it was run with other settings.", flush=True)
@@ -161,28 +283,63 @@ class FinishedRuns:
         return self.runs[key]
 
 
-def run_one(args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
-    key = f"{model}|{label}|{digit}|{lr!r}"
-    return args.finished.get_or_run(key, lambda: erase_and_judge(args, model, digit, label, method_args, lr, tmp))
+def run_one(
+    args,
+    model: str,
+    digits: list[int],
+    label: str,
+    method_args: list[str],
+    lr: float,
+    tmp: Path,
+    *,
+    attack: bool,
+    keep: bool = False,
+) -> dict:
+    """One erasure of `digits` through the erase command, judged (see `erase_and_judge`); with `attack` (unless
+    ``--no_attacks``) its export is attacked before it is removed. `keep` leaves the export in `tmp` (the sweep's,
+    until it has chosen the rate to attack). The erasure and its attacks are finished runs of their own: the rate a
+    sweep chooses is attacked after the sweep, and a resumed run that lost an export erases again into it (same seed,
+    same model) to attack it."""
+    name = ",".join(map(str, digits))
+    key = f"{model}|{label}|{name}|{lr!r}"
+    output_dir = tmp / f"{model}-{label}-{name.replace(',', '+')}-{lr:g}"
+    argv = erase_argv(args, model, digits, method_args, output_dir, learning_rate=lr)
+    row = args.finished.get_or_run(key, lambda: erase_and_judge(args, digits, label, lr, argv, output_dir))
+    if attack and args.attack is not None:
+
+        def attack_export() -> dict:
+            if not (output_dir / "model_index.json").exists():
+                erase_command.main(argv)
+            return attacked(args, output_dir, digits[0])
+
+        row = row | {"attacks": args.finished.get_or_run(f"{key}|attacks", attack_export)}
+    if not keep:
+        shutil.rmtree(output_dir, ignore_errors=True)  # a folder of this run's temporary directory
+    return row
 
 
-def erase_and_judge(args, model: str, digit: int, label: str, method_args: list[str], lr: float, tmp: Path) -> dict:
-    """One erasure through the erase command (a method is a list of its options), its export judged, then removed."""
-    output_dir = tmp / f"{label}-{digit}-{lr:g}"
-    result = erase_command.main(erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr))
+def erase_and_judge(args, digits: list[int], label: str, lr: float, argv: list[str], output_dir: Path) -> dict:
+    """One erasure through the erase command (a method is a list of its options), its export judged (and left for
+    `run_one` to attack and remove)."""
+    start = time.perf_counter()
+    result = erase_command.main(argv)
+    erase_seconds = time.perf_counter() - start
     history = result.history
-    final = judged(output_dir, digit, args.final_samples)
-    shutil.rmtree(output_dir)
+    final = judged(output_dir, digits, args)
+    # Several digits: each one's tracked FA as well (the rule itself is on their FA together, as the run's early
+    # stop reads it).
+    kept = ("step", "FA", "RA") + (("FA_per_concept",) if len(digits) > 1 else ())
     return {
         "method": label,
-        "digit": digit,
+        **({"digit": digits[0]} if len(digits) == 1 else {"digits": digits}),
         "learning_rate": lr,
         "iterations_to_forget": iterations_to_forget(history, history[0]["RA"]),
-        "history": [{k: h[k] for k in ("step", "FA", "RA")} for h in history],
+        "history": [{k: h[k] for k in kept} for h in history],
         "final": final,
         "seconds_per_iteration": result.seconds["train"] / result.steps,
         "mask_seconds": result.seconds["mask"],
         "train_seconds": result.seconds["train"],
+        "erase_seconds": erase_seconds,  # the erase command's wall time: training, tracking, export
         "mask_density": (result.mask_statistics or {}).get("density"),
     }
 
@@ -211,7 +368,7 @@ def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float,
     """
     output_dir = tmp / "memory"
     short = dict(max_train_steps=args.memory_iterations, eval_every=args.memory_iterations, skip_eval=True)
-    argv = erase_argv(args, model, digit, method_args, output_dir, learning_rate=lr, **short)
+    argv = erase_argv(args, model, [digit], method_args, output_dir, learning_rate=lr, **short)
     done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *argv], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"The memory run of {method_args} failed:\n{done.stderr[-3000:]}")
@@ -224,37 +381,66 @@ def benchmark_model(args, model: str, tmp: Path) -> dict:
     family = family_for(load_pipeline(model))
     base_lr = family.default_learning_rate
     grid = [base_lr * f for f in args.lr_factors]
-    sweep_digit, runs, best_lr, retrained, memory = args.digits[0], [], {}, {}, {}
+    sweep_digit, runs, best_lr, memory = args.digits[0], [], {}, {}
+    finished = args.finished
     start = time.perf_counter()
+    targets = [[d] for d in args.digits] + ([args.multi_digits] if args.multi_digits else [])
+    # The base model, judged as every final model is: the "RA ≥ base − 1 point" of each guidance scale.
+    base = {}
+    for target in targets:
+        name = ",".join(map(str, target))
+        base[name] = finished.get_or_run(f"{model}|base|{name}", lambda target=target: judged(model, target, args))
+    retrained, retrain_attacks = {}, {}
     for digit in args.digits:
         path = retrain(family.name, digit, steps=args.retrain_steps)
-        retrained[digit] = judged(path, digit, args.final_samples)
+        retrained[digit] = finished.get_or_run(
+            f"{model}|retrain|{digit}", lambda path=path, digit=digit: judged(path, [digit], args)
+        )
+        if args.attack is not None:
+            retrain_attacks[str(digit)] = finished.get_or_run(
+                f"{model}|retrain|{digit}|attacks", lambda path=path, digit=digit: attacked(args, path, digit)
+            )
     for method in args.methods:
         method_args = ["--method", method]
-        sweep = [run_one(args, model, sweep_digit, method, method_args, lr, tmp) for lr in grid]
-        for row in sweep:
-            row["sweep"] = True
-        runs += sweep
+        # The exports of the sweep stay until it has chosen a rate; the second pass reads the finished runs, attacks
+        # the chosen rate's export and removes them all.
+        sweep = [
+            run_one(args, model, [sweep_digit], method, method_args, lr, tmp, attack=False, keep=True) for lr in grid
+        ]
         best_lr[method] = min(sweep, key=sweep_key)["learning_rate"]
+        runs += [
+            run_one(args, model, [sweep_digit], method, method_args, lr, tmp, attack=lr == best_lr[method])
+            | {"sweep": True}
+            for lr in grid
+        ]
         for digit in args.digits[1:]:
-            runs.append(run_one(args, model, digit, method, method_args, best_lr[method], tmp))
+            runs.append(run_one(args, model, [digit], method, method_args, best_lr[method], tmp, attack=True))
         memory[method] = peak_memory(args, model, sweep_digit, method_args, best_lr[method], tmp)
     ablation_lr = best_lr.get("sfr_on", base_lr)
     for name in args.ablations:
         for digit in args.digits:
-            runs.append(run_one(args, model, digit, name, ABLATIONS[name], ablation_lr, tmp))
+            runs.append(run_one(args, model, [digit], name, ABLATIONS[name], ablation_lr, tmp, attack=True))
         memory[name] = peak_memory(args, model, sweep_digit, ABLATIONS[name], ablation_lr, tmp)
-    for row in runs:
-        row["gap"] = gap_to_retrain(row["final"], retrained[row["digit"]], row["digit"])
+    multi = None
+    if args.multi_digits:
+        sfr_args = ["--method", "sfr_on"]
+        multi = run_one(args, model, args.multi_digits, "sfr_on", sfr_args, ablation_lr, tmp, attack=False)
+    runs = [
+        row | {"gap": gap_to_retrain(at_guidance(row["final"]), at_guidance(retrained[row["digit"]]), row["digit"])}
+        for row in runs
+    ]
     return {
         "model": model,
         "family": family.name,
         "iterations": args.iterations,
         "learning_rate_grid": grid,
         "best_learning_rate": best_lr | {name: ablation_lr for name in args.ablations},
+        "base": base,
         "retrain": {str(d): m for d, m in retrained.items()},
+        "retrain_attacks": retrain_attacks,
         "peak_memory_bytes": memory,
         "runs": runs,
+        "multi": multi,
         "minutes": (time.perf_counter() - start) / 60,
     }
 
@@ -296,8 +482,20 @@ def iterations_of(row: dict) -> int | None:
     return row["iterations_to_forget"]
 
 
+def reached_cell(iterations: int | None, budget: int) -> str:
+    return f"> {budget}" if iterations is None else str(iterations)
+
+
 def pct(value) -> str:
     return "–" if value is None else f"{100 * value:.0f}"
+
+
+def digits_note(digits: list[int]) -> str:
+    untuned = [d for d in digits if d in UNTUNED_DIGITS]
+    if not untuned:
+        return ""
+    names = " and ".join(str(d) for d in untuned)
+    return f" Digit{'s' if len(untuned) > 1 else ''} {names} never served to tune a default."
 
 
 def render_family(result: dict, args_summary: dict) -> list[str]:
@@ -306,29 +504,33 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
     budget = result["iterations"]
     title = TITLES.get(result["family"], result["family"])
     names = " / ".join(f"{d} ({DIGIT_NAMES[d]})" for d in digits)
+    guidance = f"{GAP_GUIDANCE:g}"
     lines = [
         f"### {title}: `{result['model']}` ({result['minutes']:.0f} minutes)",
         "",
-        f"Cells give digit {names}. FA, RA in %; *gap* = total-variation distance to retrain's judged labels "
-        "(forgotten digit / mean of the others; 0 = the same, 1 = disjoint); ΔRA, ΔFID = erased − retrain.",
+        f"Cells give digit {names}.{digits_note(digits)} FA, RA in %, each the worst over the final judgement's "
+        f"guidance scales (the highest FA, the lowest RA); FID-digits and the gaps at guidance {guidance}: *gap* = "
+        "total-variation distance to retrain's judged labels (forgotten digit / mean of the others; 0 = the same, "
+        "1 = disjoint); ΔRA, ΔFID = erased − retrain.",
         *(
             f"Rows of {', '.join(label(m) for m in sup['methods'])}: from a later run on the same machine and "
             f"settings, `{sup['command']}`."
             for sup in result.get("supplements", [])
         ),
         "",
-        "| method | learning rate | iterations to forget | FA | RA | FID-digits | gap forgotten | gap others "
-        "| ΔRA | ΔFID | s / iteration | mask s | peak memory |",
+        "| method | learning rate | iterations to forget | FA, worst over guidance | RA, worst over guidance "
+        f"| FID-digits (g {guidance}) | gap forgotten | gap others | ΔRA | ΔFID | s / iteration | mask s "
+        "| peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     retrain = result["retrain"]
     lines.append(
         "| **retrain** | – | – | "
-        + " / ".join(pct(retrain[str(d)]["FA"]) for d in digits)
+        + " / ".join(pct(retrain[str(d)]["FA_worst"]) for d in digits)
         + " | "
-        + " / ".join(pct(retrain[str(d)]["RA"]) for d in digits)
+        + " / ".join(pct(retrain[str(d)]["RA_worst"]) for d in digits)
         + " | "
-        + " / ".join(f"{retrain[str(d)]['FID']:.1f}" for d in digits)
+        + " / ".join(f"{at_guidance(retrain[str(d)])['FID']:.1f}" for d in digits)
         + " | 0 | 0 | 0 | 0 | – | – | – |"
     )
     for method, by_digit in chosen.items():
@@ -342,11 +544,11 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
             f"| {label(method)} | {result['best_learning_rate'][method]:.2g} | "
             + cells(lambda r: str(r["iterations_to_forget"] or f"> {budget}"))
             + " | "
-            + cells(lambda r: pct(r["final"]["FA"]))
+            + cells(lambda r: pct(r["final"]["FA_worst"]))
             + " | "
-            + cells(lambda r: pct(r["final"]["RA"]))
+            + cells(lambda r: pct(r["final"]["RA_worst"]))
             + " | "
-            + cells(lambda r: f"{r['final']['FID']:.1f}")
+            + cells(lambda r: f"{at_guidance(r['final'])['FID']:.1f}")
             + " | "
             + cells(lambda r: f"{r['gap']['forget_tv']:.2f}")
             + " | "
@@ -360,13 +562,15 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
             + memory_cell(memory)
             + " |"
         )
+    lines += guidance_table(result, digits)
+    lines += attack_table(result, digits)
     sweep = [r for r in result["runs"] if r.get("sweep")]
     if sweep:
         grid = result["learning_rate_grid"]
         lines += [
             "",
-            f"Learning-rate sweep on digit {digits[0]}: iterations to forget (final FA / RA %); the chosen rate in "
-            "bold.",
+            f"Learning-rate sweep on digit {digits[0]}: iterations to forget (last tracked FA / RA %, guidance "
+            f"{guidance}); the chosen rate in bold.",
             "",
             "| method | " + " | ".join(f"{lr:.2g}" for lr in grid) + " |",
             "|---|" + "---|" * len(grid),
@@ -383,6 +587,141 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
                 cells.append(f"**{text}**" if lr == result["best_learning_rate"][method] else text)
             lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def guidance_scales_of(result: dict) -> tuple[list[str], float]:
+    """The final judgement's scales as stored (ascending) and the pipeline's own default."""
+    first = next(iter(result["retrain"].values()))
+    return list(first["per_guidance"]), first["default_guidance"]
+
+
+def holds_everywhere(row: dict, base: dict) -> bool:
+    return all(holds_by_guidance(row["final"], base, [row["digit"]]).values())
+
+
+def guidance_table(result: dict, digits: list[int]) -> list[str]:
+    """FA / RA at each guidance scale, compact: per model the highest FA and lowest RA over the digits, and on how
+    many digits the rule (FA ≤ 1% with RA ≥ the base model's at that scale − 1 point) holds there."""
+    scales, default = guidance_scales_of(result)
+    base = result["base"]
+
+    def cell(finals: dict[int, dict], scale: str, rule: bool) -> str:
+        if not finals:
+            return "–"
+        metrics = {d: f["per_guidance"][scale] for d, f in finals.items()}
+        text = f"{pct(max(m['FA'] for m in metrics.values()))} / {pct(min(m['RA'] for m in metrics.values()))}"
+        if not rule:
+            return text
+        held = sum(holds_by_guidance(finals[d], base[str(d)], [d])[scale] for d in finals)
+        return f"{text} · {held}/{len(finals)}"
+
+    def line(name: str, finals: dict[int, dict], rule: bool = True) -> str:
+        every = (
+            f"{sum(all(holds_by_guidance(f, base[str(d)], [d]).values()) for d, f in finals.items())}/{len(finals)}"
+            if rule and finals
+            else "–"
+        )
+        return f"| {name} | " + " | ".join(cell(finals, s, rule) for s in scales) + f" | {every} |"
+
+    heads = [f"g {float(s):g}" + (" (default)" if float(s) == default else "") for s in scales]
+    lines = [
+        "",
+        "Per guidance scale of the final judgement (every scale on the same noise): FA / RA in %, the highest FA and "
+        "the lowest RA over the digits, and on how many digits FA ≤ 1% with RA ≥ the base model's RA at that scale − "
+        "1 point; *every g*: digits where that holds at every scale.",
+        "",
+        "| model | " + " | ".join(heads) + " | every g |",
+        "|---|" + "---|" * (len(scales) + 1),
+        line("base model", {d: base[str(d)] for d in digits if str(d) in base}, rule=False),
+        line("**retrain**", {d: result["retrain"][str(d)] for d in digits}),
+    ]
+    for method, by_digit in selected_runs(result).items():
+        lines.append(line(label(method), {d: r["final"] for d, r in by_digit.items()}))
+    return lines
+
+
+def attack_budget(records: dict[str, dict]) -> str:
+    """The attacks' shared budget as the records state it."""
+    first = next(iter(records.values()))
+    budget, settings = first["budget"], first["judge"]["settings"]
+    steps = "; ".join(
+        f"{kind} {r['budget']['steps']} steps at learning rate {r['budget']['learning_rate']:.2g}"
+        for kind, r in records.items()
+    )
+    return (
+        f"{budget['images']} real images of the digit, batch {budget['batch_size']}, Adam; {steps}; seed "
+        f"{first['seed']}; judged on {settings['forget_samples_per_class']} samples of the digit and "
+        f"{settings['eval_samples_per_class']} per other class at guidance {settings['guidance_scale']:g}"
+    )
+
+
+def attack_table(result: dict, digits: list[int]) -> list[str]:
+    chosen = selected_runs(result)
+    retrain_attacks = result.get("retrain_attacks") or {}
+    rows = [("**retrain**", {d: retrain_attacks.get(str(d)) for d in digits})]
+    rows += [(label(m), {d: (by_digit.get(d) or {}).get("attacks") for d in digits}) for m, by_digit in chosen.items()]
+    example = next((a for _, by_digit in rows for a in by_digit.values() if a), None)
+    if example is None:
+        return ["", "Attacks: not run (`--no_attacks`)."]
+    kinds = list(example)
+    lines = [
+        "",
+        f"Attacks on each final model and on retrain, the same budget for all ({attack_budget(example)}). ASR = FA "
+        "after the attack, in %; *to 50%*: the first judged attack step with FA ≥ 50% (`> n`: not within the "
+        "budget). Cells give the digits as above.",
+        "",
+        "| model | " + " | ".join(f"{kind} ASR | {kind} to 50%" for kind in kinds) + " |",
+        "|---|" + "---|" * (2 * len(kinds)),
+    ]
+    for name, by_digit in rows:
+        cells = []
+        for kind in kinds:
+            records = [(a or {}).get(kind) for a in by_digit.values()]
+            cells.append(" / ".join("–" if r is None else pct(r["ASR"]) for r in records))
+            cells.append(" / ".join("–" if r is None else steps_to_half(r) for r in records))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def steps_to_half(record: dict) -> str:
+    steps = record["steps_to_half"]
+    return f"> {record['budget']['steps']}" if steps is None else str(steps)
+
+
+def render_multi(results: list[dict], args_summary: dict) -> list[str]:
+    """The runs erasing several digits at once, one row per model."""
+    rows = [r for r in results if r.get("multi")]
+    if not rows:
+        return []
+    digits = rows[0]["multi"]["digits"]
+    names = ", ".join(str(d) for d in digits[:-1]) + f" and {digits[-1]}"
+    lines = [
+        f"### Several digits at once: SFR-on erasing {names} together",
+        "",
+        f"One SFR-on run per model (`--concept {' '.join(DIGIT_NAMES[d] for d in digits)}`, SFR-on's chosen rate, the "
+        "same budget). *Iterations to forget*: the rule on the digits' FA together (as tracked); each digit's FA and "
+        f"the RA are the worst over the guidance scales, FID-digits at guidance {GAP_GUIDANCE:g}; *every g*: at every "
+        "scale each digit's FA ≤ 1% with RA ≥ the base model's (erasing the same digits) − 1 point.",
+        "",
+        "| model | learning rate | iterations to forget | "
+        + " | ".join(f"FA {d}" for d in digits)
+        + f" | RA | FID-digits (g {GAP_GUIDANCE:g}) | every g |",
+        "|---|---|---|" + "---|" * (len(digits) + 3),
+    ]
+    for result in rows:
+        multi = result["multi"]
+        per_guidance = multi["final"]["per_guidance"].values()
+        fa = [max(m["per_class_accuracy"][str(d)] for m in per_guidance) for d in digits]
+        holds = all(holds_by_guidance(multi["final"], result["base"][",".join(map(str, digits))], digits).values())
+        lines.append(
+            f"| {TITLES.get(result['family'], result['family'])} | {multi['learning_rate']:.2g} | "
+            f"{reached_cell(multi['iterations_to_forget'], result['iterations'])} | "
+            + " | ".join(pct(v) for v in fa)
+            + f" | {pct(multi['final']['RA_worst'])} | {at_guidance(multi['final'])['FID']:.1f} | "
+            + ("yes" if holds else "no")
+            + " |"
+        )
+    return lines + [""]
 
 
 def memory_cell(memory: dict | None) -> str:
@@ -434,12 +773,94 @@ def verdict(results: list[dict], args_summary: dict) -> list[str]:
                     f"  - Cost: an SFR-on iteration takes {cost:.2f}× an FT iteration (forget + remain batch vs the "
                     f"remain batch alone); the saliency mask is {share:.1%} of a {budget}-iteration erasure."
                 )
+        else:
+            lines.append(f"- **{title}**: SFR-on was not run.")
+        lines += guidance_verdict(result, chosen, digits)
+        lines += attack_verdict(result, chosen, digits)
         lines += closest_to_retrain(chosen)
     return lines
 
 
+def guidance_verdict(result: dict, chosen: dict[str, dict[int, dict]], digits: list[int]) -> list[str]:
+    """Does FA ≤ 1% with RA ≥ base − 1 point hold at every guidance scale of the final judgement?"""
+    scales, default = guidance_scales_of(result)
+    base = result["base"]
+    shown = ", ".join(f"{float(s):g}" for s in scales)
+
+    def count(by_digit: dict[int, dict]) -> str:
+        return f"{sum(holds_everywhere(r, base[str(r['digit'])]) for r in by_digit.values())} of {len(by_digit)}"
+
+    lines = [
+        f"  - At every guidance scale ({shown}; the pipeline's default {default:g}), FA ≤ 1% with RA ≥ the base "
+        "model's − 1 point, on how many digits:"
+    ]
+    sfr = chosen.get("sfr_on", {})
+    if sfr:
+        failures = []
+        for digit, row in sfr.items():
+            holds = holds_by_guidance(row["final"], base[str(digit)], [digit])
+            failed = [s for s, ok in holds.items() if not ok]
+            if failed:
+                worst = ", ".join(
+                    f"g {float(s):g}: FA {pct(row['final']['per_guidance'][s]['FA'])}, RA "
+                    f"{pct(row['final']['per_guidance'][s]['RA'])} vs base "
+                    f"{pct(base[str(digit)]['per_guidance'][s]['RA'])}"
+                    for s in failed
+                )
+                failures.append(f"digit {digit} ({worst})")
+        detail = f"; not on {'; '.join(failures)}" if failures else ""
+        lines.append(f"    - SFR-on: {count(sfr)}{detail}.")
+    others = [f"{label(m)} {count(by_digit)}" for m, by_digit in chosen.items() if m != "sfr_on"]
+    if others:
+        lines.append(f"    - The others: {', '.join(others)}.")
+    multi = result.get("multi")
+    if multi:
+        target = multi["digits"]
+        holds = holds_by_guidance(multi["final"], base[",".join(map(str, target))], target)
+        failed = [f"{float(s):g}" for s, ok in holds.items() if not ok]
+        lines.append(
+            f"    - SFR-on erasing {', '.join(map(str, target))} together: "
+            + (f"not at guidance {', '.join(failed)}" if failed else "holds at every scale")
+            + f" (iterations to forget: {reached_cell(multi['iterations_to_forget'], result['iterations'])})."
+        )
+    return lines
+
+
+def attack_verdict(result: dict, chosen: dict[str, dict[int, dict]], digits: list[int]) -> list[str]:
+    """Per attack: is SFR-on's ASR ≤ retrain's + 5 points, and lower than every baseline's, digit by digit?"""
+    sfr = {d: r["attacks"] for d, r in chosen.get("sfr_on", {}).items() if "attacks" in r}
+    retrain_attacks = result.get("retrain_attacks") or {}
+    if not sfr:
+        return ["  - Attacks: none on SFR-on (`--no_attacks`, or SFR-on not run)."]
+    baselines = [m for m in chosen if m in BASELINES]
+    lines = [
+        f"  - Attacks, per digit: SFR-on's ASR against retrain's + {100 * ASR_MARGIN:.0f} points and against every "
+        f"baseline's ({', '.join(label(m) for m in baselines) or 'none run'}):"
+    ]
+    for kind in next(iter(sfr.values())):
+        asr = {d: a[kind]["ASR"] for d, a in sfr.items()}
+        against = [d for d in digits if d in asr and str(d) in retrain_attacks]
+        near = [d for d in against if asr[d] <= retrain_attacks[str(d)][kind]["ASR"] + ASR_MARGIN + 1e-9]
+        text = (
+            f"    - {kind}: SFR-on {' / '.join(pct(asr[d]) for d in against)}, retrain "
+            f"{' / '.join(pct(retrain_attacks[str(d)][kind]['ASR']) for d in against)}: within retrain's + "
+            f"{100 * ASR_MARGIN:.0f} points on {len(near)} of {len(against)} digits"
+        )
+        if baselines:
+            compared = [d for d in digits if d in asr and all("attacks" in chosen[m].get(d, {}) for m in baselines)]
+            not_lower = {m: [d for d in compared if asr[d] >= chosen[m][d]["attacks"][kind]["ASR"]] for m in baselines}
+            lower = [d for d in compared if not any(d in ds for ds in not_lower.values())]
+            text += f"; lower than every baseline's on {len(lower)} of {len(compared)}"
+            misses = [f"{label(m)} on {', '.join(map(str, ds))}" for m, ds in not_lower.items() if ds]
+            if misses:
+                text += f" (not lower than {'; '.join(misses)})"
+        lines.append(text + ".")
+    return lines
+
+
 def closest_to_retrain(chosen: dict[str, dict[int, dict]]) -> list[str]:
-    """Rank by the summed label gaps, over the methods that forgot every digit (final FA ≤ 1%) and over all."""
+    """Rank by the summed label gaps, over the methods that forgot every digit (FA ≤ 1% at every guidance) and over
+    all."""
 
     def gap(method: str) -> float:
         return mean(r["gap"]["forget_tv"] + r["gap"]["remain_tv"] for r in chosen[method].values())
@@ -448,10 +869,13 @@ def closest_to_retrain(chosen: dict[str, dict[int, dict]]) -> list[str]:
         ranked = sorted(methods, key=gap)[:3]
         return ", ".join(f"{label(m)} {gap(m):.2f}" for m in ranked) if ranked else "none"
 
-    forgot = [m for m, by_digit in chosen.items() if all(r["final"]["FA"] <= FA_TARGET for r in by_digit.values())]
+    forgot = [
+        m for m, by_digit in chosen.items() if all(r["final"]["FA_worst"] <= FA_TARGET for r in by_digit.values())
+    ]
     return [
-        "  - Closest to retrain (gap forgotten + gap others, mean over digits; 0 = retrain's judged labels): among "
-        f"the methods that forgot every digit, {ranking(forgot)}; among all, {ranking(chosen)}."
+        f"  - Closest to retrain (gap forgotten + gap others at guidance {GAP_GUIDANCE:g}, mean over digits; 0 = "
+        "retrain's judged labels): among the methods that forgot every digit (FA ≤ 1% at every guidance), "
+        f"{ranking(forgot)}; among all, {ranking(chosen)}."
     ]
 
 
@@ -473,7 +897,8 @@ def plot_family(result: dict, digits: list[int], path: Path) -> None:
                 style = "-" if method in SWEPT_METHODS else ":"
                 steps = [h["step"] for h in row["history"]]
                 ax.plot(steps, [100 * h[metric] for h in row["history"]], style, marker=".", label=label(method))
-            retrain_value = result["retrain"][str(digit)][metric]
+            # Tracking samples at the gap's guidance: retrain's line at the same one.
+            retrain_value = at_guidance(result["retrain"][str(digit)])[metric]
             ax.axhline(100 * retrain_value, color="black", ls="--", lw=1, label="retrain")
             ax.set_title(f"{metric}, erasing {digit} ({DIGIT_NAMES[digit]})", fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
@@ -492,6 +917,8 @@ def plot_family(result: dict, digits: list[int], path: Path) -> None:
 def render(payload: dict, output: Path, plots_dir: Path) -> None:
     args_summary, results = payload["settings"], payload["results"]
     budgets = ", ".join(f"{TITLES.get(r['family'], r['family'])}: {r['iterations']} iterations" for r in results)
+    scales = ", ".join(f"{s:g}" for s in args_summary["guidance_scales"])
+    digits = args_summary["digits"]
     lines = [
         "<!-- methods-comparison:start -->",
         "## SFR-on against the baselines and retrain",
@@ -502,17 +929,32 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         "heading)",
         f"- Date: {payload['date']}; commits (in the order of the commands): {payload['commit']}; machine: "
         f"{payload['machine']}",
+        f"- Digits {', '.join(map(str, digits))}: the learning rates were swept on {digits[0]}.{digits_note(digits)}",
         f"- Every method of a model gets the same budget ({budgets}) at batch 64 forget + 64 remain "
         "(FT: the remain batch only; GA and ESD: the forget batch only; RL, SalUn and R: both in one joint step), "
-        f"FA/RA tracked every {args_summary['eval_every']} iterations on {args_summary['track_samples']} samples per "
-        f"class; the final model judged on {args_summary['final_samples']} samples per class (guidance 2, 20 DDIM "
-        "steps, seed 0).",
-        "- *Iterations to forget*: the first tracked iteration with FA ≤ 1% and RA ≥ base − 1 point "
-        "(`> budget`: not within it). Rows show each method at the learning rate its "
-        "sweep chose (grid: the family's SFR-on default × "
+        f"FA/RA tracked every {args_summary['eval_every']} iterations (guidance {GAP_GUIDANCE:g}, fresh noise each "
+        f"time) on {args_summary['track_forget_samples']} samples of the digit and {args_summary['track_samples']} "
+        "per other class.",
+        f"- *Final judgement* of every final model (and of the base model, for reference): guidance {scales} and the "
+        f"pipeline's own default, on {args_summary['final_forget_samples']} samples of the digit and "
+        f"{args_summary['final_samples']} per other class, 20 DDIM steps, seed 0 (the same noise at every scale). "
+        "The tables' FA and RA are the worst over the scales; FID-digits and the gap to retrain are at guidance "
+        f"{GAP_GUIDANCE:g}.",
+        "- *Iterations to forget*: the first tracked iteration from which FA ≤ 1% with RA ≥ base − 1 point holds "
+        "at every later evaluation, each on fresh noise (`> budget`: not within it). Rows show each method at the "
+        "learning rate its sweep chose (grid: the family's SFR-on default × "
         + ", ".join(f"{f:.3g}" for f in args_summary["lr_factors"])
         + "); the ablations use SFR-on's. Baselines keep their published settings otherwise: SalUn keeps 50% of the "
         "weights, ESD η = 1, GA and RL weight 1.",
+        "- *Attacks* (`sfr_diffusion.attacks`): conditioning inversion (every weight frozen, the digit's condition "
+        "embedding optimised), relearning (fine-tuning on real images of the digit) and relearning after resetting "
+        "the digit's class embedding, on each final model at its chosen rate and on retrain, one budget and seed for "
+        "all; ASR = FA after the attack. "
+        + (
+            "Not run (`--no_attacks`)."
+            if args_summary.get("attack") is None
+            else "Learning-rate sweep rows are not attacked."
+        ),
         f"- *Retrain*: the bundled recipe ({args_summary['retrain_steps']} steps) without the digit's images "
         "(and, for SD, its captions); VAE and text encoder shared. *Peak memory*: peak resident memory of a fresh "
         f"process running a {args_summary['memory_iterations']}-iteration erasure without evaluation; at this size "
@@ -522,12 +964,13 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
     for result in results:
         lines += render_family(result, args_summary)
         plot = plots_dir / f"methods_digits_{result['family']}.png"
-        plot_family(result, args_summary["digits"], plot)
+        plot_family(result, digits, plot)
         try:
             shown = plot.resolve().relative_to(output.resolve().parent).as_posix()
         except ValueError:
             shown = plot.as_posix()
         lines += ["", f"![FA and RA against iteration, one line per method]({shown})", ""]
+    lines += render_multi(results, args_summary)
     lines += verdict(results, args_summary)
     lines.append("<!-- methods-comparison:end -->")
     write_section(output, "\n".join(lines) + "\n")
@@ -539,7 +982,7 @@ def merge(payloads: list[dict]) -> dict:
     first, by_model = payloads[0], {}
     for payload in payloads:
         settings = payload["settings"]
-        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != settings[k]}
+        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != settings.get(k)}
         if differs:
             raise ValueError(f"Cannot merge results whose settings differ in {sorted(differs)}.")
         for result in payload["results"]:
@@ -562,6 +1005,7 @@ def supplemented(base: dict, extra: dict, command: str) -> dict:
         "runs": [r for r in base["runs"] if r["method"] not in methods] + extra["runs"],
         "best_learning_rate": base["best_learning_rate"] | extra["best_learning_rate"],
         "peak_memory_bytes": base["peak_memory_bytes"] | extra["peak_memory_bytes"],
+        "multi": extra.get("multi") or base.get("multi"),
         "minutes": base["minutes"] + extra["minutes"],
         "supplements": base.get("supplements", []) + [{"methods": methods, "command": command}],
     }
@@ -578,11 +1022,7 @@ def main(argv=None) -> dict:
         payload = merge([json.loads(path.read_text()) for path in args.render_only])
         render(payload, args.output, args.plots_dir)
         return payload
-    settings = {
-        key: getattr(args, key)
-        for key in "digits iterations eval_every track_samples final_samples lr_factors retrain_steps".split()
-        + ["memory_iterations", "erase_args"]
-    }
+    settings = run_settings(args)
     partial = args.results_json.with_name(args.results_json.stem + ".partial.json")
     args.finished = FinishedRuns(partial, settings, args.resume)
     commit, start = git_commit(ROOT), time.perf_counter()  # the code that runs, even if the checkout changes meanwhile

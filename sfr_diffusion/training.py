@@ -31,6 +31,9 @@ TRAINABLE = {
     "all": lambda name: True,
     "cross_attention": lambda name: ".attn2." in name,
     "no_cross_attention": lambda name: ".attn2." not in name,
+    # The class-embedding tables (the DDPM's class_embedding, every DiT block's class_embedder) stay as they were, so
+    # an erasure cannot live in the forgotten class's row alone (resetting that row would undo it).
+    "no_class_embedding": lambda name: "class_embed" not in name,
 }
 # Independent random streams per kind of batch (see sfr_diffusion.data).
 FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM = 1, 2, 3, 4
@@ -93,8 +96,9 @@ class TrainingArguments:
     )
     trainable: str = option(
         "all",
-        "Which denoiser weights train (cross-attention exists in text-conditioned UNets only).",
-        choices=("all", "cross_attention", "no_cross_attention"),
+        "Which denoiser weights train (cross-attention exists in text-conditioned UNets only; no_class_embedding "
+        "keeps class-conditional models' class-embedding tables as they were).",
+        choices=tuple(TRAINABLE),
     )
 
     def __post_init__(self):

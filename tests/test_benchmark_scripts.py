@@ -139,7 +139,8 @@ def test_sweep_prefers_forgetting_soonest_then_lower_fa_then_higher_ra():
 
 
 def test_methods_benchmark_quick_mode(tmp_path):
-    """The CI run of the comparison: the sweep, retrain, the gap, the memory probe and the report."""
+    """The CI run of the comparison: the sweep, retrain, the gap, the guidance sweep, the attacks, several digits at
+    once, the memory probe and the report."""
     benchmark = load("benchmark")
     output = tmp_path / "BENCHMARKS.md"
     payload = benchmark.main(["--quick", "--output", str(output), "--plots_dir", str(tmp_path)])
@@ -153,20 +154,54 @@ def test_methods_benchmark_quick_mode(tmp_path):
     assert sweep == {(m, lr) for m in ("sfr_on", "ft") for lr in grid}
     (ablation,) = [r for r in runs if r["method"] == "R"]
     assert ablation["learning_rate"] == result["best_learning_rate"]["sfr_on"]
-    for r in runs:
+    retrained = result["retrain"]["3"]
+    for r in [*runs, result["multi"]]:
         assert [h["step"] for h in r["history"]] == [0, 2, 4]
         assert r["seconds_per_iteration"] > 0
         reached = benchmark.iterations_to_forget(r["history"], r["history"][0]["RA"])
         assert r["iterations_to_forget"] == reached
+    for final in [retrained, result["base"]["3"], *(r["final"] for r in runs)]:
+        # The whole guidance sweep: 1, 2, 4, 7.5 and the DDPM's own default (1), the worst case over them.
+        per_guidance = final["per_guidance"]
+        assert list(per_guidance) == ["1.0", "2.0", "4.0", "7.5"] and final["default_guidance"] == 1.0
+        assert final["FA_worst"] == max(m["FA"] for m in per_guidance.values())
+        assert final["RA_worst"] == min(m["RA"] for m in per_guidance.values())
+        assert {m["forget_samples"] for m in per_guidance.values()} == {4}  # --final_forget_samples
+        assert {m["remain_samples_per_class"] for m in per_guidance.values()} == {2}  # --final_samples
+    for r in runs:
         assert 0 <= r["gap"]["forget_tv"] <= 1 and 0 <= r["gap"]["remain_tv"] <= 1
-        retrained = result["retrain"]["3"]
-        assert r["gap"]["RA_difference"] == pytest.approx(r["final"]["RA"] - retrained["RA"])
+        at_two = r["final"]["per_guidance"]["2.0"]  # the gap stays at guidance 2
+        assert r["gap"]["RA_difference"] == pytest.approx(at_two["RA"] - retrained["per_guidance"]["2.0"]["RA"])
+    # Attacks: every final model at its chosen rate and retrain, one tiny budget and seed; not the other sweep rows.
+    chosen = [r for r in runs if r["learning_rate"] == result["best_learning_rate"][r["method"]]]
+    assert {r["method"] for r in chosen} == {"sfr_on", "ft", "R"}
+    assert all("attacks" not in r for r in runs if r not in chosen)
+    for attacks in [result["retrain_attacks"]["3"], *(r["attacks"] for r in chosen)]:
+        assert set(attacks) == {"inversion", "relearn", "relearn_reset"}
+        for kind, record in attacks.items():
+            assert record["attack"] == kind and record["seed"] == 0 and record["budget"]["steps"] == 2
+            assert [p["step"] for p in record["curve"]] == [0, 2] and record["ASR"] == record["curve"][-1]["FA"]
+            assert record["judge"]["settings"]["forget_samples_per_class"] == 4
+            assert record["judge"]["settings"]["eval_samples_per_class"] == 1
+    # Several digits at once: one SFR-on run erasing 3, 7 and 8, each digit judged at every guidance.
+    multi = result["multi"]
+    assert multi["method"] == "sfr_on" and multi["digits"] == [3, 7, 8] and "attacks" not in multi
+    assert multi["learning_rate"] == result["best_learning_rate"]["sfr_on"]
+    assert set(multi["history"][-1]["FA_per_concept"]) == {"three", "seven", "eight"}
+    assert {"3", "7", "8"} <= set(multi["final"]["per_guidance"]["7.5"]["per_class_accuracy"])
+    assert result["base"]["3,7,8"]["per_guidance"]["2.0"]["forget_classes"] == [3, 7, 8]
     assert {r["mask_seconds"] > 0 for r in runs if r["method"] == "sfr_on"} == {True}
     assert {r["mask_seconds"] for r in runs if r["method"] in ("ft", "R")} == {0.0}  # no mask, no mask time
     for memory in result["peak_memory_bytes"].values():
         assert memory["resident"] > 100 * 2**20  # a fresh Python process with torch
     text = output.read_text()
     assert "<!-- methods-comparison:start -->" in text and "| **retrain** |" in text and "### Verdict" in text
+    assert "| FA, worst over guidance | RA, worst over guidance | FID-digits (g 2) |" in text
+    assert "| model | g 1 (default) | g 2 | g 4 | g 7.5 | every g |" in text
+    assert "| model | inversion ASR | inversion to 50% | relearn ASR |" in text
+    assert "### Several digits at once: SFR-on erasing 3, 7 and 8 together" in text and "| DDPM | 0.002 |" in text
+    assert "At every guidance scale (1, 2, 4, 7.5; the pipeline's default 1)" in text
+    assert "SFR-on's ASR against retrain's + 5 points and against every baseline's (FT)" in text
     sfr = [r for r in runs if r["method"] == "sfr_on" and r["learning_rate"] == result["best_learning_rate"]["sfr_on"]]
     ft = [r for r in runs if r["method"] == "ft" and r["learning_rate"] == result["best_learning_rate"]["ft"]]
     cost = sfr[0]["seconds_per_iteration"] / ft[0]["seconds_per_iteration"]
@@ -176,6 +211,143 @@ def test_methods_benchmark_quick_mode(tmp_path):
     again = ["--render_only", str(results_json), "--output", str(output), "--plots_dir", str(tmp_path)]
     rendered = benchmark.main(again)
     assert rendered["results"] == json.loads(json.dumps(payload["results"]))
+    assert output.read_text() == text  # the sweep, the attacks and the several-digit row render from the JSON alone
+
+
+def verdict_result(sfr_asr: float, ft_asr: float, retrain_asr: float, sfr_fa_at_2: float) -> dict:
+    """A one-digit result with SFR-on, FT and retrain, for the verdict's arithmetic."""
+
+    def final(fa_by_scale: dict, ra: float = 0.99) -> dict:
+        per_guidance = {
+            s: {"FA": fa, "RA": ra, "per_class_accuracy": {"3": fa}, "FID": 20.0} for s, fa in fa_by_scale.items()
+        }
+        return {
+            "per_guidance": per_guidance,
+            "default_guidance": 1.0,
+            "FA_worst": max(fa_by_scale.values()),
+            "RA_worst": ra,
+        }
+
+    def attacks(asr: float) -> dict:
+        return {"inversion": {"ASR": asr, "steps_to_half": None, "budget": {"steps": 100}}}
+
+    def row(method: str, fa_by_scale: dict, asr: float) -> dict:
+        return {
+            "method": method,
+            "digit": 3,
+            "learning_rate": 1e-3,
+            "iterations_to_forget": 10,
+            "final": final(fa_by_scale),
+            "attacks": attacks(asr),
+            "gap": {"forget_tv": 0.1, "remain_tv": 0.0},
+            "seconds_per_iteration": 1.0,
+            "mask_seconds": 0.0,
+            "train_seconds": 1.0,
+        }
+
+    zero = {"1.0": 0.0, "2.0": 0.0}
+    return {
+        "family": "ddpm",
+        "iterations": 20,
+        "best_learning_rate": {"sfr_on": 1e-3, "ft": 1e-3},
+        "base": {"3": final({"1.0": 1.0, "2.0": 1.0}, ra=1.0)},
+        "retrain": {"3": final(zero)},
+        "retrain_attacks": {"3": attacks(retrain_asr)},
+        "runs": [row("sfr_on", {"1.0": 0.0, "2.0": sfr_fa_at_2}, sfr_asr), row("ft", zero, ft_asr)],
+    }
+
+
+def test_the_verdict_reports_what_the_numbers_say_either_way():
+    benchmark = load("benchmark")
+
+    def verdict(*numbers) -> str:
+        return "\n".join(benchmark.verdict([verdict_result(*numbers)], {"digits": [3]}))
+
+    good = verdict(0.04, 0.5, 0.0, 0.0)
+    assert "inversion: SFR-on 4, retrain 0: within retrain's + 5 points on 1 of 1 digits" in good
+    assert "lower than every baseline's on 1 of 1." in good and "- SFR-on: 1 of 1." in good
+    bad = verdict(0.06, 0.06, 0.0, 0.02)  # 6 points above retrain, tied with FT; FA 2% at guidance 2
+    assert "within retrain's + 5 points on 0 of 1 digits" in bad
+    assert "lower than every baseline's on 0 of 1 (not lower than FT on 3)" in bad
+    assert "- SFR-on: 0 of 1; not on digit 3 (g 2: FA 2, RA 99 vs base 100)." in bad
+    assert "The others: FT 1 of 1." in bad
+
+
+def test_holding_at_every_guidance_compares_with_the_base_at_the_same_scale():
+    benchmark = load("benchmark")
+    base = {"per_guidance": {"1.0": {"RA": 0.9}, "7.5": {"RA": 1.0}}}
+    final = {
+        "per_guidance": {
+            "1.0": {"RA": 0.895, "per_class_accuracy": {"3": 0.0, "7": 0.01}},  # within 1 point of 0.9
+            "7.5": {"RA": 0.98, "per_class_accuracy": {"3": 0.0, "7": 0.0}},  # 2 points below 1.0
+        }
+    }
+    assert benchmark.holds_by_guidance(final, base, [3, 7]) == {"1.0": True, "7.5": False}
+    final["per_guidance"]["1.0"]["per_class_accuracy"]["7"] = 0.02  # several digits: the highest FA decides
+    assert benchmark.holds_by_guidance(final, base, [3, 7])["1.0"] is False
+
+
+def test_a_resumed_run_that_lost_an_export_erases_again_to_attack_it(tmp_path, monkeypatch):
+    """The chosen rate of a sweep is attacked after the sweep; a resumed run has lost the temporary export of a
+    finished erasure, so it erases again (same seed, same model) into it, attacks it and removes it."""
+    benchmark = load("benchmark")
+    args = benchmark.parse_args(["--quick", "--output", str(tmp_path / "B.md")])
+    erased, attacked = [], []
+
+    def fake_erase(argv):
+        output_dir = Path(argv[argv.index("--output_dir") + 1])
+        output_dir.mkdir()
+        (output_dir / "model_index.json").write_text("{}")
+        erased.append(output_dir)
+
+    def fake_attack(args, path, digit):
+        attacked.append((path, digit, (path / "model_index.json").exists()))
+        return {"inversion": {"ASR": 0.5}}
+
+    monkeypatch.setattr(benchmark.erase_command, "main", fake_erase)
+    monkeypatch.setattr(benchmark, "attacked", fake_attack)
+    key = f"digits-ddpm|sfr_on|3|{2e-3!r}"
+    args.finished = benchmark.FinishedRuns(tmp_path / "p.json", {"s": 1}, resume=False)
+    args.finished.runs[key] = {"method": "sfr_on", "digit": 3}  # finished before the interruption
+    row = benchmark.run_one(args, "digits-ddpm", [3], "sfr_on", [], 2e-3, tmp_path, attack=True)
+    assert row == {"method": "sfr_on", "digit": 3, "attacks": {"inversion": {"ASR": 0.5}}}
+    assert len(erased) == 1 and attacked == [(erased[0], 3, True)] and not erased[0].exists()
+    assert args.finished.runs[f"{key}|attacks"] == {"inversion": {"ASR": 0.5}}
+    benchmark.run_one(args, "digits-ddpm", [3], "sfr_on", [], 2e-3, tmp_path, attack=True)
+    assert len(erased) == 1 and len(attacked) == 1  # both finished: nothing runs again
+    args.attack = None  # --no_attacks
+    assert "attacks" not in benchmark.run_one(args, "digits-ddpm", [3], "sfr_on", [], 2e-3, tmp_path, attack=True)
+
+
+def test_benchmark_options_and_their_settings():
+    benchmark = load("benchmark")
+    args = benchmark.parse_args([])
+    assert args.digits == [3, 0, 1, 5, 8] and args.multi_digits == [3, 7, 8]
+    counts = (
+        "track_samples track_forget_samples final_samples final_forget_samples attack_samples attack_forget_samples"
+    )
+    assert [getattr(args, name) for name in counts.split()] == [20, 50, 50, 100, 10, 50]
+    assert args.attack == benchmark.AttackArguments()  # the library's budget unless told otherwise
+    budget = benchmark.parse_args(["--attack_images", "8", "--inversion_steps", "7", "--relearn_steps", "3"]).attack
+    assert (budget.attack_images, budget.inversion_steps, budget.relearn_steps) == (8, 7, 3)
+    assert benchmark.parse_args(["--no_attacks"]).attack is None
+    assert benchmark.parse_args(["--multi_digits"]).multi_digits == []
+    quick = benchmark.parse_args(["--quick", "--models", "digits-dit", "--final_samples", "3"])
+    assert quick.models == ["digits-dit"] and quick.final_samples == 3 and quick.iterations == 4  # given options win
+    # Options this script does not know go to the erase command, whole.
+    assert benchmark.parse_args(["--forget_loss", "remap"]).erase_args == ["--forget_loss", "remap"]
+    settings = benchmark.run_settings(args)
+    assert settings["guidance_scales"] == [1.0, 2.0, 4.0, 7.5] and settings["attack"]["relearn_steps"] == 20
+    for other in (["--final_forget_samples", "7"], ["--relearn_steps", "5"], ["--no_attacks"], ["--multi_digits"]):
+        assert benchmark.run_settings(benchmark.parse_args(other)) != settings  # a resume with them starts over
+    for bad in (
+        ["--multi_digits", "3"],
+        ["--digits", "3", "3"],
+        ["--track_forget_samples", "0"],
+        ["--relearn_steps", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(bad)
 
 
 def test_per_digit_sfr_on_benchmark_quick_mode():
