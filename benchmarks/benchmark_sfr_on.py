@@ -96,6 +96,15 @@ def headline(row: dict) -> dict:
     return summary
 
 
+def drawn_instead(final: dict, digit: int) -> str:
+    """What the erased model draws most when asked for the digit, at the pipeline's default guidance, and how often
+    (the judge's 11th answer is "no digit": a blank or an artefact)."""
+    distribution = final["per_guidance"][str(float(final["default_guidance"]))]["label_distribution"]
+    shares = {str(k): v for k, v in distribution.items()}[str(digit)]  # int keys in memory, str ones from JSON
+    top = max(range(len(shares)), key=shares.__getitem__)
+    return f"{top if top < 10 else 'no digit'} ({100 * shares[top]:.0f}%)"
+
+
 def fmt(value, percent: bool = False) -> str:
     if value is None:
         return "not reached"
@@ -144,7 +153,7 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
             f"embedding row(s) ({budget['relearn_steps']} steps at the family's learning rate); judged at guidance 2."
         )
     header = "| digit | FA before | FA after (worst) | RA base (worst) | RA after (worst) | FID before | FID after | "
-    header += "iterations to forget | "
+    header += "iterations to forget | drawn instead (default g) | "
     header += "ASR inversion | ASR relearn | ASR relearn + reset | " if attacked else ""
     header += "mask density | seconds (mask + erase) |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
@@ -159,6 +168,7 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
             fmt(b["FID"]),
             fmt(w["FID_g2"]),
             f"{r['iterations_to_forget'] or 'not reached'} of {r['steps']}",
+            drawn_instead(r["final"], r["digit"]),
         ]
         if attacked:
             cells += [fmt(w[f"ASR_{kind}"], True) for kind in ("inversion", "relearn", "relearn_reset")]
@@ -197,6 +207,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--attacks", action="store_true", help="Also attack every erased model (default budget).")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
+    parser.add_argument("--label", default=None, help="How compare_sfr_on.py names this setting (default: the options).")
     args, extra_args = parser.parse_known_args(argv)
     if args.quick:
         args.track_samples, args.track_forget_samples, args.final_samples, args.final_forget_samples = 2, 4, 2, 4
@@ -265,7 +276,7 @@ def main(argv=None) -> list[dict]:
         plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot, family)
     command = ("python benchmarks/benchmark_sfr_on.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if args.results_json:
-        payload = {"command": command, "extra_args": extra_args, "rows": rows}
+        payload = {"command": command, "extra_args": extra_args, "label": args.label, "rows": rows}
         args.results_json.write_text(json.dumps(payload, indent=2, default=str))
     if not args.quick:
         write_section(args.output, render_section(rows, command, plot, extra_args, family))

@@ -53,7 +53,22 @@ def model_of(payload: dict) -> str:
 
 
 def setting_of(payload: dict) -> str:
-    return " ".join(payload["extra_args"]) or "defaults"
+    """The run's --label, else the options it added to the defaults (as code)."""
+    if payload.get("label"):
+        return payload["label"]
+    return f"`{' '.join(payload['extra_args'])}`" if payload["extra_args"] else "defaults"
+
+
+def merged(payloads: list[dict]) -> list[dict]:
+    """One payload per (model, setting): the rows of runs that share both, in order (e.g. one run per digit)."""
+    groups: dict[tuple[str, str], dict] = {}
+    for payload in payloads:
+        key = (model_of(payload), setting_of(payload))
+        if key in groups:
+            groups[key]["rows"] = groups[key]["rows"] + payload["rows"]
+        else:
+            groups[key] = dict(payload)
+    return list(groups.values())
 
 
 def summary(payload: dict) -> dict:
@@ -102,24 +117,24 @@ def render(payloads: list[dict], command: str) -> str:
         "after each attack (mean over digits; `sfr_diffusion.attacks` defaults, judged at guidance 2).",
     ]
     by_model: dict[str, list[dict]] = {}
-    for payload in payloads:
+    for payload in merged(payloads):
         by_model.setdefault(model_of(payload), []).append(payload)
     for model, group in by_model.items():
         family = group[0]["rows"][0]["family"]
-        digits = ", ".join(str(r["digit"]) for r in group[0]["rows"])
         lines += [
             "",
-            f"### {TITLES.get(family, family)} (`{model}`), digits {digits}",
+            f"### {TITLES.get(family, family)} (`{model}`)",
             "",
-            "| setting | holds | iterations to forget | every guidance | FA worst | RA drop | FID ratio | "
+            "| setting | digits | holds | iterations to forget | every guidance | FA worst | RA drop | FID ratio | "
             "ASR inversion | ASR relearn | ASR relearn + reset |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for payload in group:
             s = summary(payload)
             its = " / ".join("–" if i is None else str(i) for i in s["iterations"])
+            digits = ", ".join(str(d) for d in s["digits"])
             lines.append(
-                f"| `{setting_of(payload)}` | {s['held']} of {s['n']} | {its} | {s['held_every_guidance']} of "
+                f"| {setting_of(payload)} | {digits} | {s['held']} of {s['n']} | {its} | {s['held_every_guidance']} of "
                 f"{s['n']} | {pct(s['FA_worst'])}% | {100 * s['RA_drop_worst']:.1f} points | {s['FID_ratio']:.2f} | "
                 + " | ".join(f"{pct(s['ASR'][k])}%" for k in ATTACKS)
                 + " |"

@@ -155,6 +155,10 @@ def align_label_ids(dataset, label_column: str, labels: dict[str, int] | None):
     return dataset.map(lambda batch: {label_column: mapping[np.asarray(batch[label_column])].tolist()}, batched=True)
 
 
+# Independent random streams, one per kind of batch: what each sampler draws never depends on another's draws.
+FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM, ANCHOR_STREAM = 1, 2, 3, 4, 5
+
+
 def stream_generator(seed: int, stream: int, step: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, stream, step]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

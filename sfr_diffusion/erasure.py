@@ -33,6 +33,7 @@ from .forgetting import evaluation_seed
 from .methods import METHODS, MethodConfig, get_method_class
 from .presets import preset_for
 from .saliency import Mask
+from .anchors import farthest_kept_class
 from .sources import concept_names, default_anchor, resolve_concepts, resolve_data
 from .training import (
     TRAINABLE,
@@ -279,7 +280,11 @@ def erase(
         accelerator.init_trackers("sfr-diffusion", config=_tracker_config(training, method_config))
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
     with family.prepared_for_training(weight_dtype, trains=TRAINABLE[training.trainable]):
-        method_instance = method_class(method_config, family, anchor=target.anchor)
+        anchor = target.anchor
+        if method_class.picks_anchor(method_config) and not family.text_conditioned:
+            with accelerator.autocast():
+                anchor = str(farthest_kept_class(family, target.forget, target.conditions, seed=training.seed))
+        method_instance = method_class(method_config, family, anchor=anchor)
         outcome = run_erasure(
             accelerator=accelerator,
             method=method_instance,
@@ -356,9 +361,9 @@ def _check_remap_target(method_config, family, preset, names: list[str], conditi
 
 
 def _anchor_summary(method, family) -> dict:
-    """The remap target a text concept went to, when the method remapped it."""
+    """The class or prompt the concepts were remapped onto, when the method remapped them onto one."""
     condition = getattr(method, "remap_condition", None)
-    if not family.text_conditioned or condition is None:
+    if condition is None:
         return {}
     return {"anchor_concept": family.condition_name(condition)}
 

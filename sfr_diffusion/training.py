@@ -17,7 +17,14 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from .arguments import option
-from .data import BatchSampler, LabelledImages
+from .data import (
+    FISHER_FORGET_STREAM,
+    FISHER_REMAIN_STREAM,
+    FORGET_STREAM,
+    REMAIN_STREAM,
+    BatchSampler,
+    LabelledImages,
+)
 from .forgetting import held_for
 from .methods import Phase, UnlearningMethod
 from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
@@ -35,8 +42,6 @@ TRAINABLE = {
     # an erasure cannot live in the forgotten class's row alone (resetting that row would undo it).
     "no_class_embedding": lambda name: "class_embed" not in name,
 }
-# Independent random streams per kind of batch (see sfr_diffusion.data).
-FORGET_STREAM, REMAIN_STREAM, FISHER_FORGET_STREAM, FISHER_REMAIN_STREAM = 1, 2, 3, 4
 PROGRESS_FILE = "progress.json"  # in each checkpoint: the evaluations so far and the seconds spent
 # Written first into a checkpoints folder this package creates: what tells our folders from a user's.
 CHECKPOINTS_MARKER = "sfr_diffusion_checkpoints.json"

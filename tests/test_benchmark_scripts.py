@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_methods_benchmark_quick_mode(tmp_path):
     (result,) = payload["results"]
     assert result["family"] == "ddpm" and result["iterations"] == 4
     grid = result["learning_rate_grid"]
-    assert grid == pytest.approx([2e-3, 6e-3])  # the DDPM default × the quick factors
+    assert grid == pytest.approx([1e-3, 3e-3])  # the DDPM default × the quick factors
     runs = result["runs"]
     # The sweep: every swept method at every rate on digit 3; the ablation R once, at SFR-on's chosen rate.
     sweep = {(r["method"], r["learning_rate"]) for r in runs if r.get("sweep")}
@@ -199,7 +200,8 @@ def test_methods_benchmark_quick_mode(tmp_path):
     assert "| FA, worst over guidance | RA, worst over guidance | FID-digits (g 2) |" in text
     assert "| model | g 1 (default) | g 2 | g 4 | g 7.5 | every g |" in text
     assert "| model | inversion ASR | inversion to 50% | relearn ASR |" in text
-    assert "### Several digits at once: SFR-on erasing 3, 7 and 8 together" in text and "| DDPM | 0.002 |" in text
+    assert "### Several digits at once: SFR-on erasing 3, 7 and 8 together" in text
+    assert re.search(r"\| DDPM \| 0\.00[13] \|", text)  # SFR-on's chosen rate from the grid
     assert "At every guidance scale (1, 2, 4, 7.5; the pipeline's default 1)" in text
     assert "SFR-on's ASR against retrain's + 5 points and against every baseline's (FT)" in text
     sfr = [r for r in runs if r["method"] == "sfr_on" and r["learning_rate"] == result["best_learning_rate"]["sfr_on"]]
@@ -350,11 +352,24 @@ def test_benchmark_options_and_their_settings():
             benchmark.parse_args(bad)
 
 
-def test_per_digit_sfr_on_benchmark_quick_mode():
-    argv = ["--digits", "3", "--quick", "--plot_eval_every", "1", "--max_train_steps", "2"]
-    (row,) = load("benchmark_sfr_on").main(argv)
+def test_per_digit_sfr_on_benchmark_quick_mode(tmp_path):
+    script = load("benchmark_sfr_on")
+    argv = ["--quick", "--plot_eval_every", "1", "--max_train_steps", "2", "--label", "two steps"]
+    (row,) = script.main(["--digits", "3", *argv, "--results_json", str(tmp_path / "3.json")])
     assert row["name"] == "three" and row["steps"] == 2 and [h["step"] for h in row["history"]] == [0, 1, 2]
     assert row["iterations_to_forget"] == load("reporting").iterations_to_forget(row["history"], row["before"]["RA"])
+    # What the model draws for the erased digit: the judge's most frequent answer at the pipeline's default guidance.
+    shares = row["final"]["per_guidance"]["1.0"]["label_distribution"][3]
+    top = max(range(11), key=shares.__getitem__)
+    drawn = script.drawn_instead(row["final"], 3)
+    assert drawn == f"{top if top < 10 else 'no digit'} ({100 * shares[top]:.0f}%)"
+    assert f"| {drawn} |" in script.render_section([row], "command", None, [], "ddpm")
+    # Two runs of one setting (one digit each) make one row of the settings comparison, under the runs' label.
+    script.main(["--digits", "4", *argv, "--results_json", str(tmp_path / "4.json")])
+    output = tmp_path / "BENCHMARKS.md"
+    load("compare_sfr_on").main([str(tmp_path / "3.json"), str(tmp_path / "4.json"), "--output", str(output)])
+    table = [line for line in output.read_text().splitlines() if line.startswith("| two steps |")]
+    assert len(table) == 1 and table[0].startswith("| two steps | 3, 4 | ")
 
 
 def test_a_later_run_of_some_methods_replaces_theirs():

@@ -76,6 +76,12 @@ class UnlearningMethod:
         """Refuse, before any data or model work, a config that cannot run on `family` (e.g. a remap target the
         model does not know). Configs check their own values; this checks them against the model."""
 
+    @classmethod
+    def picks_anchor(cls, config: MethodConfig) -> bool:
+        """Whether this config remaps onto a condition it does not name, which :func:`sfr_diffusion.erase` then
+        picks (the preset's anchor prompt; on class models, :func:`sfr_diffusion.anchors.farthest_kept_class`)."""
+        return False
+
     @property
     def phases(self) -> tuple[Phase, ...]:
         raise NotImplementedError

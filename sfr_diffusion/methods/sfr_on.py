@@ -45,7 +45,8 @@ class SFROnConfig(MethodConfig):
         "remap_others: onto the frozen original's prediction under a condition of the remain set, drawn per sample "
         "(another class, or a remain prompt). Remaps have a minimum, so their push fades once the concept is gone; "
         "they take the mean over the batch (the adaptive weights and --temperature shape ascent only). "
-        "Default: the family's (ascent for class-conditional models, remap for text-to-image ones).",
+        "Default: remap, on every family (ascent collapses the digits DiT and leaves an artefact where the class "
+        "was; measured in BENCHMARKS.md).",
         choices=FORGET_LOSSES,
     )
     alpha: float = option(10.0, "α_0, weight of the forget loss.")
@@ -61,9 +62,10 @@ class SFROnConfig(MethodConfig):
     remain_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the remain step (None: none).")
     remap_target: str | None = option(
         None,
-        "Target of --forget_loss remap: a class name or id (class-conditional models; default: the null class) or "
-        "an anchor prompt (text-to-image; default: the preset's anchor, e.g. 'a blank image' on the digits SD, "
-        "else the empty prompt).",
+        "Target of --forget_loss remap: a class name or id (class-conditional models; default: the kept class the "
+        "original model tells farthest from the erased ones, sfr_diffusion.anchors) or an anchor prompt "
+        "(text-to-image; default: the preset's anchor, e.g. 'a blank image' on the digits SD, else the empty "
+        "prompt).",
         aliases=("--remap_class", "--anchor_concept"),
     )
     label_dropout: float = option(
@@ -134,6 +136,10 @@ class SFROn(UnlearningMethod):
                 "remap, or drop the target."
             )
         family.resolve_class(config.remap_target)  # an unknown class is an error now, not after the data
+
+    @classmethod
+    def picks_anchor(cls, config: SFROnConfig) -> bool:
+        return config.forget_loss == "remap" and config.remap_target is None
 
     @property
     def phases(self) -> tuple[Phase, ...]:
