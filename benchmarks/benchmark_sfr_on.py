@@ -207,7 +207,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--attacks", action="store_true", help="Also attack every erased model (default budget).")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
-    parser.add_argument("--label", default=None, help="How compare_sfr_on.py names this setting (default: the options).")
+    parser.add_argument("--label", default=None, help="compare_sfr_on.py's name of the setting (default: options).")
     args, extra_args = parser.parse_known_args(argv)
     if args.quick:
         args.track_samples, args.track_forget_samples, args.final_samples, args.final_forget_samples = 2, 4, 2, 4

@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from .anchors import farthest_kept_class
 from .arguments import EvaluationArguments
 from .export import export_pipeline, render_model_card
 from .families import family_for
@@ -33,7 +34,6 @@ from .forgetting import evaluation_seed
 from .methods import METHODS, MethodConfig, get_method_class
 from .presets import preset_for
 from .saliency import Mask
-from .anchors import farthest_kept_class
 from .sources import concept_names, default_anchor, resolve_concepts, resolve_data
 from .training import (
     TRAINABLE,
