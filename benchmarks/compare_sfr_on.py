@@ -135,7 +135,8 @@ def render(payloads: list[dict], command: str) -> str:
             digits = ", ".join(str(d) for d in s["digits"])
             lines.append(
                 f"| {setting_of(payload)} | {digits} | {s['held']} of {s['n']} | {its} | "
-                f"{s['held_every_guidance']} of {s['n']} | {pct(s['FA_worst'])}% | {100 * s['RA_drop_worst']:.1f} points | {s['FID_ratio']:.2f} | "
+                f"{s['held_every_guidance']} of {s['n']} | {pct(s['FA_worst'])}% | "
+                f"{100 * s['RA_drop_worst']:.1f} points | {s['FID_ratio']:.2f} | "
                 + " | ".join(f"{pct(s['ASR'][k])}%" for k in ATTACKS)
                 + " |"
             )
