@@ -253,7 +253,7 @@ def main(argv=None) -> list[dict]:
                 "steps": summary["steps"],
                 "eval_every": every,
                 "iterations_to_forget": iterations_to_forget(summary["history"], before["RA"]),
-                "mask_density": summary["mask_statistics"]["density"],
+                "mask_density": (summary["mask_statistics"] or {}).get("density"),  # None: a method without a mask
                 "seconds": summary["seconds"],
                 "history": summary["history"],
                 "base_final": final_judgement(args, load_pipeline(args.model), digit),
