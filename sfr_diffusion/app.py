@@ -7,7 +7,7 @@
     sfr-app --original path/to/sd-folder --erased outputs/sd-folder-erase-van_gogh --outputs_dir runs
 
 **Compare** samples both pipelines with one seed: a class, or a grid of all classes (each cell labelled with its
-class), for class-conditional models (DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion). Beside the
+class), for class-conditional models (DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion, SDXL). Beside the
 images it shows what the erased model's ``unlearning_config.json`` records: what was erased, the method, the
 iterations, FA/RA before and after.
 **Erase** runs :func:`sfr_diffusion.erase` in this process with a live progress bar and FA/RA curve, saves the result

@@ -10,9 +10,10 @@
 
 The same call erases a class from a DiT (``load_pipeline("digits-dit")``, or ``facebook/DiT-XL-2-256`` with
 ``data=DataArguments(dataset_name=...)``) and a concept from Stable Diffusion (``load_pipeline("digits-sd")``, or
-``CompVis/stable-diffusion-v1-4`` with ``data=DataArguments(remain_prompts=[...])`` and
-``method=SFROnConfig(remap_target="a painting")``). It runs in a plain process or notebook (it builds its own
-``Accelerator``) and under ``accelerate launch`` on N processes; give it an ``Accelerator`` to reuse one.
+``CompVis/stable-diffusion-v1-4`` or ``stabilityai/stable-diffusion-xl-base-1.0`` with
+``data=DataArguments(remain_prompts=[...])`` and ``method=SFROnConfig(remap_target="a painting")``). It runs in a
+plain process or notebook (it builds its own ``Accelerator``) and under ``accelerate launch`` on N processes; give it
+an ``Accelerator`` to reuse one.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def erase(
 
     Args:
         pipeline: a class-conditional DDPM (``ClassConditionalDDPMPipeline``), a ``DiTPipeline`` or a
-            ``StableDiffusionPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
+            ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
         concept: a class name from ``id2label`` or a class id; for text-to-image models the concept text. A list or
             tuple erases several at once: the forget set holds each one's images, the remain set none of them, and
             the preset's evaluator reports each one's FA as ``FA_per_concept``. A string is always one concept

@@ -128,7 +128,7 @@ class DiffusionFamily:
         frozen = [p for name, p in self.denoiser.named_parameters() if trains is not None and not trains(name)]
         for part in self.frozen_parts():
             part.requires_grad_(False).eval()
-            targets |= _target_dtypes(part, weight_dtype)
+            targets |= _target_dtypes(part, self.frozen_part_dtype(part, weight_dtype))
             frozen += [*part.parameters(), *part.buffers()]
         changed = [t for t in frozen if t.dtype != targets[id(t)]]
         # Their originals, moved off the accelerator while the cast copies work (no copy when already on the CPU).
@@ -149,6 +149,11 @@ class DiffusionFamily:
                 cast_if_needed(module, dtype).train(training)
                 for param, flag in zip(module.parameters(), flags, strict=True):
                     param.requires_grad_(flag)
+
+    def frozen_part_dtype(self, part: torch.nn.Module, weight_dtype: torch.dtype) -> torch.dtype:
+        """The dtype a frozen part takes while prepared for training: the weight dtype, unless the family's pipeline
+        itself runs that part in another one (SDXL's VAE in fp32)."""
+        return weight_dtype
 
     @contextlib.contextmanager
     def _training_switches(self) -> Iterator[None]:
@@ -375,30 +380,66 @@ class DiTFamily(LatentFamily):
         return [m.embedding_table for m in self.denoiser.modules() if isinstance(m, LabelEmbedding)]
 
 
+def _prompt_rows(tokenizer, prompts: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """input_ids (b, tokens) → which rows are one of `prompts`, tokenized as the pipelines tokenize them (padded to
+    the tokenizer's maximum length)."""
+    prompt_ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+    def rows(input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] != prompt_ids.shape[-1]:
+            return torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        return (input_ids[:, None, :] == prompt_ids.to(input_ids.device)[None]).all(-1).any(-1)
+
+    return rows
+
+
+def _hook_prompt_rows(encoder: torch.nn.Module, tokenizer, prompts: list[str], write: Callable) -> object:
+    """A forward hook on a text encoder that calls ``write(output, rows)`` for the rows of its batch that encode one
+    of `prompts` (``write`` changes the output in place); returns the hook's handle."""
+    rows_of = _prompt_rows(tokenizer, prompts)
+
+    def hook(module, args, kwargs, output):
+        rows = rows_of(args[0] if args else kwargs["input_ids"])
+        if rows.any():
+            write(output, rows)
+        return output
+
+    return encoder.register_forward_hook(hook, with_kwargs=True)
+
+
 class StableDiffusionFamily(LatentFamily):
     """Text-to-image ``UNet2DConditionModel`` behind a VAE and a frozen text encoder, as ``StableDiffusionPipeline``.
 
     A condition id is a row of the family's prompt table (:meth:`prompt_id` adds prompts); id 0 is the empty prompt,
     the unconditional branch of classifier-free guidance, and so the null condition. Prompts are encoded with the
     pipeline's own ``encode_prompt``, exactly as it conditions its samples, once each, and kept on the UNet's device.
+
+    What differs between SD 1.x/2.x and SDXL (:class:`StableDiffusionXLFamily`) is confined to the text encoders,
+    what a prompt encodes to (:meth:`_encode_prompts`), what else the UNet takes (:meth:`_added_conditions`) and where
+    the pipeline's sampling reads the prompt's hidden states (:meth:`_sampling_hooks`).
     """
 
     name = "sd"
     text_conditioned = True
     default_learning_rate = 3e-4
+    addition_embed_type: ClassVar[str | None] = None  # the UNet's, which the family supplies the inputs of
 
     def __init__(self, pipeline):
         unet = pipeline.unet
-        if unet.config.addition_embed_type is not None or unet.config.class_embed_type is not None:
+        if unet.config.addition_embed_type != self.addition_embed_type or unet.config.class_embed_type is not None:
+            extra = unet.config.addition_embed_type or unet.config.class_embed_type
             raise ValueError(
                 "The SD family supports text-only UNet2DConditionModel (SD 1.x/2.x); this UNet also needs "
-                f"{unet.config.addition_embed_type or unet.config.class_embed_type!r} embeddings (e.g. SDXL)."
+                f"{extra!r} embeddings. SDXL UNets ('text_time') are supported in a StableDiffusionXLPipeline, with "
+                "its second text encoder (text_encoder_2)."
             )
         shape = (unet.config.in_channels, *_pair(unet.config.sample_size))
         super().__init__(pipeline, null_class_id=0, sample_shape=shape)
         self.prompts: list[str] = []
         self._ids: dict[str, int] = {}
-        self._embeddings: dict[int, torch.Tensor] = {}
+        self._embeddings: dict[int, tuple[torch.Tensor, ...]] = {}  # id → what it encodes to, see _encode_prompts
         self._override: tuple[torch.Tensor, torch.Tensor] | None = None  # see condition_embedding_override
         self.prompt_id("")
 
@@ -406,8 +447,12 @@ class StableDiffusionFamily(LatentFamily):
     def denoiser(self) -> torch.nn.Module:
         return self.pipeline.unet
 
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The pipeline's text encoders, in the order their hidden states are concatenated."""
+        return [self.pipeline.text_encoder]
+
     def frozen_parts(self) -> list[torch.nn.Module]:
-        return [self.vae, self.pipeline.text_encoder]
+        return [self.vae, *self.text_encoders()]
 
     def num_classes(self) -> int:
         return len(self.prompts)
@@ -428,62 +473,160 @@ class StableDiffusionFamily(LatentFamily):
         """For text-to-image models every prompt is a condition: its id in the prompt table."""
         return self.prompt_id(str(concept).strip())
 
+    def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+        """What each prompt conditions the UNet with, as the pipeline encodes it: (hidden states,)."""
+        embeddings, _ = self.pipeline.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
+        return [(e,) for e in embeddings]
+
     @torch.no_grad()
-    def prompt_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """Text-encoder hidden states for condition ids (b,) → (b, tokens, dim), on the UNet's device."""
+    def _encoded(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encodings of condition ids (b,), each stacked (b, ...), fp32, on the UNet's device."""
         device = self.pipeline.unet.device
         missing = sorted({int(i) for i in ids.tolist()} - set(self._embeddings))
         if missing:
-            self.pipeline.text_encoder.to(device)
-            embeddings, _ = self.pipeline.encode_prompt(
-                [self.prompts[i] for i in missing], device, 1, do_classifier_free_guidance=False
-            )
-            self._embeddings.update(zip(missing, embeddings.float(), strict=True))
-        return torch.stack([self._embeddings[int(i)] for i in ids.tolist()]).to(device)
+            for encoder in self.text_encoders():
+                encoder.to(device)
+            encoded = self._encode_prompts([self.prompts[i] for i in missing], device)
+            self._embeddings.update((i, tuple(t.float() for t in e)) for i, e in zip(missing, encoded, strict=True))
+        rows = [self._embeddings[int(i)] for i in ids.tolist()]
+        return tuple(torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
+
+    def prompt_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text-encoder hidden states for condition ids (b,) → (b, tokens, dim), on the UNet's device."""
+        return self._encoded(ids)[0]
+
+    def _added_conditions(self, encoded: tuple[torch.Tensor, ...], x_t: torch.Tensor) -> dict:
+        """Keyword arguments the UNet takes besides the hidden states (none for SD 1.x/2.x)."""
+        return {}
 
     def predict(self, model, x_t, timesteps, labels):
-        states = self.prompt_embeddings(labels)
+        states, *rest = self._encoded(labels)
         if self._override is not None:
             conditions, embedding = self._override
             rows = torch.isin(labels.to(states.device), conditions.to(states.device))
             states = torch.where(rows[:, None, None], embedding.to(states), states)
-        return model(x_t, timesteps, encoder_hidden_states=states.to(x_t.dtype)).sample
+        extra = self._added_conditions(tuple(rest), x_t)
+        return model(x_t, timesteps, encoder_hidden_states=states.to(x_t.dtype), **extra).sample
 
     def condition_embedding(self, condition: int) -> torch.Tensor:
         """The prompt's encoder hidden states (tokens, dim), fp32."""
         return self.prompt_embeddings(torch.tensor([condition]))[0].detach().float()
 
+    def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
+        """Hooks that give `prompts` `embedding` where the pipeline reads their hidden states: the text encoder's
+        last hidden state."""
+
+        def write(output, rows):
+            output[0][rows] = embedding.detach().to(output[0])
+
+        return [_hook_prompt_rows(self.pipeline.text_encoder, self.pipeline.tokenizer, prompts, write)]
+
     @contextlib.contextmanager
     def condition_embedding_override(self, conditions, embedding: torch.Tensor) -> Iterator[None]:
         """The prompts of `conditions` are given `embedding` in :meth:`predict`, and in the pipeline's own sampling
-        through a hook on the text encoder's output (rows whose token ids are one of those prompts')."""
+        through hooks on the text encoders' outputs (rows whose token ids are one of those prompts')."""
         conditions = torch.as_tensor(list(conditions))
-        tokenizer = self.pipeline.tokenizer
-        prompt_ids = tokenizer(
-            [self.prompts[int(c)] for c in conditions],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-
-        def replace_rows(module, args, output):
-            input_ids = args[0]
-            rows = (input_ids[:, None, :] == prompt_ids.to(input_ids.device)[None]).all(-1).any(-1)
-            if rows.any():
-                output[0][rows] = embedding.detach().to(output[0])
-            return output
-
-        handle = self.pipeline.text_encoder.register_forward_hook(replace_rows)
+        # Encoded before the hooks exist: a prompt first encoded under them would be cached as the override.
+        self._encoded(conditions)
+        handles = self._sampling_hooks([self.prompts[int(c)] for c in conditions], embedding)
         self._override = (conditions, embedding)
         try:
             yield
         finally:
             self._override = None
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def reset_condition_embedding(self, condition: int) -> bool:
         return False  # a prompt's embedding comes from the frozen text encoder: erasure never changes it
+
+
+class StableDiffusionXLFamily(StableDiffusionFamily):
+    """SDXL: a ``text_time`` ``UNet2DConditionModel`` behind a VAE and two frozen text encoders, as
+    ``StableDiffusionXLPipeline`` samples it.
+
+    Conditions are prompt ids as in :class:`StableDiffusionFamily`. A prompt encodes, through the pipeline's own
+    ``encode_prompt``, to the two encoders' penultimate hidden states concatenated (tokens × 2048 for SDXL base) and
+    ``text_encoder_2``'s pooled projection; both are cached. The null condition (id 0, the empty prompt) is what the
+    pipeline's guidance gives its unconditional branch: zeros for both when ``force_zeros_for_empty_prompt`` is set
+    (SDXL's default), else the encoded empty prompt. :meth:`predict` adds ``added_cond_kwargs``: the pooled
+    embedding as ``text_embeds`` and the pipeline's ``time_ids`` for the family's resolution (original size = target
+    size = the generated images' (H, W), crop (0, 0): what the pipeline uses when sampling at its default size).
+
+    Inversion attacks (:meth:`condition_embedding_override`) optimise the concatenated hidden states and keep the
+    prompt's pooled embedding: the hidden states carry the prompt token by token through cross-attention, the pooled
+    vector only adds a global bias to the timestep embedding. In the pipeline's sampling each text encoder gets a
+    hook writing its own slice of the embedding into the hidden state ``encode_prompt`` reads (the penultimate one,
+    or the one ``clip_skip`` selects); the pooled output is left as it is.
+
+    Under fp16 the VAE stays fp32 when its config says ``force_upcast`` (SDXL's VAE overflows in fp16; the pipeline
+    upcasts it to decode for the same reason). The learning rate is the SD family's (no SDXL measurement).
+    """
+
+    name = "sdxl"
+    addition_embed_type = "text_time"
+
+    def __init__(self, pipeline):
+        if pipeline.config.get("requires_aesthetics_score"):
+            raise ValueError(
+                "SDXL refiner-style pipelines (requires_aesthetics_score) are not supported; erase a text-to-image "
+                "StableDiffusionXLPipeline."
+            )
+        super().__init__(pipeline)
+        height, width = self.image_shape[1:]
+        self.time_ids = pipeline._get_add_time_ids(
+            original_size=(height, width),
+            crops_coords_top_left=(0, 0),
+            target_size=(height, width),
+            dtype=torch.float32,
+            text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
+        )  # (1, 6), as the pipeline computes them at its default size
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [e for e in (self.pipeline.text_encoder, self.pipeline.text_encoder_2) if e is not None]
+
+    def frozen_part_dtype(self, part: torch.nn.Module, weight_dtype: torch.dtype) -> torch.dtype:
+        if part is self.vae and weight_dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            return torch.float32
+        return weight_dtype
+
+    def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+        """(hidden states, pooled embedding) per prompt; the null condition as the pipeline's guidance sees it."""
+        states, _, pooled, _ = self.pipeline.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        zeros_for_null = bool(self.pipeline.config.get("force_zeros_for_empty_prompt", False))
+        return [
+            (torch.zeros_like(s), torch.zeros_like(p)) if zeros_for_null and prompt == "" else (s, p)
+            for prompt, s, p in zip(prompts, states, pooled, strict=True)
+        ]
+
+    def pooled_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """``text_encoder_2``'s pooled projections for condition ids (b,) → (b, dim), on the UNet's device."""
+        return self._encoded(ids)[1]
+
+    def _added_conditions(self, encoded: tuple[torch.Tensor, ...], x_t: torch.Tensor) -> dict:
+        (pooled,) = encoded
+        time_ids = self.time_ids.to(x_t).expand(len(x_t), -1)
+        return {"added_cond_kwargs": {"text_embeds": pooled.to(x_t.dtype), "time_ids": time_ids}}
+
+    def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
+        pipeline = self.pipeline
+        pairs = [(pipeline.text_encoder, pipeline.tokenizer), (pipeline.text_encoder_2, pipeline.tokenizer_2)]
+        handles, start = [], 0
+        for encoder, tokenizer in [(e, t) for e, t in pairs if e is not None]:
+            part = embedding[..., start : start + encoder.config.hidden_size]
+            start += encoder.config.hidden_size
+
+            def write(output, rows, part=part):
+                if output.hidden_states is None:  # not called by encode_prompt, which always asks for them
+                    return
+                # encode_prompt reads hidden_states[-(clip_skip + 2)]; the pipeline sets clip_skip per call.
+                layer = -((getattr(pipeline, "clip_skip", None) or 0) + 2)
+                output.hidden_states[layer][rows] = part.detach().to(output.hidden_states[layer])
+
+            handles.append(_hook_prompt_rows(encoder, tokenizer, prompts, write))
+        return handles
 
 
 def family_for(pipeline) -> DiffusionFamily:
@@ -493,9 +636,15 @@ def family_for(pipeline) -> DiffusionFamily:
         return ClassConditionalUNetFamily(pipeline)
     if isinstance(getattr(pipeline, "transformer", None), DiTTransformer2DModel):
         return DiTFamily(pipeline)
+    if (
+        isinstance(unet, UNet2DConditionModel)
+        and unet.config.addition_embed_type == "text_time"
+        and getattr(pipeline, "text_encoder_2", None) is not None
+    ):
+        return StableDiffusionXLFamily(pipeline)
     if isinstance(unet, UNet2DConditionModel) and getattr(pipeline, "text_encoder", None) is not None:
         return StableDiffusionFamily(pipeline)
     raise ValueError(
         f"Unsupported pipeline {type(pipeline).__name__}: expected a class-conditional UNet2DModel pipeline "
-        "(ClassConditionalDDPMPipeline), a DiTPipeline or a StableDiffusionPipeline."
+        "(ClassConditionalDDPMPipeline), a DiTPipeline, a StableDiffusionPipeline or a StableDiffusionXLPipeline."
     )

@@ -7,6 +7,9 @@ builder that returns a standard diffusers pipeline, which saves and reloads with
 
 - ``stable_diffusion_pipeline("sd-1.4")``: the CompVis/stable-diffusion-v1-4 layout (UNet 860M, CLIP ViT-L/14 text
   encoder, the SD VAE, 512 px); ``"tiny"`` is the same layout at a few hundred thousand parameters and 16 px.
+- ``stable_diffusion_xl_pipeline("sdxl-base-1.0")``: the stabilityai/stable-diffusion-xl-base-1.0 layout (UNet 2.6B
+  with ``text_time`` conditioning, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders, the SDXL VAE, Euler, 1024
+  px); ``"tiny"`` likewise at 16 px, with text encoders of different widths so that their concatenation is visible.
 - ``dit_pipeline("dit-xl-2-256")``: DiT-XL/2 at 256 px (learned sigma) behind the SD VAE; ``"tiny"`` likewise. The
   paper's 675M parameters are 750M in diffusers' layout, which repeats the timestep and class embedders in each block.
 
@@ -26,13 +29,16 @@ from diffusers import (
     DDIMScheduler,
     DiTPipeline,
     DiTTransformer2DModel,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 SD_SIZES = ("tiny", "sd-1.4")
+SDXL_SIZES = ("tiny", "sdxl-base-1.0")
 DIT_SIZES = ("tiny", "dit-xl-2-256")
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408  # the real CLIP tokenizer's; the embedding table of the "sd-1.4" text encoder has this size
@@ -47,6 +53,23 @@ SD_SCHEDULER_CONFIG = {
     "set_alpha_to_one": False,
     "steps_offset": 1,
 }
+
+
+# stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json: Euler on the same scaled-linear schedule.
+SDXL_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+}
+# The UNet's time ids: original size (2), crop top-left (2) and target size (2), each embedded in
+# `addition_time_embed_dim` channels and concatenated with text_encoder_2's pooled projection.
+SDXL_TIME_IDS = 6
 
 
 def _check_size(size: str, sizes: tuple[str, ...], what: str) -> None:
@@ -69,17 +92,18 @@ def _clip_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+def clip_tokenizer(model_max_length: int = 77, pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
     """CLIP's byte-level BPE tokenizer with an empty merge list, built offline (514 tokens).
 
     Written as the ``vocab.json`` + ``merges.txt`` pair every CLIP checkpoint ships and loaded from there, which works
-    with the python tokenizer of transformers 4 and the tokenizers-backed one of transformers 5 alike.
+    with the python tokenizer of transformers 4 and the tokenizers-backed one of transformers 5 alike. `pad_token`:
+    CLIP pads with its end token, SDXL's second tokenizer with ``"!"``.
     """
     with tempfile.TemporaryDirectory() as folder:
         vocab_file, merges_file = Path(folder, "vocab.json"), Path(folder, "merges.txt")
         vocab_file.write_text(json.dumps(_clip_vocab()), encoding="utf-8")
         merges_file.write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length)
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token=pad_token)
 
 
 def _sd_vae_config(sample_size: int) -> dict:
@@ -190,6 +214,113 @@ def stable_diffusion_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffus
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def stable_diffusion_xl_configs(size: str = "tiny") -> dict[str, dict]:
+    """Keyword arguments of each component of an SDXL layout: ``unet`` (``UNet2DConditionModel`` with ``text_time``
+    conditioning), ``vae`` (``AutoencoderKL``), ``text_encoder`` and ``text_encoder_2`` (``CLIPTextConfig``, the second
+    with a projection) and ``scheduler`` (``EulerDiscreteScheduler``). The UNet's cross-attention width is the two
+    encoders' hidden sizes together, its added-embedding input the second encoder's projection and the time ids."""
+    _check_size(size, SDXL_SIZES, "Stable Diffusion XL")
+    vocab = _clip_vocab()
+    token_ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN]}
+    if size == "tiny":
+        # As diffusers' own SDXL pipeline tests build it: no attention at the first level, linear projections, more
+        # transformer layers deeper down.
+        text_encoder = {
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 32,
+            **token_ids,
+        }
+        text_encoder_2 = {**text_encoder, "hidden_size": 48, "projection_dim": 24}
+        unet = {
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "attention_head_dim": (2, 4),
+            "transformer_layers_per_block": (1, 2),
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "norm_num_groups": 16,
+        }
+        vae = {**stable_diffusion_configs("tiny")["vae"], "scaling_factor": 0.13025, "force_upcast": True}
+    else:
+        # stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/ (the SD VAE's layout, another scale) and the text
+        # encoders: CLIP ViT-L/14's text tower (as SD 1.4's) and OpenCLIP ViT-bigG/14's.
+        text_encoder = stable_diffusion_configs("sd-1.4")["text_encoder"]
+        text_encoder_2 = {
+            **text_encoder,
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "projection_dim": 1280,
+            "hidden_act": "gelu",
+        }
+        unet = {
+            "sample_size": 128,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
+            "block_out_channels": (320, 640, 1280),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "attention_head_dim": (5, 10, 20),
+            "transformer_layers_per_block": (1, 2, 10),
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "norm_num_groups": 32,
+        }
+        vae = {**_sd_vae_config(sample_size=1024), "scaling_factor": 0.13025, "force_upcast": True}
+    unet["cross_attention_dim"] = text_encoder["hidden_size"] + text_encoder_2["hidden_size"]
+    unet["projection_class_embeddings_input_dim"] = (
+        text_encoder_2["projection_dim"] + SDXL_TIME_IDS * unet["addition_time_embed_dim"]
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "scheduler": dict(SDXL_SCHEDULER_CONFIG),
+    }
+
+
+def stable_diffusion_xl_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusionXLPipeline:
+    """A random-weight ``StableDiffusionXLPipeline`` of `size` ("tiny" or "sdxl-base-1.0"), without watermarker.
+
+    Example:
+        >>> pipe = stable_diffusion_xl_pipeline("tiny", seed=0)
+        >>> pipe("a photo of a cat", num_inference_steps=2, output_type="np").images.shape
+        (1, 16, 16, 3)
+    """
+    configs = stable_diffusion_xl_configs(size)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**configs["unet"])
+    vae = AutoencoderKL(**configs["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    max_length = configs["text_encoder"]["max_position_embeddings"]
+    return StableDiffusionXLPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=clip_tokenizer(max_length),
+        tokenizer_2=clip_tokenizer(max_length, pad_token="!"),
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler(**configs["scheduler"]),
+        add_watermarker=False,
     )
 
 
