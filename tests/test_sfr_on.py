@@ -430,3 +430,27 @@ def test_adversarial_settings_are_checked():
         SFROnConfig(adversarial_steps=-1)
     with pytest.raises(ValueError, match="adversarial_step_size > 0"):
         SFROnConfig(adversarial_step_size=0.0)
+
+
+def test_a_remain_step_that_distils_the_original_fits_its_predictions_not_the_data(pipeline, forget_remain):
+    """remain_target="original": the remain loss is the distance to the frozen original's prediction on the same noisy
+    images and (dropped) labels, so it is exactly zero, with zero gradients, until the weights move; the default
+    fits the data's noise."""
+    family = family_for(pipeline)
+    method = SFROn(SFROnConfig(forget_loss="ascent", remain_target="original"), family)
+    assert method.frozen is not None  # ascent needs no frozen copy, the distilling remain step does
+    remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
+    remain_phase = method.phases[1]
+    kwargs = dict(step=0, total_steps=STEPS, reduce_sum=lambda t: t, num_processes=1)
+    terms = method.loss(remain_phase, family.denoiser, remain, **kwargs)
+    terms["loss"].backward()
+    assert terms["loss"].item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in family.denoiser.parameters())
+    with torch.no_grad():
+        next(family.denoiser.parameters()).add_(0.01)  # the weights move: the original's predictions are the target
+    moved = method.loss(remain_phase, family.denoiser, remain, **kwargs)["loss"]
+    assert moved.item() > 0
+    data = SFROn(SFROnConfig(forget_loss="ascent"), family).loss(remain_phase, family.denoiser, remain, **kwargs)
+    assert data["loss"].item() > moved.item()  # an untrained model is far from the data's noise
+    with pytest.raises(ValueError, match="remain_target must be one of"):
+        SFROnConfig(remain_target="teacher")

@@ -10,6 +10,7 @@ import torch
 
 from ..data import Batch
 from ..families import copy_in_dtype
+from ..losses import per_sample_mse
 from ..saliency import Mask
 from ..validation import check_field_values
 
@@ -136,13 +137,25 @@ def frozen_copy(family) -> torch.nn.Module:
     return copy_in_dtype(family.denoiser, family.frozen_dtype).requires_grad_(False).eval()
 
 
-def remain_terms(family, model, batch: Batch, label_dropout: float, weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """The standard diffusion loss on remaining data, with the pretraining label dropout (keeps the null branch)."""
+def remain_terms(
+    family, model, batch: Batch, label_dropout: float, weight: float = 1.0, teacher: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """The standard diffusion loss on remaining data, with the pretraining label dropout (keeps the null branch).
+
+    With a `teacher` (the frozen original), the target is the teacher's prediction on the same noisy images and
+    labels instead of the data's: the loss is zero where the model still predicts as the original did, so the remain
+    step only undoes what the forget steps changed on the remaining data, instead of fitting the data anew."""
     x0 = family.encode(batch.images.to(family_device(model)))
     labels = batch.labels.to(x0.device)
     drop = batch.uniform.to(x0.device) < label_dropout
     labels = torch.where(drop, torch.full_like(labels, family.null_class_id), labels)
-    per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
+    if teacher is None:
+        per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
+    else:
+        x_t, timesteps = family.noisy(x0, batch.draw), batch.draw.timesteps.to(x0.device)
+        with torch.no_grad():
+            target = family.predict(teacher.to(x0.device), x_t, timesteps, labels)
+        per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
     terms = {"loss": weight * per_sample.mean(), "remain_mse": per_sample.detach().mean()}
     terms.update(timestep_quartile_terms("remain_mse", per_sample, batch.draw.timesteps, family.num_timesteps))
     return terms
