@@ -7,9 +7,9 @@
     sfr-app --original path/to/sd-folder --erased outputs/sd-folder-erase-van_gogh --outputs_dir runs
 
 **Compare** samples both pipelines with one seed: a class, or a grid of all classes (each cell labelled with its
-class), for class-conditional models (DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion, SDXL). Beside the
-images it shows what the erased model's ``unlearning_config.json`` records: what was erased, the method, the
-iterations, FA/RA before and after.
+class), for class-conditional models (DDPM, DiT); a prompt for text-to-image ones (Stable Diffusion, SDXL, SD3,
+Flux). Beside the images it shows what the erased model's ``unlearning_config.json`` records: what was erased, the
+method, the iterations, FA/RA before and after.
 **Erase** runs :func:`sfr_diffusion.erase` in this process with a live progress bar and FA/RA curve, saves the result
 and offers the export for comparison. Pipelines are local diffusers folders or the bundled digits-world models
 (digits-ddpm, digits-dit, digits-sd); erased outputs are found in ``outputs/*/unlearning_config.json`` and every
@@ -191,7 +191,12 @@ def sample(loaded: LoadedPipeline, inputs: list, *, seed: int, steps: int, guida
     generator = torch.Generator().manual_seed(seed)
     with loaded.lock, quiet_progress(loaded.pipeline), torch.inference_mode():
         output = loaded.pipeline(
-            inputs, guidance_scale=guidance, num_inference_steps=steps, generator=generator, output_type="pil"
+            inputs,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            generator=generator,
+            output_type="pil",
+            **loaded.family.sampling_kwargs(),  # Flux records no resolution: the family's
         )
     return output.images
 

@@ -46,7 +46,9 @@ class DataArguments:
     images_per_prompt: int = option(8, "Generated images per prompt.")
     generation_batch_size: int = option(64, "Prompts per batch when generating images.")
     generation_guidance_scale: float = option(
-        1.0, "Guidance of the generated training images (1: the model's own conditional distribution)."
+        1.0,
+        "Guidance of the generated training images (1: the model's own conditional distribution). Flux has no "
+        "classifier-free guidance: its images are drawn at the guidance value its training gives the model (3.5).",
     )
     generation_inference_steps: int = option(20, "Sampling steps of the generated training images.")
 

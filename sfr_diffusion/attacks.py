@@ -7,7 +7,9 @@ never learned it?
   samples drawn with it are judged. Class-conditional models: the class's row of every class-embedding table (one
   for the DDPM, one per block for DiT). Text-to-image models: the prompt's encoder hidden states, one tensor standing
   in for every prompt of the concept (stronger than inverting one input token: it is not bound to the text encoder);
-  for SDXL both encoders' hidden states, concatenated, with each prompt's pooled embedding kept.
+  for SDXL both encoders' hidden states, concatenated, with each prompt's pooled embedding kept; for SD3 its
+  ``prompt_embeds`` (CLIP states, zero padding kept, then T5 states) and for Flux T5's hidden states, the pooled
+  embeddings kept.
 * ``relearn``: fine-tune the erased denoiser (all its weights) on k images of the concept for n steps with its own
   loss, then judge the concept (ASR) and the other classes (RA: what the fine-tune cost).
 * ``relearn_reset``: the same after resetting the forgotten class's embedding rows to the mean of the other

@@ -10,7 +10,8 @@
 
 The same call erases a class from a DiT (``load_pipeline("digits-dit")``, or ``facebook/DiT-XL-2-256`` with
 ``data=DataArguments(dataset_name=...)``) and a concept from Stable Diffusion (``load_pipeline("digits-sd")``, or
-``CompVis/stable-diffusion-v1-4`` or ``stabilityai/stable-diffusion-xl-base-1.0`` with
+``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-xl-base-1.0``,
+``stabilityai/stable-diffusion-3-medium-diffusers`` or ``black-forest-labs/FLUX.1-dev`` with
 ``data=DataArguments(remain_prompts=[...])`` and ``method=SFROnConfig(remap_target="a painting")``). It runs in a
 plain process or notebook (it builds its own ``Accelerator``) and under ``accelerate launch`` on N processes; give it
 an ``Accelerator`` to reuse one.
@@ -214,8 +215,9 @@ def erase(
     """Erase `concept` (or several concepts at once) from `pipeline` in place and return what was done.
 
     Args:
-        pipeline: a class-conditional DDPM (``ClassConditionalDDPMPipeline``), a ``DiTPipeline`` or a
-            ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
+        pipeline: a class-conditional DDPM (``ClassConditionalDDPMPipeline``), a ``DiTPipeline``, a
+            ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline`` or
+            ``FluxPipeline`` (see :func:`sfr_diffusion.load_pipeline`).
         concept: a class name from ``id2label`` or a class id; for text-to-image models the concept text. A list or
             tuple erases several at once: the forget set holds each one's images, the remain set none of them, and
             the preset's evaluator reports each one's FA as ``FA_per_concept``. A string is always one concept
@@ -258,6 +260,7 @@ def erase(
     if getattr(method_config, "forget_loss", False) is None:
         method_config = replace(method_config, forget_loss=family.default_forget_loss)
     method_class.check_config(method_config, family)
+    family.check_trainable(training.trainable)  # e.g. cross-attention in a transformer that has none
     _check_remap_target(method_config, family, preset, names, conditions)
     own_accelerator = accelerator is None
     accelerator = accelerator or build_accelerator(training)

@@ -1,31 +1,46 @@
 """The one place that knows how model families differ.
 
 A *family* turns images and conditions into a denoiser's training problem: which space the denoiser works in (pixels
-or VAE latents), how conditions and the null condition are encoded (class ids; prompts through the text encoder),
-how the prediction is read (DiT's learned-sigma channels), what the target is. Conditions are integer ids
-everywhere: a class id, or for text-to-image models the id of a prompt in the family's prompt table. Methods
-(``sfr_diffusion.methods``) and the trainer only see per-sample losses built through a family, so every method runs
-on every family.
+or VAE latents), how conditions and the null condition are encoded (class ids; prompts through the text encoders),
+how the prediction is read (DiT's learned-sigma channels, Flux's packed latents), how samples are noised and what
+the target is (DDPM noise schedules; the flow matching of SD3 and Flux, :class:`FlowMatchingFamily`). Conditions are
+integer ids everywhere: a class id, or for text-to-image models the id of a prompt in the family's prompt table.
+Methods (``sfr_diffusion.methods``) and the trainer only see per-sample losses built through a family, so every
+method runs on every family.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from diffusers import (
+    DDPMScheduler,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from diffusers.models.embeddings import LabelEmbedding
+from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from .losses import per_sample_mse
 
 
 @dataclass
 class NoiseDraw:
-    """Noise and timesteps for one batch, drawn up front so that a batch can be sharded reproducibly."""
+    """Noise and timesteps for one batch, drawn up front so that a batch can be sharded reproducibly. Timesteps are
+    what the family's denoiser is given: integer steps of a DDPM schedule, or a flow-matching scheduler's (float)
+    timestep values (:class:`FlowMatchingFamily`)."""
 
     noise: torch.Tensor
     timesteps: torch.Tensor
@@ -83,9 +98,9 @@ class DiffusionFamily:
     Traits, per family: ``text_conditioned`` (conditions are prompts rather than class ids); ``default_forget_loss``
     of SFR-on (remap on every family: onto an anchor prompt for text, onto a kept class for class models; ascent on a
     class's own loss, SPEC §1's choice, collapses the digits DiT; BENCHMARKS.md);
-    ``default_learning_rate`` (measured on the digits world, BENCHMARKS.md: at 2e-3 the digits DiT forgets by
-    iteration 10 but its remaining-class FID-digits triples by iteration 50, at 1e-3 it stays at the base; with the
-    remap the digits DDPM forgets by iteration 10–20 at 1e-3 and keeps its unguided RA better than at 2e-3; the
+    ``default_learning_rate`` (measured on the digits world with the remap, BENCHMARKS.md: the digits DDPM forgets
+    by iteration 10–20 at 1e-3 and keeps its unguided RA better than at 2e-3; the digits DiT forgets by iteration 10
+    at 5e-4 with less damage at guidance 1 and 7.5 than at 1e-3, where fine-tuning alone already degrades it; the
     digits SD forgets by iteration 10 at 1e-4 to 1e-3 and its FID-digits ends lowest at 3e-4).
     """
 
@@ -93,10 +108,12 @@ class DiffusionFamily:
     text_conditioned: ClassVar[bool] = False
     default_forget_loss: ClassVar[str] = "remap"
     default_learning_rate: ClassVar[float] = 1e-4  # the paper's setting
+    # The training form of the pipeline's scheduler (a fresh one: the pipeline's own keeps its last sampling steps).
+    training_scheduler_class: ClassVar[type] = DDPMScheduler
 
     def __init__(self, pipeline, null_class_id: int, sample_shape: tuple[int, ...]):
         self.pipeline = pipeline
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.noise_scheduler = self.training_scheduler_class.from_config(pipeline.scheduler.config)
         self.null_class_id = null_class_id
         self.sample_shape = sample_shape  # the denoiser's input, per sample
         self.frozen_dtype = torch.float32  # of frozen parts and frozen copies; the weight dtype while prepared
@@ -159,6 +176,18 @@ class DiffusionFamily:
     def _training_switches(self) -> Iterator[None]:
         """Family-specific switches for the duration of an erasure (none by default)."""
         yield
+
+    def check_trainable(self, selection: str) -> None:
+        """Refuse a ``--trainable`` selection that means nothing for this family's denoiser (none by default)."""
+
+    def sampling_kwargs(self) -> dict:
+        """Keyword arguments every pipeline call of this package adds, so that samples have :attr:`image_shape`
+        (none by default: the pipeline's own default size is the family's)."""
+        return {}
+
+    def generation_guidance(self, guidance_scale: float) -> float:
+        """The guidance scale training images are generated at, asked for `guidance_scale` (that one by default)."""
+        return guidance_scale
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -344,7 +373,7 @@ class DiTFamily(LatentFamily):
     """
 
     name = "dit"
-    default_learning_rate = 1e-3
+    default_learning_rate = 5e-4
 
     def __init__(self, pipeline):
         transformer = pipeline.transformer
@@ -380,11 +409,17 @@ class DiTFamily(LatentFamily):
         return [m.embedding_table for m in self.denoiser.modules() if isinstance(m, LabelEmbedding)]
 
 
-def _prompt_rows(tokenizer, prompts: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _prompt_rows(
+    tokenizer, prompts: list[str], max_length: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """input_ids (b, tokens) → which rows are one of `prompts`, tokenized as the pipelines tokenize them (padded to
-    the tokenizer's maximum length)."""
+    `max_length`, by default the tokenizer's maximum length)."""
     prompt_ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        prompts,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
 
     def rows(input_ids: torch.Tensor) -> torch.Tensor:
@@ -395,10 +430,12 @@ def _prompt_rows(tokenizer, prompts: list[str]) -> Callable[[torch.Tensor], torc
     return rows
 
 
-def _hook_prompt_rows(encoder: torch.nn.Module, tokenizer, prompts: list[str], write: Callable) -> object:
+def _hook_prompt_rows(
+    encoder: torch.nn.Module, tokenizer, prompts: list[str], write: Callable, max_length: int | None = None
+) -> object:
     """A forward hook on a text encoder that calls ``write(output, rows)`` for the rows of its batch that encode one
-    of `prompts` (``write`` changes the output in place); returns the hook's handle."""
-    rows_of = _prompt_rows(tokenizer, prompts)
+    of `prompts` (tokenized to `max_length` tokens; ``write`` changes the output in place); returns its handle."""
+    rows_of = _prompt_rows(tokenizer, prompts, max_length)
 
     def hook(module, args, kwargs, output):
         rows = rows_of(args[0] if args else kwargs["input_ids"])
@@ -409,47 +446,39 @@ def _hook_prompt_rows(encoder: torch.nn.Module, tokenizer, prompts: list[str], w
     return encoder.register_forward_hook(hook, with_kwargs=True)
 
 
-class StableDiffusionFamily(LatentFamily):
-    """Text-to-image ``UNet2DConditionModel`` behind a VAE and a frozen text encoder, as ``StableDiffusionPipeline``.
+def _call_default(pipeline, parameter: str):
+    """The default of one of the pipeline's ``__call__`` parameters (what it samples with when not told)."""
+    return inspect.signature(type(pipeline).__call__).parameters[parameter].default
+
+
+class TextToImageFamily(LatentFamily):
+    """What the text-to-image families share: conditions are prompts, encoded by the pipeline's frozen text encoders.
 
     A condition id is a row of the family's prompt table (:meth:`prompt_id` adds prompts); id 0 is the empty prompt,
-    the unconditional branch of classifier-free guidance, and so the null condition. Prompts are encoded with the
-    pipeline's own ``encode_prompt``, exactly as it conditions its samples, once each, and kept on the UNet's device.
+    the null condition. Prompts are encoded with the pipeline's own ``encode_prompt``, exactly as it conditions its
+    samples, once each, and kept (fp32) on the denoiser's device. A prompt encodes to a tuple whose first entry is the
+    sequence of hidden states the denoiser attends to (what :meth:`condition_embedding` returns and inversion attacks
+    optimise) and whose others are what else the denoiser takes (pooled embeddings).
 
-    What differs between SD 1.x/2.x and SDXL (:class:`StableDiffusionXLFamily`) is confined to the text encoders,
-    what a prompt encodes to (:meth:`_encode_prompts`), what else the UNet takes (:meth:`_added_conditions`) and where
-    the pipeline's sampling reads the prompt's hidden states (:meth:`_sampling_hooks`).
+    A family says which text encoders it has (:meth:`text_encoders`), what a prompt encodes to
+    (:meth:`_encode_prompts`), how its denoiser is called (:meth:`predict`, on :meth:`_conditioning`) and where the
+    pipeline's sampling reads a prompt's hidden states (:meth:`_sampling_hooks`).
     """
 
-    name = "sd"
     text_conditioned = True
     default_learning_rate = 3e-4
-    addition_embed_type: ClassVar[str | None] = None  # the UNet's, which the family supplies the inputs of
 
-    def __init__(self, pipeline):
-        unet = pipeline.unet
-        if unet.config.addition_embed_type != self.addition_embed_type or unet.config.class_embed_type is not None:
-            extra = unet.config.addition_embed_type or unet.config.class_embed_type
-            raise ValueError(
-                "The SD family supports text-only UNet2DConditionModel (SD 1.x/2.x); this UNet also needs "
-                f"{extra!r} embeddings. SDXL UNets ('text_time') are supported in a StableDiffusionXLPipeline, with "
-                "its second text encoder (text_encoder_2)."
-            )
-        shape = (unet.config.in_channels, *_pair(unet.config.sample_size))
-        super().__init__(pipeline, null_class_id=0, sample_shape=shape)
+    def __init__(self, pipeline, sample_shape: tuple[int, ...]):
+        super().__init__(pipeline, null_class_id=0, sample_shape=sample_shape)
         self.prompts: list[str] = []
         self._ids: dict[str, int] = {}
         self._embeddings: dict[int, tuple[torch.Tensor, ...]] = {}  # id → what it encodes to, see _encode_prompts
         self._override: tuple[torch.Tensor, torch.Tensor] | None = None  # see condition_embedding_override
         self.prompt_id("")
 
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipeline.unet
-
     def text_encoders(self) -> list[torch.nn.Module]:
         """The pipeline's text encoders, in the order their hidden states are concatenated."""
-        return [self.pipeline.text_encoder]
+        raise NotImplementedError
 
     def frozen_parts(self) -> list[torch.nn.Module]:
         return [self.vae, *self.text_encoders()]
@@ -474,14 +503,13 @@ class StableDiffusionFamily(LatentFamily):
         return self.prompt_id(str(concept).strip())
 
     def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
-        """What each prompt conditions the UNet with, as the pipeline encodes it: (hidden states,)."""
-        embeddings, _ = self.pipeline.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
-        return [(e,) for e in embeddings]
+        """What each prompt conditions the denoiser with, as the pipeline encodes it: (hidden states, ...)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def _encoded(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The encodings of condition ids (b,), each stacked (b, ...), fp32, on the UNet's device."""
-        device = self.pipeline.unet.device
+        """The encodings of condition ids (b,), each stacked (b, ...), fp32, on the denoiser's device."""
+        device = self.denoiser.device
         missing = sorted({int(i) for i in ids.tolist()} - set(self._embeddings))
         if missing:
             for encoder in self.text_encoders():
@@ -492,34 +520,31 @@ class StableDiffusionFamily(LatentFamily):
         return tuple(torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
 
     def prompt_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """Text-encoder hidden states for condition ids (b,) → (b, tokens, dim), on the UNet's device."""
+        """Text-encoder hidden states for condition ids (b,) → (b, tokens, dim), on the denoiser's device."""
         return self._encoded(ids)[0]
 
-    def _added_conditions(self, encoded: tuple[torch.Tensor, ...], x_t: torch.Tensor) -> dict:
-        """Keyword arguments the UNet takes besides the hidden states (none for SD 1.x/2.x)."""
-        return {}
-
-    def predict(self, model, x_t, timesteps, labels):
+    def _conditioning(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the denoiser is given for condition ids (b,): their encodings, with the hidden states of the
+        overridden conditions replaced (:meth:`condition_embedding_override`)."""
         states, *rest = self._encoded(labels)
         if self._override is not None:
             conditions, embedding = self._override
             rows = torch.isin(labels.to(states.device), conditions.to(states.device))
-            states = torch.where(rows[:, None, None], embedding.to(states), states)
-        extra = self._added_conditions(tuple(rest), x_t)
-        return model(x_t, timesteps, encoder_hidden_states=states.to(x_t.dtype), **extra).sample
+            states = torch.where(rows[:, None, None], self._as_sampled(embedding).to(states), states)
+        return (states, *rest)
+
+    def _as_sampled(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What of an override the pipeline's sampling can be given through :meth:`_sampling_hooks`: all of it,
+        unless part of the hidden states is not a text encoder's output (SD3's zero padding)."""
+        return embedding
 
     def condition_embedding(self, condition: int) -> torch.Tensor:
         """The prompt's encoder hidden states (tokens, dim), fp32."""
         return self.prompt_embeddings(torch.tensor([condition]))[0].detach().float()
 
     def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
-        """Hooks that give `prompts` `embedding` where the pipeline reads their hidden states: the text encoder's
-        last hidden state."""
-
-        def write(output, rows):
-            output[0][rows] = embedding.detach().to(output[0])
-
-        return [_hook_prompt_rows(self.pipeline.text_encoder, self.pipeline.tokenizer, prompts, write)]
+        """Hooks that give `prompts` `embedding` where the pipeline reads their hidden states; their handles."""
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def condition_embedding_override(self, conditions, embedding: torch.Tensor) -> Iterator[None]:
@@ -539,6 +564,60 @@ class StableDiffusionFamily(LatentFamily):
 
     def reset_condition_embedding(self, condition: int) -> bool:
         return False  # a prompt's embedding comes from the frozen text encoder: erasure never changes it
+
+
+class StableDiffusionFamily(TextToImageFamily):
+    """Text-to-image ``UNet2DConditionModel`` behind a VAE and a frozen text encoder, as ``StableDiffusionPipeline``.
+
+    Conditions are prompt ids (:class:`TextToImageFamily`); the null condition, the empty prompt, is the
+    unconditional branch of classifier-free guidance. What differs between SD 1.x/2.x and SDXL
+    (:class:`StableDiffusionXLFamily`) is confined to the text encoders, what a prompt encodes to
+    (:meth:`_encode_prompts`), what else the UNet takes (:meth:`_added_conditions`) and where the pipeline's sampling
+    reads the prompt's hidden states (:meth:`_sampling_hooks`).
+    """
+
+    name = "sd"
+    addition_embed_type: ClassVar[str | None] = None  # the UNet's, which the family supplies the inputs of
+
+    def __init__(self, pipeline):
+        unet = pipeline.unet
+        if unet.config.addition_embed_type != self.addition_embed_type or unet.config.class_embed_type is not None:
+            extra = unet.config.addition_embed_type or unet.config.class_embed_type
+            raise ValueError(
+                "The SD family supports text-only UNet2DConditionModel (SD 1.x/2.x); this UNet also needs "
+                f"{extra!r} embeddings. SDXL UNets ('text_time') are supported in a StableDiffusionXLPipeline, with "
+                "its second text encoder (text_encoder_2)."
+            )
+        super().__init__(pipeline, sample_shape=(unet.config.in_channels, *_pair(unet.config.sample_size)))
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipeline.text_encoder]
+
+    def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+        """(hidden states,) per prompt."""
+        embeddings, _ = self.pipeline.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
+        return [(e,) for e in embeddings]
+
+    def _added_conditions(self, encoded: tuple[torch.Tensor, ...], x_t: torch.Tensor) -> dict:
+        """Keyword arguments the UNet takes besides the hidden states (none for SD 1.x/2.x)."""
+        return {}
+
+    def predict(self, model, x_t, timesteps, labels):
+        states, *rest = self._conditioning(labels)
+        extra = self._added_conditions(tuple(rest), x_t)
+        return model(x_t, timesteps, encoder_hidden_states=states.to(x_t.dtype), **extra).sample
+
+    def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
+        """The text encoder's last hidden state, which SD 1.x/2.x's ``encode_prompt`` reads."""
+
+        def write(output, rows):
+            output[0][rows] = embedding.detach().to(output[0])
+
+        return [_hook_prompt_rows(self.pipeline.text_encoder, self.pipeline.tokenizer, prompts, write)]
 
 
 class StableDiffusionXLFamily(StableDiffusionFamily):
@@ -629,13 +708,322 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         return handles
 
 
+TIMESTEP_DENSITIES = ("logit_normal", "mode", "none")
+
+
+class FlowMatchingFamily(DiffusionFamily):
+    """Rectified flow, as SD3 and Flux are trained (Esser et al., "Scaling Rectified Flow Transformers for
+    High-Resolution Image Synthesis", ICML 2024, §2-3): the noisy sample is ``x_σ = (1 − σ) x₀ + σ ε`` and the
+    denoiser predicts the velocity ``v = ε − x₀``, the target of every loss (remap and ESD targets are velocities too).
+
+    Training timesteps are drawn as diffusers' SD3 and Flux training examples draw them: ``u`` from
+    ``timestep_density`` (``compute_density_for_timestep_sampling``: ``"logit_normal"`` with ``logit_mean`` and
+    ``logit_std``, the SD3 paper's rf/lognorm(0, 1) and SPEC §5's default for both families; ``"mode"`` with
+    ``mode_scale``; ``"none"``, uniform, the default of diffusers' Flux DreamBooth example), then the timestep at index
+    ``⌊u · N⌋`` of the training schedule of the pipeline's ``FlowMatchEulerDiscreteScheduler`` (its N =
+    ``num_train_timesteps`` steps, shifted when its config says so: SD3's ``shift`` 3; Flux's resolution-dependent
+    dynamic shift applies when sampling only, so its training sigmas are unshifted, as in diffusers' Flux example).
+    These densities weight the loss by 1 (``compute_loss_weighting_for_sd3``), so the loss is the plain MSE. A draw's
+    timesteps are the scheduler's timestep values (floats, ``σ · N``, what the pipeline gives the transformer), and
+    ``σ = t / N``; timestep quartiles are quarters of σ, the last one the noisiest, as for DDPM timesteps.
+    """
+
+    training_scheduler_class = FlowMatchEulerDiscreteScheduler
+    timestep_density: ClassVar[str] = "logit_normal"
+    logit_mean: ClassVar[float] = 0.0
+    logit_std: ClassVar[float] = 1.0
+    mode_scale: ClassVar[float] = 1.29
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.timestep_density not in TIMESTEP_DENSITIES:
+            raise ValueError(
+                f"Unknown timestep density {self.timestep_density!r}; valid densities are {list(TIMESTEP_DENSITIES)}."
+            )
+
+    def check_trainable(self, selection: str) -> None:
+        if "cross_attention" in selection:
+            raise ValueError(
+                f"--trainable {selection} selects cross-attention layers, which the {self.name} transformer does not "
+                "have: its text and image tokens meet in joint attention. Use --trainable all."
+            )
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator) -> NoiseDraw:
+        noise = torch.randn((batch_size, *self.sample_shape), generator=generator)
+        u = compute_density_for_timestep_sampling(
+            weighting_scheme=self.timestep_density,
+            batch_size=batch_size,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+            generator=generator,
+        )
+        indices = (u * self.num_timesteps).long().clamp(0, self.num_timesteps - 1)
+        return NoiseDraw(noise=noise, timesteps=self.noise_scheduler.timesteps[indices].float())
+
+    def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """σ of scheduler timesteps (b,): ``t / N`` (the scheduler's timesteps are its sigmas times N)."""
+        return timesteps.float() / self.num_timesteps
+
+    def noisy(self, x0: torch.Tensor, draw: NoiseDraw) -> torch.Tensor:
+        sigma = self.sigmas(draw.timesteps.to(x0.device)).to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
+        return (1 - sigma) * x0 + sigma * draw.noise.to(x0)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+
+class StableDiffusion3Family(FlowMatchingFamily, TextToImageFamily):
+    """SD3 and SD3.5: an ``SD3Transformer2DModel`` (MMDiT) behind a VAE and three frozen text encoders, as
+    ``StableDiffusion3Pipeline`` samples it, trained by flow matching (:class:`FlowMatchingFamily`).
+
+    A prompt encodes, through the pipeline's own ``encode_prompt`` (at its default ``max_sequence_length``,
+    :attr:`max_sequence_length`), to ``prompt_embeds`` — the two CLIP encoders' penultimate hidden states concatenated
+    and zero-padded to the T5 width, followed along the tokens by T5's hidden states (77 + 256 tokens × 4096 for SD3
+    medium) — and ``pooled_prompt_embeds``, the two CLIP pooled projections; both are cached. The null condition (id
+    0, the empty prompt) is what the pipeline's guidance gives its unconditional branch: the empty negative prompt,
+    encoded as any prompt is.
+
+    Inversion attacks (:meth:`condition_embedding_override`) optimise ``prompt_embeds`` and keep the prompt's pooled
+    embedding. In the pipeline's sampling each encoder gets a hook writing its part into what ``encode_prompt`` reads:
+    each CLIP encoder's slice of the first 77 tokens into the hidden state it reads (the penultimate one, or the one
+    ``clip_skip`` selects), the remaining tokens into T5's last hidden state; the pooled outputs are left as they are.
+    The zero padding of the CLIP tokens (and the zeros a pipeline without T5 uses for its tokens) is no encoder's
+    output, so the override keeps those coordinates at zero in :meth:`predict` as well (their gradient is zero): the
+    optimised embedding is exactly what the pipeline samples with. The hooks act when the pipeline samples with the
+    family's ``max_sequence_length`` (its default). The learning rate is the SD family's (no SD3 measurement).
+    """
+
+    name = "sd3"
+
+    def __init__(self, pipeline):
+        transformer = pipeline.transformer
+        shape = (transformer.config.in_channels, *_pair(transformer.config.sample_size))
+        super().__init__(pipeline, sample_shape=shape)
+        self.max_sequence_length: int = _call_default(pipeline, "max_sequence_length")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        encoders = (self.pipeline.text_encoder, self.pipeline.text_encoder_2, self.pipeline.text_encoder_3)
+        return [e for e in encoders if e is not None]
+
+    def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+        """(prompt_embeds, pooled_prompt_embeds) per prompt."""
+        states, _, pooled, _ = self.pipeline.encode_prompt(
+            prompts,
+            None,
+            None,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return list(zip(states, pooled, strict=True))
+
+    def pooled_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The CLIP encoders' pooled projections for condition ids (b,) → (b, dim), on the transformer's device."""
+        return self._encoded(ids)[1]
+
+    def predict(self, model, x_t, timesteps, labels):
+        states, pooled = self._conditioning(labels)
+        return model(
+            hidden_states=x_t,
+            timestep=timesteps,
+            encoder_hidden_states=states.to(x_t.dtype),
+            pooled_projections=pooled.to(x_t.dtype),
+        ).sample
+
+    def _clip_parts(self, width: int) -> list[tuple[torch.nn.Module, object, slice]]:
+        """(encoder, tokenizer, columns of prompt_embeds it fills) for each CLIP encoder; a pipeline whose T5 width is
+        smaller than the two CLIP widths together keeps only the first columns (``encode_prompt`` pads by a negative
+        amount)."""
+        pipeline, start, parts = self.pipeline, 0, []
+        for encoder, tokenizer in (
+            (pipeline.text_encoder, pipeline.tokenizer),
+            (pipeline.text_encoder_2, pipeline.tokenizer_2),
+        ):
+            end = start + encoder.config.hidden_size
+            parts.append((encoder, tokenizer, slice(min(start, width), min(end, width))))
+            start = end
+        return parts
+
+    def _as_sampled(self, embedding: torch.Tensor) -> torch.Tensor:
+        clip_tokens = self.pipeline.tokenizer_max_length
+        filled = torch.zeros_like(embedding, dtype=torch.bool)
+        for _, _, columns in self._clip_parts(embedding.shape[-1]):
+            filled[:clip_tokens, columns] = True
+        if self.pipeline.text_encoder_3 is not None:
+            filled[clip_tokens:] = True
+        return embedding * filled
+
+    def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
+        pipeline = self.pipeline
+        clip_tokens = pipeline.tokenizer_max_length
+        handles = []
+        for encoder, tokenizer, columns in self._clip_parts(embedding.shape[-1]):
+            part = embedding[:clip_tokens, columns]
+
+            def write(output, rows, part=part):
+                if output.hidden_states is None:  # not called by encode_prompt, which always asks for them
+                    return
+                # encode_prompt reads hidden_states[-(clip_skip + 2)]; the pipeline sets clip_skip per call.
+                layer = -((getattr(pipeline, "clip_skip", None) or 0) + 2)
+                states = output.hidden_states[layer]
+                states[rows, :, : part.shape[-1]] = part.detach().to(states)
+
+            handles.append(_hook_prompt_rows(encoder, tokenizer, prompts, write, max_length=clip_tokens))
+        if pipeline.text_encoder_3 is not None:
+            t5_part = embedding[clip_tokens:]
+
+            def write_t5(output, rows):
+                output[0][rows] = t5_part.detach().to(output[0])
+
+            handles.append(
+                _hook_prompt_rows(
+                    pipeline.text_encoder_3, pipeline.tokenizer_3, prompts, write_t5, self.max_sequence_length
+                )
+            )
+        return handles
+
+
+class FluxFamily(FlowMatchingFamily, TextToImageFamily):
+    """Flux (FLUX.1-dev, -schnell): a ``FluxTransformer2DModel`` behind a VAE, a frozen CLIP text encoder (pooled
+    output) and a frozen T5 (sequence), as ``FluxPipeline`` samples it, trained by flow matching
+    (:class:`FlowMatchingFamily`).
+
+    *Latents.* The family's samples (:attr:`sample_shape`, the noise, the targets, what :meth:`predict` takes and
+    returns) are the VAE's latents (C, h, w), unpacked; :meth:`predict` packs them into 2×2 patches for the transformer
+    with the pipeline's ``_pack_latents``, gives it the pipeline's ``_prepare_latent_image_ids`` and the all-zero text
+    ids ``encode_prompt`` returns, and unpacks its output with ``_unpack_latents``. The transformer is given
+    ``t / 1000`` as the pipeline gives it. ``FluxPipeline`` records no resolution (it samples at 128 latent pixels
+    unless told): the family works at the VAE's ``sample_size`` (1024 for FLUX.1), and every sample this package draws
+    passes that height and width (:meth:`sampling_kwargs`).
+
+    *Guidance.* FLUX.1-dev is guidance-distilled: its guidance embedding takes a guidance value and it has no
+    classifier-free guidance at sampling. Training gives the guidance embedding the fixed value
+    :attr:`guidance_scale` (by default the pipeline's default, 3.5), as diffusers' Flux training examples do with
+    ``--guidance_scale``, and the generated training images are drawn at that value too (:meth:`generation_guidance`),
+    so that data and training agree; ``generation_guidance_scale`` is the scale of a classifier-free guidance FLUX.1
+    does not have. Models without a guidance embedding (schnell) take none.
+
+    *Conditions.* A prompt encodes, through the pipeline's ``encode_prompt`` (at its default
+    ``max_sequence_length``, :attr:`max_sequence_length`), to T5's hidden states (512 × 4096 for FLUX.1-dev) and CLIP's
+    pooled output; both are cached. The null condition (id 0) is the empty prompt encoded the same way. Since FLUX.1
+    samples without an unconditional branch, it serves only where a method asks for one: label dropout in remain
+    steps, ESD's target ``v(∅) − η (v(c) − v(∅))``, and a remap onto "nothing"; it is also what ``FluxPipeline``'s
+    ``true_cfg_scale`` with ``negative_prompt=""`` would use.
+
+    Inversion attacks (:meth:`condition_embedding_override`) optimise the T5 hidden states and keep the prompt's
+    pooled CLIP embedding; in the pipeline's sampling a hook on T5 writes them into its last hidden state for the
+    prompt's rows (when sampling at the family's ``max_sequence_length``). The learning rate is the SD family's (no
+    Flux measurement).
+    """
+
+    name = "flux"
+
+    def __init__(self, pipeline):
+        transformer, vae = pipeline.transformer, pipeline.vae
+        factor = pipeline.vae_scale_factor
+        height, width = _pair(vae.config.sample_size)
+        if height != width or height % (2 * factor):
+            raise ValueError(
+                f"The Flux family works at the VAE's sample_size, which must be square and a multiple of {2 * factor} "
+                f"(the VAE's factor × the 2×2 packing); this VAE's is {vae.config.sample_size}."
+            )
+        shape = (transformer.config.in_channels // 4, height // factor, width // factor)
+        super().__init__(pipeline, sample_shape=shape)
+        self.max_sequence_length: int = _call_default(pipeline, "max_sequence_length")
+        self.guidance_scale: float = float(_call_default(pipeline, "guidance_scale"))
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.denoiser.config.guidance_embeds)
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipeline.text_encoder, self.pipeline.text_encoder_2]
+
+    def sampling_kwargs(self) -> dict:
+        height, width = self.image_shape[1:]
+        return {"height": height, "width": width}
+
+    def generation_guidance(self, guidance_scale: float) -> float:
+        return self.guidance_scale if self.guidance_embeds else guidance_scale
+
+    def _encode_prompts(self, prompts: list[str], device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+        """(T5 hidden states, CLIP pooled output) per prompt; the text ids are zeros, made in :meth:`predict`."""
+        states, pooled, _ = self.pipeline.encode_prompt(
+            prompts, None, device=device, num_images_per_prompt=1, max_sequence_length=self.max_sequence_length
+        )
+        return list(zip(states, pooled, strict=True))
+
+    def pooled_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """CLIP's pooled outputs for condition ids (b,) → (b, dim), on the transformer's device."""
+        return self._encoded(ids)[1]
+
+    def predict(self, model, x_t, timesteps, labels):
+        states, pooled = self._conditioning(labels)
+        pipeline = self.pipeline
+        batch, channels, height, width = x_t.shape
+        packed = pipeline._pack_latents(x_t.contiguous(), batch, channels, height, width)
+        image_ids = pipeline._prepare_latent_image_ids(batch, height // 2, width // 2, x_t.device, x_t.dtype)
+        text_ids = torch.zeros(states.shape[1], 3, device=x_t.device, dtype=x_t.dtype)
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((batch,), self.guidance_scale, device=x_t.device, dtype=torch.float32)
+        output = model(
+            hidden_states=packed,
+            timestep=timesteps.to(x_t.device, x_t.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=pooled.to(x_t.dtype),
+            encoder_hidden_states=states.to(x_t.dtype),
+            txt_ids=text_ids,
+            img_ids=image_ids,
+        ).sample
+        factor = pipeline.vae_scale_factor
+        return pipeline._unpack_latents(output, height * factor, width * factor, factor)
+
+    def _sampling_hooks(self, prompts: list[str], embedding: torch.Tensor) -> list:
+        pipeline = self.pipeline
+
+        def write(output, rows):
+            output[0][rows] = embedding.detach().to(output[0])
+
+        return [
+            _hook_prompt_rows(pipeline.text_encoder_2, pipeline.tokenizer_2, prompts, write, self.max_sequence_length)
+        ]
+
+
+def _check_text_to_image(pipeline, expected: type, family: str) -> None:
+    """Only the text-to-image pipeline of a transformer family samples as the family trains (img2img, inpainting,
+    Fill or Kontext pipelines condition on images as well)."""
+    if not isinstance(pipeline, expected):
+        raise ValueError(
+            f"The {family} family erases from a {expected.__name__}; {type(pipeline).__name__} conditions its samples "
+            f"on more than text. Load the model as a {expected.__name__}."
+        )
+
+
 def family_for(pipeline) -> DiffusionFamily:
     """Pick the family from the pipeline's components; an unknown layout is an error naming the supported ones."""
     unet = getattr(pipeline, "unet", None)
     if isinstance(unet, UNet2DModel) and unet.config.num_class_embeds is not None:
         return ClassConditionalUNetFamily(pipeline)
-    if isinstance(getattr(pipeline, "transformer", None), DiTTransformer2DModel):
+    transformer = getattr(pipeline, "transformer", None)
+    if isinstance(transformer, DiTTransformer2DModel):
         return DiTFamily(pipeline)
+    if isinstance(transformer, SD3Transformer2DModel):
+        _check_text_to_image(pipeline, StableDiffusion3Pipeline, "sd3")
+        return StableDiffusion3Family(pipeline)
+    if isinstance(transformer, FluxTransformer2DModel):
+        _check_text_to_image(pipeline, FluxPipeline, "flux")
+        return FluxFamily(pipeline)
     if (
         isinstance(unet, UNet2DConditionModel)
         and unet.config.addition_embed_type == "text_time"
@@ -646,5 +1034,6 @@ def family_for(pipeline) -> DiffusionFamily:
         return StableDiffusionFamily(pipeline)
     raise ValueError(
         f"Unsupported pipeline {type(pipeline).__name__}: expected a class-conditional UNet2DModel pipeline "
-        "(ClassConditionalDDPMPipeline), a DiTPipeline, a StableDiffusionPipeline or a StableDiffusionXLPipeline."
+        "(ClassConditionalDDPMPipeline), a DiTPipeline, a StableDiffusionPipeline, a StableDiffusionXLPipeline, a "
+        "StableDiffusion3Pipeline or a FluxPipeline."
     )

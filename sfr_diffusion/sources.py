@@ -271,14 +271,22 @@ def _text_data(family, names, conditions, options, dataset, pair, preset, seed, 
             f"The remain prompts {shared[:5]} are also erased ({names}): remain prompts must be kept ones."
         )
     pipeline = family.pipeline
+    # Flux: the guidance its training gives the guidance embedding, so that data and training agree.
+    guidance = family.generation_guidance(options.generation_guidance_scale)
+    if guidance != options.generation_guidance_scale:
+        logger.info(
+            "Generating at guidance %g, the value %s training gives the model (not generation_guidance_scale %g).",
+            guidance, family.name, options.generation_guidance_scale,
+        )  # fmt: skip
     settings = dict(
         images_per_prompt=options.images_per_prompt,
         seed=seed,
         num_inference_steps=options.generation_inference_steps,
-        guidance_scale=options.generation_guidance_scale,
+        guidance_scale=guidance,
         batch_size=options.generation_batch_size,
         cache_root=cache_dir() / "generated",
-        fingerprint=model_fingerprint(pipeline),  # once for both sets: it may hash every UNet weight
+        fingerprint=model_fingerprint(pipeline),  # once for both sets: it may hash every denoiser weight
+        pipeline_kwargs=family.sampling_kwargs(),
     )
     with main_process_first():
         generated = {

@@ -94,19 +94,22 @@ def mentions(caption: str, concept: str) -> bool:
 
 
 def model_fingerprint(pipeline) -> dict:
-    """What identifies the model the images come from: its path, its UNet config and its weight files' stamps."""
+    """What identifies the model the images come from: its path, its denoiser's config (the UNet's or the
+    transformer's) and its weight files' stamps."""
+    component = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    denoiser = getattr(pipeline, component)
     path = str(getattr(pipeline, "name_or_path", "") or pipeline.config.get("_name_or_path", ""))
     files = []
     if path and Path(path).is_dir():
         for file in sorted(Path(path).glob("*/*.safetensors")) + sorted(Path(path).glob("*/*.bin")):
             stat = file.stat()
             files.append([str(file.relative_to(path)), stat.st_size, int(stat.st_mtime)])
-    if not files:  # an in-memory model: hash the UNet's weights
+    if not files:  # an in-memory model: hash the denoiser's weights
         digest = hashlib.sha256()
-        for tensor in pipeline.unet.state_dict().values():
+        for tensor in denoiser.state_dict().values():
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        files = [["unet", digest.hexdigest()]]
-    return {"path": path, "unet": dict(pipeline.unet.config), "files": files}
+        files = [[component, digest.hexdigest()]]
+    return {"path": path, component: dict(denoiser.config), "files": files}
 
 
 def generated_cache_key(fingerprint: dict, prompts: Sequence[str], **settings) -> str:
@@ -127,6 +130,7 @@ def generate_images(
     cache_root: str | Path,
     description: str = "generating",
     fingerprint: dict | None = None,
+    pipeline_kwargs: dict | None = None,
 ):
     """``images_per_prompt`` images per prompt from `pipeline`, as a data set with ``image`` and ``text`` columns.
 
@@ -134,12 +138,17 @@ def generate_images(
     written to a staging folder and renamed, so an interrupted generation leaves nothing that looks complete. Batch
     ``i`` uses the seed ``seed + i``, so the result does not depend on how often it was interrupted. Pass the
     model's `fingerprint` (:func:`model_fingerprint`) when generating several sets, so that it is taken once.
+    `pipeline_kwargs` are further arguments of the pipeline call (the family's
+    :meth:`~sfr_diffusion.families.DiffusionFamily.sampling_kwargs`: Flux's height and width), part of the key too.
     """
     from datasets import Dataset, Features, Image, Value, load_from_disk
 
     if images_per_prompt < 1 or batch_size < 1:
         raise ValueError("images_per_prompt and batch_size must be >= 1.")
     settings = dict(images_per_prompt=images_per_prompt, seed=seed, steps=num_inference_steps, guidance=guidance_scale)
+    pipeline_kwargs = dict(pipeline_kwargs or {})
+    if pipeline_kwargs:  # only then, so that the keys of the images generated without any stay as they were
+        settings["pipeline_kwargs"] = pipeline_kwargs
     fingerprint = model_fingerprint(pipeline) if fingerprint is None else fingerprint
     folder = Path(cache_root) / generated_cache_key(fingerprint, prompts, **settings)
     if (folder / "dataset_info.json").exists():
@@ -154,6 +163,7 @@ def generate_images(
                 guidance_scale=guidance_scale,
                 generator=torch.Generator(pipeline.device).manual_seed(seed + i),
                 output_type="np",
+                **pipeline_kwargs,
             )
             for image in output.images:  # rounded to uint8 as the pipeline's own PIL output is
                 array = np.round(image * 255).astype(np.uint8)

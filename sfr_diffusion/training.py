@@ -101,8 +101,9 @@ class TrainingArguments:
     )
     trainable: str = option(
         "all",
-        "Which denoiser weights train (cross-attention exists in text-conditioned UNets only; no_class_embedding "
-        "keeps class-conditional models' class-embedding tables as they were).",
+        "Which denoiser weights train (cross-attention exists in text-conditioned UNets only, not in SD3's and "
+        "Flux's joint-attention transformers; no_class_embedding keeps class-conditional models' class-embedding "
+        "tables as they were).",
         choices=tuple(TRAINABLE),
     )
 

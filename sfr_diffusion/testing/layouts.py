@@ -12,9 +12,17 @@ builder that returns a standard diffusers pipeline, which saves and reloads with
   px); ``"tiny"`` likewise at 16 px, with text encoders of different widths so that their concatenation is visible.
 - ``dit_pipeline("dit-xl-2-256")``: DiT-XL/2 at 256 px (learned sigma) behind the SD VAE; ``"tiny"`` likewise. The
   paper's 675M parameters are 750M in diffusers' layout, which repeats the timestep and class embedders in each block.
+- ``stable_diffusion_3_pipeline("tiny")``: the StableDiffusion3Pipeline layout (an MMDiT ``SD3Transformer2DModel``,
+  two CLIP text encoders with projections and a T5 encoder, a VAE with a shift factor, flow-matching Euler with
+  SD3's shift 3) at 16 px, the T5 wider than the two CLIP encoders together so that ``encode_prompt`` pads them.
+- ``flux_pipeline("tiny")``: the FluxPipeline layout (``FluxTransformer2DModel`` with a guidance embedding, as
+  FLUX.1-dev; CLIP for the pooled embedding, T5 for the sequence; dynamic shifting) at 16 px. FluxPipeline records no
+  resolution and samples at 128 latent pixels unless told: call it with ``height=16, width=16`` (the VAE's
+  ``sample_size``, which the Flux family works at).
 
-The text encoder's tokenizer is CLIP's byte-level BPE with no merges (:func:`clip_tokenizer`): every byte is a token,
-so it tokenizes any prompt without CLIP's 49k-entry vocabulary, which cannot be fetched offline.
+The CLIP tokenizer is CLIP's byte-level BPE with no merges (:func:`clip_tokenizer`): every byte is a token, so it
+tokenizes any prompt without CLIP's 49k-entry vocabulary, which cannot be fetched offline. The T5 tokenizer
+(:func:`t5_tokenizer`) is likewise a SentencePiece-style unigram model over single characters, built in code.
 """
 
 from __future__ import annotations
@@ -30,17 +38,33 @@ from diffusers import (
     DiTPipeline,
     DiTTransformer2DModel,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 SD_SIZES = ("tiny", "sd-1.4")
 SDXL_SIZES = ("tiny", "sdxl-base-1.0")
 DIT_SIZES = ("tiny", "dit-xl-2-256")
+SD3_SIZES = ("tiny",)
+FLUX_SIZES = ("tiny",)
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
+T5_PAD_TOKEN, T5_EOS_TOKEN, T5_UNK_TOKEN = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2, as in T5's SentencePiece model
 CLIP_VOCAB_SIZE = 49408  # the real CLIP tokenizer's; the embedding table of the "sd-1.4" text encoder has this size
 
 # CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json: PNDM (PLMS only) on the scaled-linear schedule.
@@ -70,6 +94,19 @@ SDXL_SCHEDULER_CONFIG = {
 # The UNet's time ids: original size (2), crop top-left (2) and target size (2), each embedded in
 # `addition_time_embed_dim` channels and concatenated with text_encoder_2's pooled projection.
 SDXL_TIME_IDS = 6
+
+# stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json: flow-matching Euler, shift 3.
+SD3_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 3.0}
+# black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json: the shift depends on the image's token count.
+FLUX_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
 
 
 def _check_size(size: str, sizes: tuple[str, ...], what: str) -> None:
@@ -104,6 +141,64 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = EOS_TOKEN) -> CL
         vocab_file.write_text(json.dumps(_clip_vocab()), encoding="utf-8")
         merges_file.write_text("#version: 0.2\n", encoding="utf-8")
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token=pad_token)
+
+
+def t5_tokenizer(model_max_length: int = 512) -> T5TokenizerFast:
+    """A T5-style tokenizer built offline: a unigram model (as T5's SentencePiece one) over the printable ASCII
+    characters, each with and without the word-start marker ``▁``, behind T5's Metaspace pre-tokenizer, appending
+    ``</s>`` and padding with ``<pad>`` (ids 0, 1, 2 for pad, end and unknown, as T5's). 192 tokens; it saves and loads
+    as a ``tokenizer.json`` like every fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    characters = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    # Log-probabilities: a word-start character is likelier than the marker and the character apart, so words split
+    # into "▁a", "b", "c" as SentencePiece splits them into pieces.
+    vocab = [(T5_PAD_TOKEN, 0.0), (T5_EOS_TOKEN, 0.0), (T5_UNK_TOKEN, 0.0), ("▁", -1.0)]
+    vocab += [(c, -2.0) for c in characters] + [("▁" + c, -1.5) for c in characters]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {T5_EOS_TOKEN}", pair=f"$A {T5_EOS_TOKEN} $B {T5_EOS_TOKEN}", special_tokens=[(T5_EOS_TOKEN, 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=T5_PAD_TOKEN,
+        eos_token=T5_EOS_TOKEN,
+        unk_token=T5_UNK_TOKEN,
+        extra_ids=0,
+        model_max_length=model_max_length,
+    )
+
+
+def _tiny_t5_config(d_model: int) -> dict:
+    """A two-layer T5 v1.1 encoder (gated GELU, as T5-XXL) over :func:`t5_tokenizer`'s vocabulary."""
+    return {
+        "vocab_size": len(t5_tokenizer()),
+        "d_model": d_model,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 32,
+        "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
+def _tiny_flow_vae_config(scaling_factor: float, shift_factor: float) -> dict:
+    """The tiny 16 px VAE of the flow-matching layouts: no quant convs and a shift factor, as SD3's and Flux's VAEs."""
+    return {
+        **stable_diffusion_configs("tiny")["vae"],
+        "scaling_factor": scaling_factor,
+        "shift_factor": shift_factor,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    }
 
 
 def _sd_vae_config(sample_size: int) -> dict:
@@ -324,6 +419,147 @@ def stable_diffusion_xl_pipeline(size: str = "tiny", seed: int = 0) -> StableDif
     )
 
 
+def stable_diffusion_3_configs(size: str = "tiny") -> dict[str, dict]:
+    """Keyword arguments of each component of an SD3 layout: ``transformer`` (``SD3Transformer2DModel``), ``vae``
+    (``AutoencoderKL``), ``text_encoder`` and ``text_encoder_2`` (``CLIPTextConfig``, with projections),
+    ``text_encoder_3`` (``T5Config``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``). The transformer's
+    ``joint_attention_dim`` is T5's width, its ``pooled_projection_dim`` the two CLIP projections together."""
+    _check_size(size, SD3_SIZES, "Stable Diffusion 3")
+    vocab = _clip_vocab()
+    token_ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN]}
+    text_encoder = {
+        "vocab_size": len(vocab),
+        "hidden_size": 16,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "projection_dim": 16,
+        **token_ids,
+    }
+    text_encoder_2 = {**text_encoder, "hidden_size": 24, "projection_dim": 24}
+    text_encoder_3 = _tiny_t5_config(d_model=48)  # wider than 16 + 24: encode_prompt zero-pads the CLIP states
+    transformer = {
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 2,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "caption_projection_dim": 16,  # the inner width, heads × head dim
+        "joint_attention_dim": text_encoder_3["d_model"],
+        "pooled_projection_dim": text_encoder["projection_dim"] + text_encoder_2["projection_dim"],
+        "pos_embed_max_size": 16,
+    }
+    # stabilityai/stable-diffusion-3-medium-diffusers vae/: scaling 1.5305, shift 0.0609.
+    vae = _tiny_flow_vae_config(scaling_factor=1.5305, shift_factor=0.0609)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "text_encoder_3": text_encoder_3,
+        "scheduler": dict(SD3_SCHEDULER_CONFIG),
+    }
+
+
+def stable_diffusion_3_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
+    """A random-weight ``StableDiffusion3Pipeline`` of `size` ("tiny").
+
+    Example:
+        >>> pipe = stable_diffusion_3_pipeline("tiny", seed=0)
+        >>> pipe("a photo of a cat", num_inference_steps=2, output_type="np").images.shape
+        (1, 16, 16, 3)
+    """
+    configs = stable_diffusion_3_configs(size)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**configs["transformer"])
+    vae = AutoencoderKL(**configs["vae"])
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"]))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    text_encoder_3 = T5EncoderModel(T5Config(**configs["text_encoder_3"]))
+    max_length = configs["text_encoder"]["max_position_embeddings"]
+    return StableDiffusion3Pipeline(
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(max_length),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=clip_tokenizer(max_length, pad_token="!"),
+        text_encoder_3=text_encoder_3.eval(),
+        tokenizer_3=t5_tokenizer(),
+    )
+
+
+def flux_configs(size: str = "tiny") -> dict[str, dict]:
+    """Keyword arguments of each component of a Flux layout: ``transformer`` (``FluxTransformer2DModel``), ``vae``
+    (``AutoencoderKL``), ``text_encoder`` (``CLIPTextConfig``: its pooled output is the pooled embedding),
+    ``text_encoder_2`` (``T5Config``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``). The transformer takes
+    2×2 patches of the latents (4 × the latent channels), T5's width and CLIP's; its rotary axes add up to the head
+    dimension."""
+    _check_size(size, FLUX_SIZES, "Flux")
+    vocab = _clip_vocab()
+    token_ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN]}
+    text_encoder = {
+        "vocab_size": len(vocab),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        **token_ids,
+    }
+    text_encoder_2 = _tiny_t5_config(d_model=48)
+    # black-forest-labs/FLUX.1-dev vae/: scaling 0.3611, shift 0.1159.
+    vae = _tiny_flow_vae_config(scaling_factor=0.3611, shift_factor=0.1159)
+    transformer = {
+        "patch_size": 1,
+        "in_channels": 4 * vae["latent_channels"],
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": text_encoder_2["d_model"],
+        "pooled_projection_dim": text_encoder["hidden_size"],
+        "guidance_embeds": True,  # FLUX.1-dev's guidance distillation
+        "axes_dims_rope": (4, 4, 8),
+    }
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "scheduler": dict(FLUX_SCHEDULER_CONFIG),
+    }
+
+
+def flux_pipeline(size: str = "tiny", seed: int = 0) -> FluxPipeline:
+    """A random-weight ``FluxPipeline`` of `size` ("tiny"). It records no resolution: sample at the VAE's size.
+
+    Example:
+        >>> pipe = flux_pipeline("tiny", seed=0)
+        >>> pipe("a photo of a cat", height=16, width=16, num_inference_steps=2, output_type="np").images.shape
+        (1, 16, 16, 3)
+    """
+    configs = flux_configs(size)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**configs["transformer"])
+    vae = AutoencoderKL(**configs["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    text_encoder_2 = T5EncoderModel(T5Config(**configs["text_encoder_2"]))
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(configs["text_encoder"]["max_position_embeddings"]),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer.eval(),
+    )
+
+
 def dit_configs(size: str = "tiny") -> dict[str, dict]:
     """Keyword arguments of each component of a DiT layout: ``transformer`` (``DiTTransformer2DModel``), ``vae``
     (``AutoencoderKL``) and ``scheduler`` (``DDIMScheduler``)."""
@@ -370,10 +606,13 @@ def dit_pipeline(size: str = "tiny", seed: int = 0) -> DiTPipeline:
 
 def image_size(pipeline) -> int:
     """The side of the square images `pipeline` generates natively: the denoiser's sample size × the VAE's
-    down-sampling factor (1 for pixel-space pipelines)."""
+    down-sampling factor (1 for pixel-space pipelines); for Flux, whose transformer has no sample size, the VAE's
+    sample size (what the Flux family works at)."""
     denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
     if denoiser is None:
         raise ValueError(f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`.")
+    if isinstance(denoiser, FluxTransformer2DModel):
+        return pipeline.vae.config.sample_size
     sample_size = denoiser.config.sample_size
     if not isinstance(sample_size, int):
         height, width = sample_size
