@@ -105,7 +105,7 @@ def summary(payload: dict) -> dict:
 def render(payloads: list[dict], command: str) -> str:
     lines = [
         "<!-- sfr-on-settings:start -->",
-        "## Choosing SFR-on's forget loss: settings compared on held-out digits",
+        "## Choosing SFR-on's defaults: settings compared",
         "",
         f"- Command: `{command}`, from the results of the `benchmarks/benchmark_sfr_on.py` runs each row names.",
         f"- Date: {payloads[0]['rows'][0]['date']}; machine: {payloads[0]['rows'][0]['machine']}",
@@ -114,7 +114,10 @@ def render(payloads: list[dict], command: str) -> str:
         "rule at guidance 1, 2, 4, 7.5 and the pipeline's default, each RA against the original's at that scale; "
         "*FA worst*: the highest FA over digits and scales; *RA drop*: the largest fall of RA below the original's "
         "at the same scale; *FID ratio*: erased / original FID-digits at guidance 2 (mean over digits); *ASR*: FA "
-        "after each attack (mean over digits; `sfr_diffusion.attacks` defaults, judged at guidance 2).",
+        "after each attack (mean over digits; `sfr_diffusion.attacks` defaults, judged at guidance 2; relearning "
+        "fine-tunes at the family's default learning rate when the run was made, recorded in each results JSON).",
+        "- Each row is one setting: its label, or the options it added to the defaults of its day (the results "
+        "JSONs record the full command and commit).",
     ]
     by_model: dict[str, list[dict]] = {}
     for payload in merged(payloads):
