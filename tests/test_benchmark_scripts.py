@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -45,14 +46,142 @@ def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
     assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
     text = output.read_text()
     assert "<!-- gpu-cost-sd:start -->" in text and "<!-- gpu-cost-sd:end -->" in text
-    assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 1M |" in text
+    assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 0.79M | 2 |" in text
+
+
+def test_gpu_cost_script_runs_sdxl_sd3_and_flux_on_tiny_configs(tmp_path):
+    from sfr_diffusion.testing.layouts import flux_pipeline
+
+    script = load("benchmark_gpu")
+    output = tmp_path / "BENCHMARKS.md"
+    argv = ["--family", "sdxl", "sd3", "flux", "--tiny", "--iterations", "1", "--warmup", "1", "--batch_size", "1",
+            "--mixed_precision", "no", "--write", "--output", str(output)]  # fmt: skip
+    report = script.main(argv)
+    families = report["families"]
+    assert list(families) == ["sdxl", "sd3", "flux"] and report["device"] == "CPU"
+    for name, family in families.items():
+        runs = [family] if name != "flux" else family["measured"]
+        for run in runs:
+            sfr, ft = run["sfr_on"], run["ft"]
+            assert sfr["seconds_per_iteration"] > 0 and ft["seconds_per_iteration"] > 0
+            assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
+            # Every text-to-image family is erased the same way: its captions remapped onto the empty prompt.
+            assert sfr["method_config"]["forget_loss"] == "remap" and sfr["erased"]["anchor_concept"] == ""
+            assert sfr["erased"]["forget_prompts"] == ["a photo of a cat"]
+    # Flux: measured at 2 + 4 and 4 + 8 blocks and extrapolated to FLUX.1-dev's 19 + 38, whose parameter count the
+    # line through the measured ones gives exactly.
+    flux = families["flux"]
+    assert [(m["double_blocks"], m["single_blocks"]) for m in flux["measured"]] == [(2, 4), (4, 8)]
+    assert flux["extrapolated_to_blocks"] == [19, 38]
+    for depth, measured in zip((2, 4, 19), [*flux["measured"], flux], strict=True):
+        layout = flux_pipeline("tiny", overrides=script.flux_overrides(depth), device="meta")
+        expected = sum(p.numel() for p in layout.transformer.parameters())
+        assert measured["sfr_on"]["parameters"] == measured["ft"]["parameters"] == expected
+    assert flux["ratio_sfr_on_to_ft"] == pytest.approx(
+        flux["sfr_on"]["seconds_per_iteration"] / flux["ft"]["seconds_per_iteration"]
+    )
+    text = output.read_text()  # one section for the three families
+    assert text.count(":start -->") == 1 and "<!-- gpu-cost-sdxl-sd3-flux:start -->" in text
+    for row in ("| tiny sdxl |", "| tiny sd3 |", "| tiny flux, 2 + 4 blocks |", "| tiny flux, 4 + 8 blocks |",
+                "| tiny flux, 19 + 38 blocks, extrapolated |"):  # fmt: skip
+        assert row in text
+
+
+def test_gpu_cost_all_families_in_one_section_with_flux_extrapolated_per_block(tmp_path, monkeypatch):
+    """--all measures every family in one run; Flux's quantities lie on the line through its measured depths."""
+    script = load("benchmark_gpu")
+    calls = []
+
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+        depth = overrides["transformer"]["num_layers"] if overrides else 1
+        calls.append((family_name, method_name, depth, batch_size))
+        per_step = {"sfr_on": 0.2, "ft": 0.1}[method_name]
+        return {"seconds_per_iteration": per_step * (1 + depth), "peak_memory_gib": None, "mask_seconds": 1.0,
+                "parameters": 1_000_000 + 300_000 * depth, "method_config": {"forget_loss": "remap"},
+                "erased": {"concept": "x"}}  # fmt: skip
+
+    monkeypatch.setattr(script, "time_method", fake_time_method)
+    output = tmp_path / "BENCHMARKS.md"
+    report = script.main(["--all", "--tiny", "--write", "--output", str(output)])
+    assert list(report["families"]) == ["dit", "sd", "sdxl", "sd3", "flux"]
+    defaults = {"dit": 32, "sd": 8, "sdxl": 4, "sd3": 4, "flux": 2}
+    expected = [
+        (name, method, 1, defaults[name]) for name in ("dit", "sd", "sdxl", "sd3") for method in ("sfr_on", "ft")
+    ]
+    expected += [("flux", method, depth, 2) for depth in (2, 4) for method in ("sfr_on", "ft")]
+    assert calls == expected
+    flux = report["families"]["flux"]
+    assert flux["sfr_on"]["seconds_per_iteration"] == pytest.approx(0.2 * 20)
+    assert flux["ft"]["seconds_per_iteration"] == pytest.approx(0.1 * 20)
+    assert flux["sfr_on"]["parameters"] == 1_000_000 + 300_000 * 19 and flux["ratio_sfr_on_to_ft"] == pytest.approx(2)
+    text = output.read_text()
+    assert text.count(":start -->") == 1 and "<!-- gpu-cost-all:start -->" in text
+    assert "<!-- gpu-cost-all:end -->" in text
+    assert "## Cost at real size: dit, sd, sdxl, sd3, flux, CPU" in text
+    assert "| tiny flux, 19 + 38 blocks, extrapolated | 6.7M | 2 | 4.000 | 2.000 | 2.00 | n/a | n/a |" in text
+
+
+def test_gpu_cost_flux_extrapolated_past_the_card_says_so(tmp_path, monkeypatch):
+    script = load("benchmark_gpu")
+
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+        depth = overrides["transformer"]["num_layers"]
+        return {"seconds_per_iteration": 1.0 * depth, "peak_memory_gib": 20.0 + 10.0 * depth, "mask_seconds": 1.0,
+                "parameters": 600_000_000 * depth, "method_config": {"forget_loss": "remap"},
+                "erased": {"concept": "x"}}  # fmt: skip
+
+    monkeypatch.setattr(script, "time_method", fake_time_method)
+    monkeypatch.setattr(script, "card_memory_gib", lambda: 140.0)  # as on a GPU
+    output = tmp_path / "BENCHMARKS.md"
+    report = script.main(["--family", "flux", "--tiny", "--write", "--output", str(output)])
+    assert report["sfr_on"]["peak_memory_gib"] == pytest.approx(210.0)
+    assert report["fits_one_card"] == {"sfr_on": False, "ft": False}
+    text = output.read_text()
+    assert "| tiny flux, 4 + 8 blocks | 2,400M | 2 | 4.000 | 4.000 | 1.00 | 60.0 GiB | 60.0 GiB |" in text
+    assert "| 210.0 GiB (more than the card's 140 GiB) |" in text
+    assert "needs more memory than one card has" in text
+
+
+def test_gpu_cost_a_family_out_of_memory_is_reported_and_the_others_are_measured(tmp_path, monkeypatch):
+    script = load("benchmark_gpu")
+
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+        if family_name == "sdxl":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"seconds_per_iteration": 1.0, "peak_memory_gib": None, "mask_seconds": 1.0, "parameters": 10**9,
+                "method_config": {"forget_loss": "remap"}, "erased": {"concept": "x"}}  # fmt: skip
+
+    monkeypatch.setattr(script, "time_method", fake_time_method)
+    output = tmp_path / "BENCHMARKS.md"
+    report = script.main(["--family", "sd", "sdxl", "sd3", "--tiny", "--write", "--output", str(output)])
+    families = report["families"]
+    assert families["sdxl"]["out_of_memory"] == "CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert "sfr_on" not in families["sdxl"]
+    assert families["sd"]["ratio_sfr_on_to_ft"] == families["sd3"]["ratio_sfr_on_to_ft"] == pytest.approx(1)
+    text = output.read_text()
+    assert "| tiny sdxl | | 4 | out of memory at batch 4 |" in text and "| tiny sd3 | 1,000M | 4 |" in text
 
 
 def test_gpu_cost_batch_size_defaults_per_family():
     script = load("benchmark_gpu")
-    assert script.parse_args(["--tiny"]).batch_size == 32
-    assert script.parse_args(["--family", "sd", "--tiny"]).batch_size == 8
-    assert script.parse_args(["--family", "sd", "--tiny", "--batch_size", "3"]).batch_size == 3
+    assert script.parse_args(["--tiny"]).batch_sizes == {"dit": 32}
+    assert script.parse_args(["--family", "sd", "--tiny"]).batch_sizes == {"sd": 8}
+    assert script.parse_args(["--family", "sd", "--tiny", "--batch_size", "3"]).batch_sizes == {"sd": 3}
+    everything = script.parse_args(["--all", "--tiny"])
+    assert everything.family == ["dit", "sd", "sdxl", "sd3", "flux"]
+    assert everything.batch_sizes == {"dit": 32, "sd": 8, "sdxl": 4, "sd3": 4, "flux": 2}
+    some = script.parse_args(["--family", "sdxl", "flux", "--tiny", "--batch_size", "1"])
+    assert some.batch_sizes == {"sdxl": 1, "flux": 1}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--flux_depths", "2", "2"], ["--flux_depths", "0", "2"], ["--family", "sd", "sd"], ["--batch_size", "0"]],
+)
+def test_gpu_cost_bad_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        load("benchmark_gpu").parse_args([*argv, "--tiny"])
+    assert "error:" in capsys.readouterr().err
 
 
 def test_gpu_cost_sd_data_splits_by_caption():
@@ -77,7 +206,7 @@ def test_gpu_cost_dit_data_forgets_class_zero():
 
     family = family_for(dit_pipeline("tiny"))
     dataset, concept, settings = load("benchmark_gpu").erasure_data(family, 6)
-    assert settings == {}  # DiT's own configuration: weighted ascent
+    assert settings == {}  # DiT's own configuration: the family's default forget loss
     target = resolve_data(dataset, family, concept)
     assert target.condition == 0 and len(target.forget) == len(target.remain) == 3
     assert set(target.remain.load([0, 1, 2])[1].tolist()) == {1}

@@ -12,13 +12,21 @@ builder that returns a standard diffusers pipeline, which saves and reloads with
   px); ``"tiny"`` likewise at 16 px, with text encoders of different widths so that their concatenation is visible.
 - ``dit_pipeline("dit-xl-2-256")``: DiT-XL/2 at 256 px (learned sigma) behind the SD VAE; ``"tiny"`` likewise. The
   paper's 675M parameters are 750M in diffusers' layout, which repeats the timestep and class embedders in each block.
-- ``stable_diffusion_3_pipeline("tiny")``: the StableDiffusion3Pipeline layout (an MMDiT ``SD3Transformer2DModel``,
-  two CLIP text encoders with projections and a T5 encoder, a VAE with a shift factor, flow-matching Euler with
-  SD3's shift 3) at 16 px, the T5 wider than the two CLIP encoders together so that ``encode_prompt`` pads them.
-- ``flux_pipeline("tiny")``: the FluxPipeline layout (``FluxTransformer2DModel`` with a guidance embedding, as
-  FLUX.1-dev; CLIP for the pooled embedding, T5 for the sequence; dynamic shifting) at 16 px. FluxPipeline records no
-  resolution and samples at 128 latent pixels unless told: call it with ``height=16, width=16`` (the VAE's
-  ``sample_size``, which the Flux family works at).
+- ``stable_diffusion_3_pipeline("sd3-medium")``: the stabilityai/stable-diffusion-3-medium-diffusers layout (an
+  MMDiT ``SD3Transformer2DModel`` of 2.0B, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders with projections and
+  the T5-XXL encoder, a 16-channel VAE with a shift factor, flow-matching Euler with SD3's shift 3, 1024 px);
+  ``"tiny"`` likewise at 16 px, the T5 wider than the two CLIP encoders together so that ``encode_prompt`` pads them.
+- ``flux_pipeline("flux-dev")``: the black-forest-labs/FLUX.1-dev layout (``FluxTransformer2DModel`` of 11.9B with a
+  guidance embedding; CLIP ViT-L/14 for the pooled embedding, T5-XXL for the sequence; the 16-channel VAE; dynamic
+  shifting); ``"tiny"`` likewise at 16 px. FluxPipeline records no resolution and samples at 128 latent pixels
+  unless told: call it with the VAE's ``sample_size`` (``height=16, width=16`` for the tiny one), which the Flux
+  family works at.
+
+Every builder takes `overrides` (component → config entries replacing the size's, e.g. a shallower transformer for a
+cost run) and `device` (where the weights are created: ``"cuda"`` initialises a real-size layout in seconds and
+without host memory; the same seed gives the same weights on the same kind of device). Real-size layouts are too
+large for most hosts' memory in fp32 (FLUX.1-dev's transformer alone is 48 GB): build them on an accelerator, or on
+``torch.device("meta")`` to count parameters.
 
 The CLIP tokenizer is CLIP's byte-level BPE with no merges (:func:`clip_tokenizer`): every byte is a token, so it
 tokenizes any prompt without CLIP's 49k-entry vocabulary, which cannot be fetched offline. The T5 tokenizer
@@ -27,6 +35,7 @@ tokenizes any prompt without CLIP's 49k-entry vocabulary, which cannot be fetche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -61,11 +70,12 @@ from transformers import (
 SD_SIZES = ("tiny", "sd-1.4")
 SDXL_SIZES = ("tiny", "sdxl-base-1.0")
 DIT_SIZES = ("tiny", "dit-xl-2-256")
-SD3_SIZES = ("tiny",)
-FLUX_SIZES = ("tiny",)
+SD3_SIZES = ("tiny", "sd3-medium")
+FLUX_SIZES = ("tiny", "flux-dev")
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 T5_PAD_TOKEN, T5_EOS_TOKEN, T5_UNK_TOKEN = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2, as in T5's SentencePiece model
 CLIP_VOCAB_SIZE = 49408  # the real CLIP tokenizer's; the embedding table of the "sd-1.4" text encoder has this size
+T5_VOCAB_SIZE = 32128  # T5 v1.1's SentencePiece vocabulary (padded); the real-size T5-XXL's embedding table
 
 # CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json: PNDM (PLMS only) on the scaled-linear schedule.
 SD_SCHEDULER_CONFIG = {
@@ -112,6 +122,21 @@ FLUX_SCHEDULER_CONFIG = {
 def _check_size(size: str, sizes: tuple[str, ...], what: str) -> None:
     if size not in sizes:
         raise ValueError(f"Unknown {what} size {size!r}; valid sizes are {list(sizes)}.")
+
+
+def _configs_for(configs: dict[str, dict], overrides: dict[str, dict] | None) -> dict[str, dict]:
+    """`configs` with each component's entries replaced by those `overrides` gives it; an unknown component is an
+    error naming the layout's."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(configs))
+    if unknown:
+        raise ValueError(f"Unknown components {unknown} in overrides; this layout has {sorted(configs)}.")
+    return {name: {**config, **overrides.get(name, {})} for name, config in configs.items()}
+
+
+def _weights_on(device: str | torch.device | None):
+    """Where the models' weights are created: `device` (a default-device context), or the default (None)."""
+    return contextlib.nullcontext() if device is None else torch.device(device)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -187,6 +212,43 @@ def _tiny_t5_config(d_model: int) -> dict:
         "pad_token_id": 0,
         "eos_token_id": 1,
         "decoder_start_token_id": 0,
+    }
+
+
+def _t5_xxl_config() -> dict:
+    """google/t5-v1_1-xxl, the encoder SD3 (text_encoder_3) and FLUX.1 (text_encoder_2) ship: 24 layers of 64 heads ×
+    64, 4096 wide, gated GELU, T5 v1.1's 32,128-entry vocabulary (only :func:`t5_tokenizer`'s first ids occur)."""
+    return {
+        "vocab_size": T5_VOCAB_SIZE,
+        "d_model": 4096,
+        "d_kv": 64,
+        "d_ff": 10240,
+        "num_layers": 24,
+        "num_heads": 64,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "dense_act_fn": "gelu_new",
+        "layer_norm_epsilon": 1e-6,
+        "dropout_rate": 0.1,  # published; the frozen encoder runs in eval mode
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
+def _flow_vae_config(scaling_factor: float, shift_factor: float) -> dict:
+    """The 16-channel VAE of SD3 and FLUX.1 (their vae/config.json): the SD VAE's blocks at 1024 px, 16 latent
+    channels, no quant convs, a shift factor, run in fp32 under fp16 (``force_upcast``)."""
+    return {
+        **_sd_vae_config(sample_size=1024),
+        "latent_channels": 16,
+        "scaling_factor": scaling_factor,
+        "shift_factor": shift_factor,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "force_upcast": True,
     }
 
 
@@ -287,7 +349,13 @@ def stable_diffusion_configs(size: str = "tiny") -> dict[str, dict]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": dict(SD_SCHEDULER_CONFIG)}
 
 
-def stable_diffusion_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusionPipeline:
+def stable_diffusion_pipeline(
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    overrides: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+) -> StableDiffusionPipeline:
     """A random-weight ``StableDiffusionPipeline`` of `size` ("tiny" or "sd-1.4"), without safety checker.
 
     Example:
@@ -295,11 +363,12 @@ def stable_diffusion_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffus
         >>> pipe("a photo of a cat", num_inference_steps=2, output_type="np").images.shape
         (1, 16, 16, 3)
     """
-    configs = stable_diffusion_configs(size)
+    configs = _configs_for(stable_diffusion_configs(size), overrides)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**configs["unet"])
-    vae = AutoencoderKL(**configs["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    with _weights_on(device):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
     return StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -392,7 +461,13 @@ def stable_diffusion_xl_configs(size: str = "tiny") -> dict[str, dict]:
     }
 
 
-def stable_diffusion_xl_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusionXLPipeline:
+def stable_diffusion_xl_pipeline(
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    overrides: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+) -> StableDiffusionXLPipeline:
     """A random-weight ``StableDiffusionXLPipeline`` of `size` ("tiny" or "sdxl-base-1.0"), without watermarker.
 
     Example:
@@ -400,12 +475,13 @@ def stable_diffusion_xl_pipeline(size: str = "tiny", seed: int = 0) -> StableDif
         >>> pipe("a photo of a cat", num_inference_steps=2, output_type="np").images.shape
         (1, 16, 16, 3)
     """
-    configs = stable_diffusion_xl_configs(size)
+    configs = _configs_for(stable_diffusion_xl_configs(size), overrides)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**configs["unet"])
-    vae = AutoencoderKL(**configs["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    with _weights_on(device):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
     max_length = configs["text_encoder"]["max_position_embeddings"]
     return StableDiffusionXLPipeline(
         vae=vae.eval(),
@@ -425,35 +501,60 @@ def stable_diffusion_3_configs(size: str = "tiny") -> dict[str, dict]:
     ``text_encoder_3`` (``T5Config``) and ``scheduler`` (``FlowMatchEulerDiscreteScheduler``). The transformer's
     ``joint_attention_dim`` is T5's width, its ``pooled_projection_dim`` the two CLIP projections together."""
     _check_size(size, SD3_SIZES, "Stable Diffusion 3")
-    vocab = _clip_vocab()
-    token_ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN]}
-    text_encoder = {
-        "vocab_size": len(vocab),
-        "hidden_size": 16,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "projection_dim": 16,
-        **token_ids,
-    }
-    text_encoder_2 = {**text_encoder, "hidden_size": 24, "projection_dim": 24}
-    text_encoder_3 = _tiny_t5_config(d_model=48)  # wider than 16 + 24: encode_prompt zero-pads the CLIP states
-    transformer = {
-        "sample_size": 8,
-        "patch_size": 2,
-        "in_channels": 4,
-        "out_channels": 4,
-        "num_layers": 2,
-        "attention_head_dim": 8,
-        "num_attention_heads": 2,
-        "caption_projection_dim": 16,  # the inner width, heads × head dim
-        "joint_attention_dim": text_encoder_3["d_model"],
-        "pooled_projection_dim": text_encoder["projection_dim"] + text_encoder_2["projection_dim"],
-        "pos_embed_max_size": 16,
-    }
-    # stabilityai/stable-diffusion-3-medium-diffusers vae/: scaling 1.5305, shift 0.0609.
-    vae = _tiny_flow_vae_config(scaling_factor=1.5305, shift_factor=0.0609)
+    if size == "tiny":
+        vocab = _clip_vocab()
+        token_ids = {
+            "bos_token_id": vocab[BOS_TOKEN],
+            "eos_token_id": vocab[EOS_TOKEN],
+            "pad_token_id": vocab[EOS_TOKEN],
+        }
+        text_encoder = {
+            "vocab_size": len(vocab),
+            "hidden_size": 16,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 16,
+            **token_ids,
+        }
+        text_encoder_2 = {**text_encoder, "hidden_size": 24, "projection_dim": 24}
+        text_encoder_3 = _tiny_t5_config(d_model=48)  # wider than 16 + 24: encode_prompt zero-pads the CLIP states
+        transformer = {
+            "sample_size": 8,
+            "patch_size": 2,
+            "in_channels": 4,
+            "out_channels": 4,
+            "num_layers": 2,
+            "attention_head_dim": 8,
+            "num_attention_heads": 2,
+            "caption_projection_dim": 16,  # the inner width, heads × head dim
+            "pos_embed_max_size": 16,
+        }
+        # stabilityai/stable-diffusion-3-medium-diffusers vae/: scaling 1.5305, shift 0.0609.
+        vae = _tiny_flow_vae_config(scaling_factor=1.5305, shift_factor=0.0609)
+    else:
+        # stabilityai/stable-diffusion-3-medium-diffusers: transformer/ (24 MMDiT blocks of 24 heads × 64 on 2×2
+        # patches of 128×128×16 latents, learned positions cropped from a 192×192 table), text_encoder/ (CLIP
+        # ViT-L/14's text tower with its projection), text_encoder_2/ (OpenCLIP ViT-bigG/14's, as SDXL's),
+        # text_encoder_3/ (T5-XXL's encoder), vae/ (16 channels, scaling 1.5305, shift 0.0609).
+        text_encoder = stable_diffusion_configs("sd-1.4")["text_encoder"]
+        text_encoder_2 = stable_diffusion_xl_configs("sdxl-base-1.0")["text_encoder_2"]
+        text_encoder_3 = _t5_xxl_config()
+        transformer = {
+            "sample_size": 128,
+            "patch_size": 2,
+            "in_channels": 16,
+            "out_channels": 16,
+            "num_layers": 24,
+            "attention_head_dim": 64,
+            "num_attention_heads": 24,
+            "caption_projection_dim": 1536,  # the inner width, heads × head dim
+            "pos_embed_max_size": 192,
+        }
+        vae = _flow_vae_config(scaling_factor=1.5305, shift_factor=0.0609)
+    transformer["joint_attention_dim"] = text_encoder_3["d_model"]
+    transformer["pooled_projection_dim"] = text_encoder["projection_dim"] + text_encoder_2["projection_dim"]
     return {
         "transformer": transformer,
         "vae": vae,
@@ -464,21 +565,28 @@ def stable_diffusion_3_configs(size: str = "tiny") -> dict[str, dict]:
     }
 
 
-def stable_diffusion_3_pipeline(size: str = "tiny", seed: int = 0) -> StableDiffusion3Pipeline:
-    """A random-weight ``StableDiffusion3Pipeline`` of `size` ("tiny").
+def stable_diffusion_3_pipeline(
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    overrides: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+) -> StableDiffusion3Pipeline:
+    """A random-weight ``StableDiffusion3Pipeline`` of `size` ("tiny" or "sd3-medium").
 
     Example:
         >>> pipe = stable_diffusion_3_pipeline("tiny", seed=0)
         >>> pipe("a photo of a cat", num_inference_steps=2, output_type="np").images.shape
         (1, 16, 16, 3)
     """
-    configs = stable_diffusion_3_configs(size)
+    configs = _configs_for(stable_diffusion_3_configs(size), overrides)
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(**configs["transformer"])
-    vae = AutoencoderKL(**configs["vae"])
-    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"]))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
-    text_encoder_3 = T5EncoderModel(T5Config(**configs["text_encoder_3"]))
+    with _weights_on(device):
+        transformer = SD3Transformer2DModel(**configs["transformer"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+        text_encoder_3 = T5EncoderModel(T5Config(**configs["text_encoder_3"]))
     max_length = configs["text_encoder"]["max_position_embeddings"]
     return StableDiffusion3Pipeline(
         transformer=transformer.eval(),
@@ -500,31 +608,43 @@ def flux_configs(size: str = "tiny") -> dict[str, dict]:
     2×2 patches of the latents (4 × the latent channels), T5's width and CLIP's; its rotary axes add up to the head
     dimension."""
     _check_size(size, FLUX_SIZES, "Flux")
-    vocab = _clip_vocab()
-    token_ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN], "pad_token_id": vocab[EOS_TOKEN]}
-    text_encoder = {
-        "vocab_size": len(vocab),
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        **token_ids,
-    }
-    text_encoder_2 = _tiny_t5_config(d_model=48)
-    # black-forest-labs/FLUX.1-dev vae/: scaling 0.3611, shift 0.1159.
-    vae = _tiny_flow_vae_config(scaling_factor=0.3611, shift_factor=0.1159)
+    if size == "tiny":
+        vocab = _clip_vocab()
+        token_ids = {
+            "bos_token_id": vocab[BOS_TOKEN],
+            "eos_token_id": vocab[EOS_TOKEN],
+            "pad_token_id": vocab[EOS_TOKEN],
+        }
+        text_encoder = {
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            **token_ids,
+        }
+        text_encoder_2 = _tiny_t5_config(d_model=48)
+        # black-forest-labs/FLUX.1-dev vae/: scaling 0.3611, shift 0.1159.
+        vae = _tiny_flow_vae_config(scaling_factor=0.3611, shift_factor=0.1159)
+        transformer = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                       "axes_dims_rope": (4, 4, 8)}  # fmt: skip
+    else:
+        # black-forest-labs/FLUX.1-dev: transformer/ (19 double-stream and 38 single-stream blocks of 24 heads × 128,
+        # rotary axes 16 + 56 + 56), text_encoder/ (CLIP ViT-L/14's text tower), text_encoder_2/ (T5-XXL's
+        # encoder), vae/ (16 channels at 1024 px, scaling 0.3611, shift 0.1159).
+        text_encoder = stable_diffusion_configs("sd-1.4")["text_encoder"]
+        text_encoder_2 = _t5_xxl_config()
+        vae = _flow_vae_config(scaling_factor=0.3611, shift_factor=0.1159)
+        transformer = {"num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+                       "num_attention_heads": 24, "axes_dims_rope": (16, 56, 56)}  # fmt: skip
     transformer = {
         "patch_size": 1,
-        "in_channels": 4 * vae["latent_channels"],
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 16,
-        "num_attention_heads": 2,
+        "in_channels": 4 * vae["latent_channels"],  # 2×2 patches of the latents, packed by the pipeline
+        **transformer,
         "joint_attention_dim": text_encoder_2["d_model"],
         "pooled_projection_dim": text_encoder["hidden_size"],
         "guidance_embeds": True,  # FLUX.1-dev's guidance distillation
-        "axes_dims_rope": (4, 4, 8),
     }
     return {
         "transformer": transformer,
@@ -535,20 +655,28 @@ def flux_configs(size: str = "tiny") -> dict[str, dict]:
     }
 
 
-def flux_pipeline(size: str = "tiny", seed: int = 0) -> FluxPipeline:
-    """A random-weight ``FluxPipeline`` of `size` ("tiny"). It records no resolution: sample at the VAE's size.
+def flux_pipeline(
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    overrides: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+) -> FluxPipeline:
+    """A random-weight ``FluxPipeline`` of `size` ("tiny" or "flux-dev"). It records no resolution: sample at the
+    VAE's size.
 
     Example:
         >>> pipe = flux_pipeline("tiny", seed=0)
         >>> pipe("a photo of a cat", height=16, width=16, num_inference_steps=2, output_type="np").images.shape
         (1, 16, 16, 3)
     """
-    configs = flux_configs(size)
+    configs = _configs_for(flux_configs(size), overrides)
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**configs["transformer"])
-    vae = AutoencoderKL(**configs["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-    text_encoder_2 = T5EncoderModel(T5Config(**configs["text_encoder_2"]))
+    with _weights_on(device):
+        transformer = FluxTransformer2DModel(**configs["transformer"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        text_encoder_2 = T5EncoderModel(T5Config(**configs["text_encoder_2"]))
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
         vae=vae.eval(),
@@ -589,12 +717,19 @@ def dit_configs(size: str = "tiny") -> dict[str, dict]:
     return {"transformer": transformer, "vae": vae, "scheduler": {"num_train_timesteps": 1000}}
 
 
-def dit_pipeline(size: str = "tiny", seed: int = 0) -> DiTPipeline:
+def dit_pipeline(
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    overrides: dict[str, dict] | None = None,
+    device: str | torch.device | None = None,
+) -> DiTPipeline:
     """A random-weight ``DiTPipeline`` of `size` ("tiny" or "dit-xl-2-256"); classes are named "class <id>"."""
-    configs = dit_configs(size)
+    configs = _configs_for(dit_configs(size), overrides)
     torch.manual_seed(seed)
-    transformer = DiTTransformer2DModel(**configs["transformer"])
-    vae = AutoencoderKL(**configs["vae"])
+    with _weights_on(device):
+        transformer = DiTTransformer2DModel(**configs["transformer"])
+        vae = AutoencoderKL(**configs["vae"])
     labels = {i: f"class {i}" for i in range(transformer.config.num_embeds_ada_norm)}
     return DiTPipeline(
         transformer=transformer.eval(),
