@@ -103,12 +103,13 @@ def summary(payload: dict) -> dict:
 
 
 def render(payloads: list[dict], command: str) -> str:
+    dates = [row["date"] for payload in payloads for row in payload["rows"]]
     lines = [
         "<!-- sfr-on-settings:start -->",
         "## Choosing SFR-on's defaults: settings compared",
         "",
         f"- Command: `{command}`, from the results of the `benchmarks/benchmark_sfr_on.py` runs each row names.",
-        f"- Date: {payloads[0]['rows'][0]['date']}; machine: {payloads[0]['rows'][0]['machine']}",
+        f"- Dates: {' to '.join(sorted({min(dates), max(dates)}))}; machine: {payloads[0]['rows'][0]['machine']}",
         "- *holds*: digits on which FA ≤ 1% with RA ≥ base − 1 point holds from some tracked iteration to the end "
         "(50 iterations, tracked every 10 on fresh noise); *every guidance*: digits whose final model meets the "
         "rule at guidance 1, 2, 4, 7.5 and the pipeline's default, each RA against the original's at that scale; "
@@ -140,7 +141,7 @@ def render(payloads: list[dict], command: str) -> str:
                 f"| {setting_of(payload)} | {digits} | {s['held']} of {s['n']} | {its} | "
                 f"{s['held_every_guidance']} of {s['n']} | {pct(s['FA_worst'])}% | "
                 f"{100 * s['RA_drop_worst']:.1f} points | {s['FID_ratio']:.2f} | "
-                + " | ".join(f"{pct(s['ASR'][k])}%" for k in ATTACKS)
+                + " | ".join("–" if s["ASR"][k] is None else f"{pct(s['ASR'][k])}%" for k in ATTACKS)
                 + " |"
             )
     lines += ["", f"FA target: {100 * FA_TARGET:g}%.", "<!-- sfr-on-settings:end -->"]
