@@ -195,7 +195,11 @@ def test_default_script_erases_seven_from_the_bundled_dit(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "unlearning_config.json").read_text())
-    assert config["family"] == "dit" and config["erased"] == {"concept": "seven", "class_id": 7}
+    assert config["family"] == "dit" and config["erased"] == {
+        "concept": "seven",
+        "class_id": 7,
+        "anchor_concept": "zero",
+    }
     before, after = config["metrics"]["before"], config["metrics"]["after"]
     assert before["FA"] >= 0.9
     assert after["FA"] <= 0.05 and after["RA"] >= 0.90, after
@@ -223,7 +227,11 @@ def test_command_runs_unchanged_on_a_dit_xl_layout_folder(tmp_path, fresh_accele
                    "--train_data_dir", str(data), "--max_train_steps", "2", "--forget_batch_size", "2",
                    "--remain_batch_size", "2", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     summary = result.config
-    assert summary["family"] == "dit" and summary["erased"] == {"concept": "class 1", "class_id": 1}
+    assert summary["family"] == "dit" and summary["erased"] == {
+        "concept": "class 1",
+        "class_id": 1,
+        "anchor_concept": "class 999",
+    }
     before = DiTPipeline.from_pretrained(base).transformer.state_dict()
     after = DiTPipeline.from_pretrained(tmp_path / "out").transformer.state_dict()
     assert any(not torch.equal(v, after[k]) for k, v in before.items())

@@ -264,7 +264,7 @@ def test_erase_three_and_seven_from_the_bundled_ddpm_end_to_end(tmp_path, monkey
     result = main(["--concept", "three,seven", *options])
     folder = tmp_path / "outputs" / "digits-ddpm-erase-three-seven"
     config = json.loads((folder / "unlearning_config.json").read_text())
-    assert config["erased"] == {"concepts": ["three", "seven"], "class_ids": [3, 7]}
+    assert config["erased"] == {"concepts": ["three", "seven"], "class_ids": [3, 7], "anchor_concept": "six"}
     before, after = config["metrics"]["before"], config["metrics"]["after"]
     assert before["forget_classes"] == [3, 7] and set(after["FA_per_concept"]) == {"three", "seven"}
     assert before["FA_per_concept"] == {"three": before["per_class_accuracy"]["3"],

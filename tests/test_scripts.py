@@ -146,7 +146,7 @@ def test_default_run_erases_three(tmp_path, hf_home, capsys):
     assert "three" in card and "sfr_on" in card
 
     config = json.loads((output_dir / "unlearning_config.json").read_text())
-    assert config["erased"] == {"concept": "three", "class_id": 3}
+    assert config["erased"] == {"concept": "three", "class_id": 3, "anchor_concept": "four"}
     assert config["method"] == "sfr_on" and config["num_processes"] == 1 and config["steps"] == 50
     before, after = config["metrics"]["before"], config["metrics"]["after"]
     assert before["FA"] >= 0.9, before  # the judge sees threes before erasure, so FA after measures the erasure
