@@ -346,7 +346,8 @@ def test_remap_others_targets_each_forget_sample_onto_a_condition_of_the_same_re
     uses, and the frozen original is asked, per forget sample, for one of that batch's conditions: never the
     forgotten class, never the null class, not all the same."""
     family = family_for(pipeline)
-    method = SFROn(SFROnConfig(forget_loss="remap_others", mask_batches=1), family)
+    # The remain step fits the data here, so every call of the frozen original is the forget step's.
+    method = SFROn(SFROnConfig(forget_loss="remap_others", mask_batches=1, remain_target="data"), family)
     assert [(p.name, p.data, p.masked) for p in method.phases] == [
         ("forget", ("forget", "remain"), True),
         ("remain", "remain", False),
@@ -450,7 +451,8 @@ def test_a_remain_step_that_distils_the_original_fits_its_predictions_not_the_da
         next(family.denoiser.parameters()).add_(0.01)  # the weights move: the original's predictions are the target
     moved = method.loss(remain_phase, family.denoiser, remain, **kwargs)["loss"]
     assert moved.item() > 0
-    data = SFROn(SFROnConfig(forget_loss="ascent"), family).loss(remain_phase, family.denoiser, remain, **kwargs)
+    data = SFROn(SFROnConfig(forget_loss="ascent", remain_target="data"), family)
+    data = data.loss(remain_phase, family.denoiser, remain, **kwargs)
     assert data["loss"].item() > moved.item()  # an untrained model is far from the data's noise
     with pytest.raises(ValueError, match="remain_target must be one of"):
         SFROnConfig(remain_target="teacher")

@@ -72,7 +72,7 @@ def test_erases_a_class_of_a_user_model_from_an_imagefolder(tmp_path, user_pipel
         ["--pretrained_model_name_or_path", str(user_pipeline), "--train_data_dir", str(data), "--concept", "dog",
          "--output_dir", str(out)],
     )  # fmt: skip
-    assert summary["erased"] == {"concept": "dog", "class_id": 1}
+    assert summary["erased"] == {"concept": "dog", "class_id": 1, "anchor_concept": "cat"}
     assert summary["metrics"] == {"before": None, "after": None}  # no judge for this model's classes
     config = json.loads((out / "unlearning_config.json").read_text())
     assert config["base_model"] == str(user_pipeline)
@@ -102,7 +102,7 @@ def test_reads_a_datasets_folder_with_custom_columns(tmp_path, user_pipeline, fr
          "--image_column", "img", "--label_column", "fine_label", "--concept", "2", "--output_dir",
          str(tmp_path / "out")],
     )  # fmt: skip
-    assert summary["erased"] == {"concept": "frog", "class_id": 2}
+    assert summary["erased"] == {"concept": "frog", "class_id": 2, "anchor_concept": "cat"}
 
 
 def test_missing_data_for_a_user_model_is_a_clear_error(tmp_path, user_pipeline, fresh_accelerate):
