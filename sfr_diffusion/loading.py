@@ -44,7 +44,8 @@ def known_type_warnings_silenced() -> Iterator[None]:
 
 def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
     """Load any diffusers pipeline folder or Hub id, including this package's own pipeline classes, or a bundled
-    model by its alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``; :func:`sfr_diffusion.presets.resolve_model`).
+    model by its alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``, ``digits-sd3``;
+    :func:`sfr_diffusion.presets.resolve_model`).
 
     A custom-pipeline folder (``_class_name`` a ``[module, class]`` list) of one of our classes loads with the
     installed class; any other custom code is refused rather than run.

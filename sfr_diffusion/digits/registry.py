@@ -6,8 +6,9 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 # The DiT folder's vae/ is the shared VAE; sd/ holds only what is not shipped elsewhere (see `digits.bundled_path`).
-SHIPPED = ("ddpm", "dit", "sd", "judge")
-BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd"}
+# sd3/ is a complete StableDiffusion3Pipeline folder (its own copy of the VAE, with the shift factor SD3 reads).
+SHIPPED = ("ddpm", "dit", "sd", "sd3", "judge")
+BUNDLED_ALIASES = {"digits-ddpm": "ddpm", "digits-dit": "dit", "digits-sd": "sd", "digits-sd3": "sd3"}
 # How the digits world is sampled and judged unless told otherwise (SPEC §2: 20 DDIM steps).
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_INFERENCE_STEPS = 20
@@ -15,7 +16,8 @@ IMAGE_SHAPE = (1, 8, 8)
 
 
 def shipped_path(name: str) -> Path:
-    """The folder shipped for a bundled model ("ddpm", "dit", "sd" or "judge"); a clear error if it was never built."""
+    """The folder shipped for a bundled model ("ddpm", "dit", "sd", "sd3" or "judge"); a clear error if it was never
+    built."""
     if name not in SHIPPED:
         raise ValueError(f"Unknown bundled model {name!r}; available: {sorted(SHIPPED)}.")
     path = ASSETS_DIR / name

@@ -18,7 +18,7 @@ from .models import DIGITS_PRETRAIN_STEPS, pretrain_digits_model
 from .registry import shipped_path
 
 RETRAIN_RECIPE_VERSION = 1  # bump when `pretrain_digits_model` changes what it trains
-RETRAINABLE = ("ddpm", "dit", "sd")
+RETRAINABLE = ("ddpm", "dit", "sd", "sd3")
 
 
 def retrained_path(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS, seed: int = 0) -> Path:
@@ -32,10 +32,10 @@ def retrained_path(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN
 
 
 def retrain(name: str, forget_digit: int, *, steps: int = DIGITS_PRETRAIN_STEPS, seed: int = 0) -> Path:
-    """Train (or find in the cache) the digits `name` model ("ddpm", "dit", "sd") without `forget_digit`.
+    """Train (or find in the cache) the digits `name` model ("ddpm", "dit", "sd", "sd3") without `forget_digit`.
 
-    Only the denoiser is retrained: DiT and SD keep the shared VAE (and SD its frozen text encoder), as an erasure
-    does. Returns a folder that loads with ``load_pipeline``.
+    Only the denoiser is retrained: DiT, SD and SD3 keep the shared VAE (and SD and SD3 their frozen text encoders,
+    SD3's rebuilt from their seeds), as an erasure does. Returns a folder that loads with ``load_pipeline``.
     """
     target = retrained_path(name, forget_digit, steps=steps, seed=seed)
     if (target / "model_index.json").exists():

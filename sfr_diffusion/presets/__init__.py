@@ -21,7 +21,8 @@ def preset_for(pipeline) -> Preset | None:
 
 
 def resolve_model(name_or_path: str | Path) -> str | Path:
-    """A bundled model's alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``) → its folder; anything else as is."""
+    """A bundled model's alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``, ``digits-sd3``) → its folder;
+    anything else as is."""
     from ..digits import resolve_model as resolve_digits_model
 
     return resolve_digits_model(name_or_path)
