@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 
 from .anchors import farthest_kept_class
 from .arguments import EvaluationArguments
@@ -288,6 +288,8 @@ def erase(
         if method_class.picks_anchor(method_config) and not family.text_conditioned:
             with accelerator.autocast():
                 anchor = str(farthest_kept_class(family, target.forget, target.conditions, seed=training.seed))
+            # The main process's pick for every process: a near tie must not split them over two targets.
+            (anchor,) = broadcast_object_list([anchor])
         method_instance = method_class(method_config, family, anchor=anchor)
         outcome = run_erasure(
             accelerator=accelerator,
