@@ -131,7 +131,7 @@ class SFROn(UnlearningMethod):
         self.forget_loss = config.forget_loss or family.default_forget_loss
         self.frozen, self.remap_condition = None, None
         if self.forget_loss != "ascent" or config.remain_target == "original":
-            # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)).
+            # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)) and the remain target.
             self.frozen = frozen_copy(family)
         if self.forget_loss == "remap":
             target = config.remap_target if config.remap_target is not None else anchor
