@@ -33,7 +33,7 @@ from sfr_diffusion.digits.metrics import guidance_sweep
 from sfr_diffusion.forgetting import forgotten_at_every_guidance
 
 ROOT = Path(__file__).resolve().parent.parent
-TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
+TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)", "sd3": "SD3 (flow-matching text-to-image)"}
 
 
 def plot_curve(history: list[dict], digit_name: str, base_ra: float, path: Path, family: str) -> None:
@@ -119,11 +119,11 @@ def render_section(rows: list[dict], command: str, plot: Path | None, extra_args
     first = rows[0]
     scales = ", ".join(first["final"]["per_guidance"])
     attacked = first.get("attacks") is not None
-    prompts = (
-        " Each digit is prompted with its 8 training captions and 4 held-out phrasings; FA covers all 12."
-        if "FA_paraphrases" in first["after"]
-        else ""
-    )
+    prompts = {
+        "sd": " Each digit is prompted with its 8 training captions and 4 held-out phrasings; FA covers all 12.",
+        "sd3": " Each digit is prompted with its 8 training captions (its frozen random text encoders do not carry "
+        "the held-out phrasings).",
+    }.get(family, "")
     lines = [
         f"<!-- digits-{family}-sfr-on:start -->",
         f"## SFR-on on the digits {title}, one run per digit",

@@ -128,7 +128,7 @@ def attacked_conditions(family: DiffusionFamily, concept: str, preset) -> list[i
     (the concept text itself when no preset lists them)."""
     if not family.text_conditioned:
         return [family.resolve_class(concept)]
-    prompts = preset.judged_prompts(concept) if preset is not None and preset.judged_prompts else [concept]
+    prompts = preset.judged_prompts(concept, family) if preset is not None and preset.judged_prompts else [concept]
     return [family.prompt_id(p) for p in dict.fromkeys([concept, *prompts])]
 
 

@@ -21,7 +21,7 @@ from . import is_digits_world
 from .data import DIGIT_NAMES, digits_tensor
 from .judge import DigitsClassifier
 from .prompts import digit_prompts
-from .registry import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, shipped_path
+from .registry import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, judged_captions, shipped_path
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -167,22 +167,25 @@ def digits_world_metrics(
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
     seed: int = 0,
     judge=None,
-    prompts: str = "all",
+    prompts: str | None = None,
 ) -> dict:
     """FA, RA and FID-digits of a digits-world pipeline, judged by the bundled classifier on held-out images.
 
     Each forget class gets `forget_samples_per_class` samples (default: `samples_per_class`), see
     :func:`class_erasure_metrics`. Text-to-image pipelines are prompted with each digit's training captions and
-    held-out phrasings (`prompts`: "all", "train" or "held_out"); ``FA_paraphrases`` is FA on the held-out phrasings
-    alone.
+    held-out phrasings (`prompts`: "all", "train" or "held_out"; default: the sets the model carries,
+    `registry.judged_captions`: both for the SD, training captions for the SD3); ``FA_paraphrases`` is FA on the
+    held-out phrasings alone.
     """
     if not is_digits_world(pipeline):
         raise ValueError("digits_world_metrics needs a digits-world pipeline (classes 'zero'..'nine').")
     judge = judge or DigitsClassifier.from_pretrained(shipped_path("judge"))
     real_images, real_labels = digits_tensor("test")
     text_kwargs = {}
-    if family_for(pipeline).text_conditioned:
-        kinds = {"all": ("train", "held_out"), "train": ("train",), "held_out": ("held_out",)}[prompts]
+    family = family_for(pipeline)
+    if family.text_conditioned:
+        kinds = {"all": ("train", "held_out"), "train": ("train",), "held_out": ("held_out",), None: None}[prompts]
+        kinds = kinds or judged_captions(family)
         text_kwargs = {
             "class_prompts": {d: [p for k in kinds for p in digit_prompts(d, k)] for d in range(len(DIGIT_NAMES))},
             "paraphrases": [p for d in range(len(DIGIT_NAMES)) for p in digit_prompts(d, "held_out")],
@@ -213,7 +216,7 @@ def guidance_sweep(
     num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
     seed: int = 0,
     judge=None,
-    prompts: str = "all",
+    prompts: str | None = None,
 ) -> dict:
     """FA, RA and FID-digits (at every scale) of a digits-world pipeline at each guidance scale in `scales` and at
     the pipeline's own default (DiT 4.0, Stable Diffusion 7.5, our class-conditional DDPM 1.0); the worst case.

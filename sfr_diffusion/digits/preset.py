@@ -12,6 +12,7 @@ from ..presets.preset import Preset
 from . import is_digits_world
 from .data import load_digits_dataset
 from .prompts import NEUTRAL_PROMPT, digit_of, digit_prompts, digits_sd_prompts
+from .registry import judged_captions
 
 
 def judged_digits(family, concepts: Sequence[str]) -> list[int]:
@@ -67,10 +68,11 @@ def digit_images(concept: str):
     return dataset.select(np.flatnonzero(np.asarray(dataset["label"]) == digit))
 
 
-def judged_digit_prompts(concept: str) -> list[str]:
-    """Every prompt the digits SD is judged with for the digit `concept` names: its captions and held-out ones."""
+def judged_digit_prompts(concept: str, family) -> list[str]:
+    """Every prompt a digits text-to-image model of `family` is judged with for the digit `concept` names: its
+    training captions, and the held-out phrasings where the model carries them (`registry.judged_captions`)."""
     digit = _named_digit(concept)
-    return digit_prompts(digit, "train") + digit_prompts(digit, "held_out")
+    return [prompt for kind in judged_captions(family) for prompt in digit_prompts(digit, kind)]
 
 
 DIGITS_PRESET = Preset(

@@ -18,8 +18,8 @@ class Preset:
         evaluate: (pipeline, erased concepts, EvaluationArguments, seed) → metrics ({"FA": ..., "RA": ..., ...}).
         judge: what `evaluate` judges with, as attack and benchmark records name it.
         concept_images: concept → a `datasets.Dataset` of its images (``image`` column), what an attacker holds.
-        judged_prompts: concept → every prompt `evaluate` samples it with (text-to-image), what an attack stands in
-            for.
+        judged_prompts: (concept, family) → every prompt `evaluate` samples it with on a text-to-image model of
+            that family, what an attack stands in for.
     """
 
     name: str
@@ -29,4 +29,4 @@ class Preset:
     evaluate: Callable[..., dict] | None = None
     judge: str | None = None
     concept_images: Callable[[str], object] | None = None
-    judged_prompts: Callable[[str], list[str]] | None = None
+    judged_prompts: Callable[[str, object], list[str]] | None = None
