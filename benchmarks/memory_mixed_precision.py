@@ -6,7 +6,7 @@
 
 Under ``mixed_precision`` bf16/fp16, ``sfr_diffusion.erase()`` keeps the frozen parts (VAE, text encoder) and the
 frozen copy θ₀ of the denoiser that the remap forget loss targets in the weight dtype, while the trained UNet stays
-fp32 (``DiffusionFamily.prepared_for_training``, ``methods.base.frozen_copy``). This script measures what that does
+fp32 (``DiffusionFamily.prepared_for_training``, ``methods.base.frozen_original``). This script measures what that does
 to the peak memory on the real layout: ``stable_diffusion_pipeline("sd-1.4")`` (random weights in the
 CompVis/stable-diffusion-v1-4 layout: UNet 860M, CLIP ViT-L/14 text encoder, the SD VAE; no hub access), at a small
 resolution so that it runs on a CPU (the UNet's ``sample_size`` is lowered; no weight changes shape).

@@ -19,6 +19,7 @@ an ``Accelerator`` to reuse one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 
+from .adapters import (
+    add_adapters,
+    check_lora_loadable,
+    fuse_adapters,
+    has_adapters,
+    is_adapter_weight,
+    save_lora_export,
+    target_module_names,
+)
 from .anchors import farthest_kept_class
 from .arguments import EvaluationArguments
 from .export import export_pipeline, render_model_card
@@ -74,6 +84,13 @@ class ErasureResult:
     model_card: str
     mask: Mask | None = field(default=None, repr=False)
     is_main_process: bool = True
+    lora_config: object = field(default=None, repr=False)  # peft's LoraConfig when LoRA adapters were trained
+    card_fields: dict = field(default_factory=dict, repr=False)  # what the model card is rendered from
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether the erased denoiser holds LoRA adapters (trained with ``lora_rank`` and not fused yet)."""
+        return self.lora_config is not None and has_adapters(family_for(self.pipeline).denoiser)
 
     @property
     def concept(self) -> str:
@@ -85,6 +102,7 @@ class ErasureResult:
         output_dir: str | Path,
         *,
         overwrite: bool = False,
+        fuse_lora: bool = False,
         push_to_hub: bool = False,
         hub_model_id: str | None = None,
         hub_token: str | None = None,
@@ -92,19 +110,33 @@ class ErasureResult:
         """Write the erased pipeline as a standard diffusers folder (atomic; with ``unlearning_config.json``, a
         model card and the saliency mask), and optionally upload it to the Hub as ``hub_model_id``.
 
-        An existing `output_dir` is replaced only when it is an earlier export and `overwrite` is given (see
-        :func:`sfr_diffusion.export.check_output_dir`). Only the main process writes.
+        When LoRA adapters were trained, the export holds them alone as ``pytorch_lora_weights.safetensors``, for
+        ``pipe.load_lora_weights(folder)`` on the base pipeline (:func:`sfr_diffusion.load_pipeline` loads such a
+        folder whole); with `fuse_lora` they are first merged into the denoiser's weights, in place, and the export
+        is a full pipeline. An existing `output_dir` is replaced only when it is an earlier export and `overwrite`
+        is given (see :func:`sfr_diffusion.export.check_output_dir`). Only the main process writes.
         """
         output_dir = Path(output_dir)
+        config, card, mask, writer = self.config, self.model_card, self.mask, None
+        if self.has_adapters and fuse_lora:
+            fuse_adapters(family_for(self.pipeline).denoiser)
+            self.config["lora"]["fused"] = True
+            config, mask = self.config, None  # the mask named adapter weights, which no longer exist
+            card = self.model_card = render_model_card(**self.card_fields, lora=config["lora"])
+        elif self.has_adapters:
+            check_lora_loadable(self.pipeline)
+            denoiser, lora_config = family_for(self.pipeline).denoiser, self.lora_config
+            writer = functools.partial(save_lora_export, self.pipeline, denoiser, lora_config)
         if self.is_main_process:
             output_dir = export_pipeline(
                 self.pipeline,
                 output_dir,
-                unlearning_config=self.config,
-                model_card=self.model_card,
-                saliency_mask=self.mask,
+                unlearning_config=config,
+                model_card=card,
+                saliency_mask=mask,
                 history=self.history,
                 overwrite=overwrite,
+                writer=writer,
             )
             if push_to_hub:
                 push_export(output_dir, hub_model_id or output_dir.name, token=hub_token)
@@ -262,6 +294,7 @@ def erase(
     method_class.check_config(method_config, family)
     family.check_trainable(training.trainable)  # e.g. cross-attention in a transformer that has none
     _check_remap_target(method_config, family, preset, names, conditions)
+    adapted_modules = _lora_modules(family, training)
     own_accelerator = accelerator is None
     accelerator = accelerator or build_accelerator(training)
     set_seed(training.seed)
@@ -283,7 +316,11 @@ def erase(
     if own_accelerator and training.report_to:
         accelerator.init_trackers("sfr-diffusion", config=_tracker_config(training, method_config))
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
-    with family.prepared_for_training(weight_dtype, trains=TRAINABLE[training.trainable]):
+    lora_config = None
+    if adapted_modules:  # the pipeline keeps them: it holds the erased model, base weights plus adapters
+        alpha = training.lora_alpha or training.lora_rank
+        lora_config = add_adapters(family.denoiser, adapted_modules, training.lora_rank, alpha, training.seed)
+    with family.prepared_for_training(weight_dtype, trains=training.trains):
         anchor = target.anchor
         if method_class.picks_anchor(method_config) and not family.text_conditioned:
             with accelerator.autocast():
@@ -323,7 +360,16 @@ def erase(
         "history": outcome.history,
         "num_processes": accelerator.num_processes,
     }
-    card = render_model_card(
+    if lora_config is not None:
+        trained = [p for name, p in family.denoiser.named_parameters() if is_adapter_weight(name)]
+        config["lora"] = {
+            "rank": training.lora_rank,
+            "alpha": lora_config.lora_alpha,
+            "modules": len(adapted_modules),
+            "trained_parameters": sum(p.numel() for p in trained),
+            "fused": False,
+        }
+    card_fields = dict(
         base_model=base_model,
         erased=target.names,
         method_name=method_class.name,
@@ -335,6 +381,7 @@ def erase(
         mask_statistics=outcome.mask_statistics,
         pipeline_class=type(pipeline).__name__,
     )
+    card = render_model_card(**card_fields, lora=config.get("lora"))
     return ErasureResult(
         pipeline=pipeline,
         concepts=target.names,
@@ -348,7 +395,21 @@ def erase(
         model_card=card,
         mask=outcome.mask,
         is_main_process=main,
+        lora_config=lora_config,
+        card_fields=card_fields,
     )
+
+
+def _lora_modules(family, training: TrainingArguments) -> list[str]:
+    """The modules that get LoRA adapters (none without ``lora_rank``), checked before any data work."""
+    if training.lora_rank is None:
+        return []
+    if has_adapters(family.denoiser):
+        raise ValueError(
+            f"The {type(family.denoiser).__name__} already holds LoRA adapters: fuse them into its weights (or load "
+            "the pipeline without them) before erasing with --lora_rank."
+        )
+    return target_module_names(family.denoiser, training.lora_targets, TRAINABLE[training.trainable])
 
 
 def _check_remap_target(method_config, family, preset, names: list[str], conditions: list[int]) -> None:

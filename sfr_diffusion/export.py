@@ -8,7 +8,7 @@ import logging
 import os
 import platform
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import diffusers
@@ -172,21 +172,26 @@ def export_pipeline(
     saliency_mask: Mask | None = None,
     history: list[dict] | None = None,
     overwrite: bool = False,
+    writer: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save `pipeline` to `output_dir` so that it appears whole or not at all, and replace nothing but an export.
 
     Everything is written to a sibling ``.NAME.partial-PID`` folder first (``unlearning_config.json`` last); only a
     whole export then takes the name. An existing `output_dir` must be empty or, with `overwrite`, an earlier export
     (`check_output_dir`); a kill at any point leaves the old export or the new one under the name, and the next call
-    finishes or rolls back the swap (`recover_interrupted_export`).
+    finishes or rolls back the swap (`recover_interrupted_export`). `writer` writes the model into the staging folder
+    instead of the full pipeline (a LoRA export: :func:`sfr_diffusion.adapters.save_lora_export`).
     """
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
     staging = staging_path(output_dir, "partial")
     staging.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     try:
-        save_pipeline(pipeline, staging)
-        _copy_custom_pipeline_code(pipeline, staging)
+        if writer is None:
+            save_pipeline(pipeline, staging)
+            _copy_custom_pipeline_code(pipeline, staging)
+        else:
+            writer(staging)
         (staging / "README.md").write_text(model_card)
         if saliency_mask is not None:
             save_mask(saliency_mask, staging / MASK_FILE)
@@ -246,9 +251,11 @@ def render_model_card(
     metrics_after: dict | None,
     mask_statistics: dict | None,
     pipeline_class: str,
+    lora: dict | None = None,
 ) -> str:
     """A diffusers-style model card: what was erased (one concept, or several) from which model, how, and what it
-    measured (with several concepts, each one's FA where the evaluator gives ``FA_per_concept``)."""
+    measured (with several concepts, each one's FA where the evaluator gives ``FA_per_concept``). `lora` (rank,
+    alpha, fused) says that LoRA adapters were trained: loaded onto the base pipeline, or fused into the weights."""
     erased = [erased] if isinstance(erased, str) else list(erased)
     rows = ""
     if metrics_before and metrics_after:
@@ -272,7 +279,20 @@ def render_model_card(
     bold = [f"**{concept}**" for concept in erased]
     bold = bold[0] if len(bold) == 1 else f"{', '.join(bold[:-1])} and {bold[-1]}"
     each_note = "" if len(erased) == 1 else "\nFA (name): the same for one of the erased concepts alone;"
-    if hasattr(diffusers, pipeline_class):
+    kind = "LoRA" if lora and not lora["fused"] else "pipeline"
+    trained = "- Trained weights: all selected denoiser weights"
+    if lora:
+        trained = f"- Trained weights: LoRA adapters of rank {lora['rank']} (α {lora['alpha']:g})" + (
+            ", fused into the weights: this folder is a full pipeline" if lora["fused"] else ""
+        )
+    if lora and not lora["fused"]:
+        loader = (
+            f"from diffusers import {pipeline_class}\n\n"
+            f'pipe = {pipeline_class}.from_pretrained("{base_model}")\n'
+            'pipe.load_lora_weights("path/to/this/folder")'
+        )
+        loader_note = "\nThis folder holds the LoRA adapters alone (`pytorch_lora_weights.safetensors`).\n"
+    elif hasattr(diffusers, pipeline_class):
         loader = (
             f'from diffusers import {pipeline_class}\n\npipe = {pipeline_class}.from_pretrained("path/to/this/folder")'
         )
@@ -301,12 +321,13 @@ tags:
 
 # {pipeline_class}: {title} erased from `{base_model}`
 
-This pipeline is `{base_model}` with {bold} erased by **{method_name}** using
+This {kind} is `{base_model}` with {bold} erased by **{method_name}** using
 [sfr-diffusion](https://pypi.org/project/sfr-diffusion/).
 
 - Method: {method_name} — {paper}
 - Iterations: {steps}; wall time: {seconds:.1f} s
 - Saliency mask density (weights the forget step may move): {density}
+{trained}
 
 ## Evaluation
 

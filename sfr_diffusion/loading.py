@@ -9,8 +9,10 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
+from .adapters import LORA_WEIGHTS_FILE
+from .export import read_unlearning_config
 from .pipelines import OUR_PIPELINES, read_model_index
-from .presets import resolve_model
+from .presets import loadable_name, resolve_model
 
 
 def looks_local(path: str | Path) -> bool:
@@ -42,10 +44,47 @@ def known_type_warnings_silenced() -> Iterator[None]:
         diffusers_logger.removeFilter(known)
 
 
+def is_lora_export(folder: Path) -> bool:
+    """Whether `folder` is an erasure exported as LoRA adapters (no pipeline of its own)."""
+    return (folder / LORA_WEIGHTS_FILE).is_file() and not (folder / "model_index.json").is_file()
+
+
+def load_lora_export(folder: Path, **kwargs) -> DiffusionPipeline:
+    """The base pipeline its ``unlearning_config.json`` names, with the folder's adapters loaded by diffusers'
+    ``load_lora_weights``."""
+    config = read_unlearning_config(folder)
+    if not config or not config.get("base_model"):
+        raise ValueError(f"{folder} holds LoRA weights but no unlearning_config.json naming their base model.")
+    base = loadable_name(config["base_model"])
+    try:
+        pipeline = load_pipeline(base, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder} holds LoRA weights for {base!r}, which does not load here: {error}") from error
+    # Our exports adapt the denoiser alone; diffusers warns that the text encoders have no LoRA keys, as designed.
+    text_encoder_note = logging.getLogger("diffusers.loaders.lora_base")
+    no_text_encoder_keys = _MessageDropped("No LoRA keys associated to")
+    text_encoder_note.addFilter(no_text_encoder_keys)
+    try:
+        pipeline.load_lora_weights(str(folder))
+    finally:
+        text_encoder_note.removeFilter(no_text_encoder_keys)
+    return pipeline
+
+
+class _MessageDropped(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
     """Load any diffusers pipeline folder or Hub id, including this package's own pipeline classes, or a bundled
     model by its alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``, ``digits-sd3``;
-    :func:`sfr_diffusion.presets.resolve_model`).
+    :func:`sfr_diffusion.presets.resolve_model`). An erasure exported as LoRA adapters loads as its base pipeline with
+    the adapters (``load_lora_weights``).
 
     A custom-pipeline folder (``_class_name`` a ``[module, class]`` list) of one of our classes loads with the
     installed class; any other custom code is refused rather than run.
@@ -53,6 +92,8 @@ def load_pipeline(path: str | Path, **kwargs) -> DiffusionPipeline:
     path = resolve_model(path)
     folder = Path(path).expanduser()
     if looks_local(path):
+        if is_lora_export(folder):
+            return load_lora_export(folder, **kwargs)
         if not (folder / "model_index.json").is_file():
             raise ValueError(f"{path} is not a diffusers pipeline folder: it has no model_index.json.")
         class_name = read_model_index(folder)["_class_name"]

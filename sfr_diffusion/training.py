@@ -14,8 +14,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .adapters import (
+    ADAPTER_NAME,
+    DEFAULT_TARGET_MODULES,
+    adapter_layers,
+    adapter_mask,
+    adapter_state_dict,
+    base_weights_trainable,
+    is_adapter_weight,
+)
 from .arguments import option
 from .data import (
     FISHER_FORGET_STREAM,
@@ -47,6 +57,7 @@ PROGRESS_FILE = "progress.json"  # in each checkpoint: the evaluations so far an
 CHECKPOINTS_MARKER = "sfr_diffusion_checkpoints.json"
 # What a checkpoint folder must hold to be resumed from (accelerate's optimizer state, our denoiser hook's output).
 CHECKPOINT_CONTENTS = ("optimizer.bin", "denoiser/config.json")
+CHECKPOINT_ADAPTERS_FILE = "lora_weights.safetensors"  # in denoiser/ when the run trains LoRA adapters
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -72,7 +83,7 @@ class TrainingArguments:
     )
     max_train_steps: int = option(50, "Iterations (an SFR-on iteration is a forget step and a remain step).")
     learning_rate: float | None = option(
-        None, "Default: the model family's (DDPM 2e-3, DiT 1e-3, SD 3e-4; measured on the digits world)."
+        None, "Default: the model family's (DDPM 1e-3, DiT 5e-4, SD 3e-4; measured on the digits world)."
     )
     optimizer: str = option("adam", "The one optimizer every phase steps.", choices=tuple(OPTIMIZERS))
     adam_beta1: float = option(0.9, "Adam's β1.")
@@ -106,6 +117,17 @@ class TrainingArguments:
         "tables as they were).",
         choices=tuple(TRAINABLE),
     )
+    lora_rank: int | None = option(
+        None,
+        "Train LoRA adapters of this rank (peft) on --lora_target_modules instead of the weights themselves; the "
+        "export is then a LoRA file for load_lora_weights (or, with --fuse_lora, a full pipeline).",
+    )
+    lora_alpha: float | None = option(None, "LoRA's α (adapters' output scaled by α / rank); default: the rank.")
+    lora_target_modules: str = option(
+        ",".join(DEFAULT_TARGET_MODULES),
+        "Comma-separated names of the linear layers that get adapters (a name matches every module ending in it), "
+        "within the weights --trainable selects.",
+    )
 
     def __post_init__(self):
         check_field_values(self)
@@ -135,10 +157,27 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}.")
         if self.stop_when_forgotten is not None and self.eval_every is None:
             raise ValueError("stop_when_forgotten needs eval_every: forgetting is judged at the tracked evaluations.")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1 or None, got {self.lora_rank}.")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}.")
+        if self.lora_alpha is not None and self.lora_rank is None:
+            raise ValueError("lora_alpha scales LoRA adapters: give --lora_rank as well.")
+        if not self.lora_targets:
+            raise ValueError("lora_target_modules is empty: name linear layers such as to_q,to_k,to_v,to_out.0.")
         if self.checkpoints_dir is None:
             for name in ("checkpointing_steps", "resume_from_checkpoint"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} needs a checkpoints_dir to write to or read from.")
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.lora_target_modules.split(",") if name.strip())
+
+    @property
+    def trains(self) -> Callable[[str], bool]:
+        """Which denoiser weights train, by name: the adapters under LoRA, else the --trainable selection."""
+        return is_adapter_weight if self.lora_rank is not None else TRAINABLE[self.trainable]
 
     @property
     def checkpoints_path(self) -> Path | None:
@@ -169,11 +208,13 @@ class PhaseEvent:
     history: list  # the evaluations so far ({"step": ..., metrics...}), e.g. for a live FA/RA curve; do not modify
 
 
-def select_trainable(model: torch.nn.Module, selection: str) -> list[str]:
-    """Freeze every weight outside `selection` and return the trainable names; an empty selection is an error."""
-    if selection not in TRAINABLE:
+def select_trainable(model: torch.nn.Module, selection: str | Callable[[str], bool]) -> list[str]:
+    """Freeze every weight outside `selection` (a ``TRAINABLE`` name, or a predicate on weight names such as
+    ``TrainingArguments.trains``) and return the trainable names; an empty selection is an error."""
+    if isinstance(selection, str) and selection not in TRAINABLE:
         raise ValueError(f"Unknown weight selection {selection!r}; valid: {sorted(TRAINABLE)}.")
-    chosen = [name for name, _ in model.named_parameters() if TRAINABLE[selection](name)]
+    chosen_by = TRAINABLE[selection] if isinstance(selection, str) else selection
+    chosen = [name for name, _ in model.named_parameters() if chosen_by(name)]
     if not chosen:
         raise ValueError(f"Weight selection {selection!r} matches no parameter of {type(model).__name__}.")
     chosen_set = set(chosen)
@@ -225,22 +266,39 @@ def compute_saliency_mask(
     forget_sampler: BatchSampler,
     remain_sampler: BatchSampler,
 ) -> Mask:
-    """Fisher-ratio mask on the original weights; batches are sharded so DDP all-reduces before squaring."""
+    """Fisher-ratio mask on the original weights; batches are sharded so DDP all-reduces before squaring.
+
+    With LoRA adapters the Fisher is measured on the adapted modules' base weights and the mask is the adapters'
+    (:func:`sfr_diffusion.adapters.adapter_mask`); DDP does not reduce those weights' gradients, so they are
+    all-reduced here before squaring."""
     family, cfg = method.family, method.config
     raw_model = accelerator.unwrap_model(model)  # names without DDP's "module." prefix; the same Parameters
+    adapted = bool(adapter_layers(raw_model))
+    forward_model = raw_model if adapted else model
 
     def losses(sampler):
         for i in range(cfg.mask_batches):
             batch = sampler.batch(i, accelerator.process_index, accelerator.num_processes)
             x0 = family.encode(batch.images.to(accelerator.device))
-            yield lambda b=batch, x=x0: family.diffusion_loss(model, x, b.labels.to(x.device), b.draw).mean()
+            yield lambda b=batch, x=x0: family.diffusion_loss(forward_model, x, b.labels.to(x.device), b.draw).mean()
 
     def grad_scale() -> float:  # fp16 scales the loss before backward; the Fisher needs true gradients
         return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
-    fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, grad_scale)
-    fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, grad_scale)
-    return method.saliency_mask(fisher_forget, fisher_remain)
+    def reduced_backward(loss: torch.Tensor) -> None:
+        accelerator.backward(loss)
+        for param in raw_model.parameters():
+            if param.grad is not None:
+                param.grad = accelerator.reduce(param.grad, reduction="mean")
+
+    if not adapted:
+        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, grad_scale)
+        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, grad_scale)
+        return method.saliency_mask(fisher_forget, fisher_remain)
+    with base_weights_trainable(raw_model):
+        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), reduced_backward, grad_scale)
+        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), reduced_backward, grad_scale)
+    return adapter_mask(raw_model, method.saliency_mask(fisher_forget, fisher_remain))
 
 
 def list_checkpoints(checkpoints_dir: Path | None) -> list[Path]:
@@ -322,15 +380,34 @@ def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             for model in models:
-                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "denoiser")
+                model = accelerator.unwrap_model(model)
+                folder = Path(output_dir) / "denoiser"
+                if adapter_layers(model):  # the adapters alone: the base weights never change
+                    folder.mkdir(parents=True, exist_ok=True)
+                    model.save_config(folder)
+                    save_file(adapter_state_dict(model), folder / CHECKPOINT_ADAPTERS_FILE)
+                else:
+                    model.save_pretrained(folder)
         while weights:
             weights.pop()
 
     def load_hook(models, input_dir):
         while models:
             model = accelerator.unwrap_model(models.pop())
-            loaded = type(model).from_pretrained(Path(input_dir) / "denoiser")
-            model.load_state_dict(loaded.state_dict())
+            folder = Path(input_dir) / "denoiser"
+            saved_adapters = (folder / CHECKPOINT_ADAPTERS_FILE).is_file()
+            if saved_adapters != bool(adapter_layers(model)):
+                raise ValueError(
+                    f"{input_dir} was saved {'with' if saved_adapters else 'without'} LoRA adapters: resume it with "
+                    "the --lora_rank setting it was trained with."
+                )
+            if saved_adapters:
+                from peft import set_peft_model_state_dict
+
+                adapters = load_file(folder / CHECKPOINT_ADAPTERS_FILE)
+                set_peft_model_state_dict(model, adapters, adapter_name=ADAPTER_NAME)
+            else:
+                model.load_state_dict(type(model).from_pretrained(folder).state_dict())
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -381,7 +458,7 @@ def run_erasure(
         raise ValueError("run_erasure needs a learning_rate (erase() takes the family's default).")
     family = method.family
     model = family.denoiser
-    select_trainable(model, args.trainable)
+    select_trainable(model, args.trains)
     model.train()
     if args.gradient_checkpointing:
         if not getattr(model, "_supports_gradient_checkpointing", False):

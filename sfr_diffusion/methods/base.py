@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 
+from ..adapters import WithoutAdapters, has_adapters
 from ..data import Batch
 from ..families import copy_in_dtype
 from ..losses import per_sample_mse
@@ -131,9 +132,14 @@ def family_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def frozen_copy(family) -> torch.nn.Module:
-    """θ₀: a frozen copy of the original denoiser, for targets that must not move with training; in the weight dtype
-    under mixed precision (a frozen part, like the VAE), so it costs half the memory of the fp32 trainable copy."""
+def frozen_original(family) -> torch.nn.Module:
+    """θ₀, the original denoiser, for targets that must not move with training.
+
+    When the denoiser trains LoRA adapters, θ₀ is the denoiser itself with its adapters switched off (no copy: see
+    :mod:`sfr_diffusion.adapters`). Otherwise a frozen copy, in the weight dtype under mixed precision (a frozen part,
+    like the VAE), so it costs half the memory of the fp32 trainable weights."""
+    if has_adapters(family.denoiser):
+        return WithoutAdapters(family.denoiser)
     return copy_in_dtype(family.denoiser, family.frozen_dtype).requires_grad_(False).eval()
 
 

@@ -17,7 +17,7 @@ import torch
 from ..arguments import option
 from ..data import Batch
 from ..losses import per_sample_mse
-from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_copy, timestep_quartile_terms
+from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_original, timestep_quartile_terms
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ESD(UnlearningMethod):
 
     def __init__(self, config: ESDConfig, family, *, anchor: str | None = None):
         super().__init__(config, family, anchor=anchor)
-        self.frozen = frozen_copy(family)
+        self.frozen = frozen_original(family)
 
     @property
     def phases(self) -> tuple[Phase, ...]:

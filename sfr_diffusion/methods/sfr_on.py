@@ -22,7 +22,7 @@ from .base import (
     Phase,
     UnlearningMethod,
     family_device,
-    frozen_copy,
+    frozen_original,
     random_remain_conditions,
     remain_terms,
     timestep_quartile_terms,
@@ -132,7 +132,7 @@ class SFROn(UnlearningMethod):
         self.frozen, self.remap_condition = None, None
         if self.forget_loss != "ascent" or config.remain_target == "original":
             # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)) and the remain target.
-            self.frozen = frozen_copy(family)
+            self.frozen = frozen_original(family)
         if self.forget_loss == "remap":
             target = config.remap_target if config.remap_target is not None else anchor
             self.remap_condition = family.null_class_id if target is None else family.resolve_class(target)
