@@ -225,38 +225,74 @@ def select_trainable(model: torch.nn.Module, selection: str | Callable[[str], bo
 
 @dataclass
 class ForgetMask:
-    """The saliency mask as the forget step applies it: ``keep`` per trainable weight, and its complement ``frozen``
-    (only for tensors with non-salient entries), both computed once rather than on every forget step.
+    """The saliency mask as the forget step applies it: ``keep`` per trainable weight, and the names of the tensors
+    that have non-salient entries (``partial``), computed once rather than on every forget step.
 
     Zeroing the gradient of non-salient weights is not enough with a shared Adam: moments accumulated in remain steps
-    would still move them during the forget step. ``restore`` puts them back after the step, so the forget phase
-    provably changes only salient weights (paper §4.3: S multiplies the forget update).
+    would still move them during the forget step. They are put back after the step, so the forget phase provably
+    changes only salient weights (paper §4.3: S multiplies the forget update).
+
+    The values put back are held for one chunk of tensors at a time (:meth:`step`): the optimizer steps each chunk
+    on its own (tensors without a gradient are skipped by torch's optimizers, so each tensor is stepped once, as by
+    one step), and no more than the largest tensor's non-salient entries are ever copied at once, instead of every
+    non-salient weight of the model.
     """
 
     keep: Mask
-    frozen: Mask
+    partial: frozenset[str]
 
     @classmethod
     def from_mask(cls, mask: Mask) -> ForgetMask:
-        return cls(keep=mask, frozen={name: ~m for name, m in mask.items() if not bool(m.all())})
+        return cls(keep=mask, partial=frozenset(name for name, m in mask.items() if not bool(m.all())))
 
-    def mask_gradients(self, named_params) -> dict[str, torch.Tensor]:
-        """Zero the gradients of non-salient weights and return those weights' current values."""
-        snapshot = {}
+    def mask_gradients(self, named_params) -> None:
+        """Zero the gradients of non-salient weights."""
         for name, param in named_params:
-            if name not in self.keep:  # frozen by the weight selection: never updated
-                continue
-            if param.grad is not None:
+            if name in self.keep and param.grad is not None:  # not in keep: frozen by the weight selection
                 param.grad.mul_(self.keep[name])
-            if name in self.frozen:
-                snapshot[name] = param.detach()[self.frozen[name]].clone()
-        return snapshot
+
+    def chunks(self, params: list[tuple[str, torch.nn.Parameter]]) -> list[list[tuple[str, torch.nn.Parameter]]]:
+        """`params` in order, grouped so that each group's non-salient entries are no more than the largest
+        tensor's."""
+        counts = [int((~self.keep[name]).sum()) if name in self.partial else 0 for name, _ in params]
+        budget = max(counts, default=0)
+        groups, current, held = [], [], 0
+        for item, count in zip(params, counts, strict=True):
+            if current and held + count > budget:
+                groups.append(current)
+                current, held = [], 0
+            current.append(item)
+            held += count
+        return [*groups, current] if current else groups
+
+    def step(self, optimizer, named_params) -> None:
+        """``optimizer.step()`` on the masked gradients, chunk by chunk, each chunk's non-salient weights put back
+        bit for bit after its step."""
+        stepped = [(name, param) for name, param in named_params if param.grad is not None]
+        grads = {name: param.grad for name, param in stepped}
+        for _, param in stepped:
+            param.grad = None
+        for chunk in self.chunks(stepped):
+            for name, param in chunk:
+                param.grad = grads[name]
+            held = {name: param.detach()[~self.keep[name]].clone() for name, param in chunk if name in self.partial}
+            optimizer.step()
+            with torch.no_grad():
+                for name, param in chunk:
+                    if name in held:
+                        param[~self.keep[name]] = held[name]
+                    param.grad = None
 
     @torch.no_grad()
-    def restore(self, named_params, snapshot: dict[str, torch.Tensor]) -> None:
-        for name, param in named_params:
-            if name in snapshot:
-                param[self.frozen[name]] = snapshot[name]
+    def step_at_once(self, optimizer, named_params) -> None:
+        """One ``optimizer.step()`` with every non-salient weight held meanwhile: for a loss-scaling optimizer
+        (fp16), whose scaler must step once per update."""
+        params = list(named_params)
+        held = {name: param.detach()[~self.keep[name]].clone() for name, param in params if name in self.partial}
+        optimizer.step()
+        for name, param in params:
+            if name in held:
+                param[~self.keep[name]] = held[name]
 
 
 def compute_saliency_mask(
@@ -598,15 +634,20 @@ def _draw(samplers: dict, data: str | tuple[str, ...], step: int, accelerator, d
 
 
 def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: ForgetMask | None) -> None:
-    """backward → mask (masked phases only) → clip (at the phase's own norm) → step → restore non-salient weights."""
+    """backward → mask (masked phases only) → clip (at the phase's own norm) → step, non-salient weights put back."""
     raw_model = accelerator.unwrap_model(model)
     accelerator.backward(loss)
-    snapshot = mask.mask_gradients(raw_model.named_parameters()) if phase.masked else None
+    masked = phase.masked and mask is not None
+    if masked:
+        mask.mask_gradients(raw_model.named_parameters())
     if phase.max_grad_norm is not None:
         accelerator.clip_grad_norm_(model.parameters(), phase.max_grad_norm)
-    optimizer.step()
-    if snapshot is not None:
-        mask.restore(raw_model.named_parameters(), snapshot)
+    if not masked:
+        optimizer.step()
+    elif accelerator.scaler is None:
+        mask.step(optimizer, raw_model.named_parameters())
+    else:
+        mask.step_at_once(optimizer, raw_model.named_parameters())
     optimizer.zero_grad(set_to_none=True)
 
 

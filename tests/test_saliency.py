@@ -176,3 +176,44 @@ def test_check_mask_matches_rejects_a_wrong_shape(small_model):
 
     with pytest.raises(ValueError, match=r"0.weight has shape \(3, 2\), expected \(2, 3\)"):
         check_mask_matches(mask, small_model)
+
+
+def test_the_forget_step_in_chunks_equals_one_step_and_holds_no_more_than_one_tensor():
+    """Stepping the optimizer chunk by chunk (each chunk's non-salient weights held meanwhile) gives the very weights
+    and Adam state of one step with every non-salient weight held, and copies at most the largest tensor's share."""
+    from sfr_diffusion.training import ForgetMask
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+        for _ in range(2):  # Adam moments from earlier steps, which would move non-salient weights
+            model(torch.randn(8, 6)).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model(torch.randn(8, 6)).pow(2).sum().backward()
+        return model, optimizer
+
+    torch.manual_seed(1)
+    mask = ForgetMask.from_mask(
+        {name: torch.rand(p.shape) < 0.5 for name, p in model_and_optimizer()[0].named_parameters()}
+    )
+    mask.keep["2.bias"] = torch.ones(3, dtype=torch.bool)  # one fully salient tensor
+    mask = ForgetMask.from_mask(mask.keep)
+    results = []
+    for stepper in (mask.step, mask.step_at_once):
+        model, optimizer = model_and_optimizer()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        mask.mask_gradients(model.named_parameters())
+        stepper(optimizer, model.named_parameters())
+        for name, param in model.named_parameters():
+            assert torch.equal(param[~mask.keep[name]], before[name][~mask.keep[name]]), name
+        state = [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
+        results.append(([p.detach().clone() for p in model.parameters()], state))
+    (chunked, chunked_state), (at_once, at_once_state) = results
+    assert all(torch.equal(a, b) for a, b in zip(chunked + chunked_state, at_once + at_once_state, strict=True))
+    named = list(model.named_parameters())
+    largest = max(int((~mask.keep[n]).sum()) for n, _ in named)
+    chunks = mask.chunks(named)
+    assert len(chunks) > 1 and [n for c in chunks for n, _ in c] == [n for n, _ in named]
+    assert all(sum(int((~mask.keep[n]).sum()) for n, _ in chunk) <= largest for chunk in chunks)
