@@ -53,13 +53,14 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
+from .adapters import LORA_WEIGHTS_FILE
 from .arguments import EvaluationArguments
 from .digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from .erasure import ErasureResult, erase
 from .export import UNLEARNING_CONFIG_FILE, erased_concepts, format_metric, is_export, read_unlearning_config
 from .families import DiffusionFamily, family_for
 from .files import default_export_name
-from .loading import load_pipeline
+from .loading import is_lora_export, load_pipeline
 from .pipelines import quiet_progress
 from .presets import base_model_name, bundled_aliases, loadable_name, resolve_model
 from .training import PhaseEvent, TrainingArguments
@@ -101,17 +102,24 @@ def user_error(error: Exception) -> gr.Error:
 
 
 def pipeline_folder(name_or_path: str) -> Path:
-    """A bundled model's folder, or a local diffusers pipeline folder; anything else is a readable error."""
+    """A bundled model's folder, a local diffusers pipeline folder or a LoRA export; anything else is a readable
+    error."""
     text = (name_or_path or "").strip()
     if not text:
         raise ValueError("No pipeline given: pick one from the list or type a pipeline folder.")
     folder = Path(resolve_model(text)).expanduser().resolve()
-    if not (folder / "model_index.json").is_file():
+    if not (folder / "model_index.json").is_file() and not is_lora_export(folder):
         raise ValueError(
-            f"{text!r} is not a pipeline: expected a bundled model ({', '.join(bundled_aliases())}) or a diffusers "
-            "pipeline folder with a model_index.json."
+            f"{text!r} is not a pipeline: expected a bundled model ({', '.join(bundled_aliases())}), a diffusers "
+            "pipeline folder with a model_index.json or an export of LoRA weights."
         )
     return folder
+
+
+def written_at(folder: Path) -> int:
+    """When the file that makes `folder` loadable was written (``model_index.json``, or a LoRA export's weights)."""
+    marker = folder / ("model_index.json" if (folder / "model_index.json").is_file() else LORA_WEIGHTS_FILE)
+    return marker.stat().st_mtime_ns
 
 
 @dataclass
@@ -125,8 +133,9 @@ class LoadedPipeline:
 class PipelineCache:
     """Loads each pipeline folder once; thread safe.
 
-    Entries are keyed by the resolved folder and the time its ``model_index.json`` was written: an export that an
-    erasure replaced (exports are written whole and renamed into place) is loaded again, anything else never.
+    Entries are keyed by the resolved folder and the time its ``model_index.json`` (or LoRA weights file) was
+    written: an export that an erasure replaced (exports are written whole and renamed into place) is loaded again,
+    anything else never.
     """
 
     def __init__(self, device: str | None = None):
@@ -137,7 +146,7 @@ class PipelineCache:
 
     def get(self, name_or_path: str) -> LoadedPipeline:
         folder = pipeline_folder(name_or_path)
-        key, stamp = str(folder), (folder / "model_index.json").stat().st_mtime_ns
+        key, stamp = str(folder), written_at(folder)
         with self._lock:
             cached = self._entries.get(key)
             if cached is None or cached[0] != stamp:

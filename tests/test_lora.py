@@ -194,6 +194,11 @@ def test_a_lora_export_loads_with_load_lora_weights_and_gives_the_erased_images(
     reloaded = load_pipeline(out)
     reloaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(sample(reloaded), expected)
+    from sfr_diffusion.app import PipelineCache
+
+    in_app = PipelineCache(device="cpu").get(str(out)).pipeline
+    in_app.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(sample(in_app), expected)
 
 
 def test_a_fused_export_is_a_full_pipeline_with_the_erased_images(fresh_accelerate_state, tmp_path):
