@@ -111,6 +111,25 @@ def fmt(value, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
 
 
+def save_results(path: Path, command: str, extra_args: list[str], label: str | None, rows: list[dict]) -> None:
+    """The raw results so far, written whole (a temporary file renamed over the old one)."""
+    payload = {"command": command, "extra_args": extra_args, "label": label, "rows": rows}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str))
+    partial.replace(path)
+
+
+def resumed_rows(path: Path | None, digits: list[int]) -> list[dict]:
+    """The rows of `digits` that an earlier run with the same --results_json finished."""
+    if path is None:
+        raise ValueError("--resume continues the run recorded in --results_json: give it.")
+    if not path.exists():
+        return []
+    rows = [row for row in json.loads(path.read_text())["rows"] if row["digit"] in digits]
+    print(f"Resuming: digits {[row['digit'] for row in rows]} are done in {path}.", flush=True)
+    return rows
+
+
 def render_section(rows: list[dict], command: str, plot: Path | None, extra_args: list[str], family: str) -> str:
     reached = sum(r["iterations_to_forget"] is not None for r in rows)
     worst = [headline(r) for r in rows]
@@ -207,6 +226,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--attacks", action="store_true", help="Also attack every erased model (default budget).")
     parser.add_argument("--quick", action="store_true", help="Fewer samples; does not touch BENCHMARKS.md.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the tables from a --results_json.")
+    parser.add_argument("--resume", action="store_true", help="Skip the digits --results_json already holds.")
     parser.add_argument("--label", default=None, help="compare_sfr_on.py's name of the setting (default: options).")
     args, extra_args = parser.parse_known_args(argv)
     if args.quick:
@@ -223,11 +243,12 @@ def main(argv=None) -> list[dict]:
                                                   payload["extra_args"], family))  # fmt: skip
         return rows
 
-    rows = []
+    command = ("python benchmarks/benchmark_sfr_on.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    rows = resumed_rows(args.results_json, args.digits) if args.resume else []
     samples = ["--eval_samples_per_class", str(args.track_samples),
                "--forget_samples_per_class", str(args.track_forget_samples)]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for digit in args.digits:
+        for digit in [d for d in args.digits if d not in {row["digit"] for row in rows}]:
             every = args.plot_eval_every if digit == args.plot_digit else args.eval_every
             result = erase_command.main(
                 [
@@ -265,6 +286,8 @@ def main(argv=None) -> list[dict]:
                 "machine": machine_description(),
             }
             rows.append(row)
+            if args.results_json:  # after every digit, so that an interrupted run resumes (--resume)
+                save_results(args.results_json, command, extra_args, args.label, rows)
             shown = {k: v for k, v in row.items() if k not in ("history", "final", "attacks")}
             print(json.dumps({**shown, **headline(row)}, default=str), flush=True)
 
@@ -274,10 +297,9 @@ def main(argv=None) -> list[dict]:
     if plot_rows and not args.quick:
         plot = args.plot or ROOT / "docs" / f"sfr_on_digits_{family}_curve.png"
         plot_curve(plot_rows[0]["history"], plot_rows[0]["name"], plot_rows[0]["before"]["RA"], plot, family)
-    command = ("python benchmarks/benchmark_sfr_on.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    rows.sort(key=lambda row: args.digits.index(row["digit"]))
     if args.results_json:
-        payload = {"command": command, "extra_args": extra_args, "label": args.label, "rows": rows}
-        args.results_json.write_text(json.dumps(payload, indent=2, default=str))
+        save_results(args.results_json, command, extra_args, args.label, rows)
     if not args.quick:
         write_section(args.output, render_section(rows, command, plot, extra_args, family))
     return rows

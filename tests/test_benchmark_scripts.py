@@ -499,6 +499,11 @@ def test_per_digit_sfr_on_benchmark_quick_mode(tmp_path):
     load("compare_sfr_on").main([str(tmp_path / "3.json"), str(tmp_path / "4.json"), "--output", str(output)])
     table = [line for line in output.read_text().splitlines() if line.startswith("| two steps |")]
     assert len(table) == 1 and table[0].startswith("| two steps | 3, 4 | ")
+    # An interrupted run resumes: the digits its results file holds are not run again.
+    done = json.loads((tmp_path / "3.json").read_text())["rows"]
+    rows = script.main(["--digits", "4", "3", *argv, "--results_json", str(tmp_path / "3.json"), "--resume"])
+    assert [r["digit"] for r in rows] == [4, 3] and rows[1] == done[0]
+    assert [r["digit"] for r in json.loads((tmp_path / "3.json").read_text())["rows"]] == [4, 3]
 
 
 def test_a_later_run_of_some_methods_replaces_theirs():
