@@ -78,7 +78,7 @@ ABLATIONS = {
     "F+R+on": ["--method", "sfr_on", "--no_mask"],
 }
 LABELS = {"sfr_on": "SFR-on", "ft": "FT", "ga": "GA", "rl": "RL", "salun": "SalUn", "esd": "ESD"}
-TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)"}
+TITLES = {"ddpm": "DDPM", "dit": "DiT", "sd": "SD (text-to-image)", "sd3": "SD3 (flow-matching text-to-image)"}
 # The final judgement's guidance scales (the pipeline's own default is added: DDPM 1, DiT 4, SD 7.5). A concept erased
 # at one guidance can return at another, so FA and RA are reported at their worst over these.
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5)
