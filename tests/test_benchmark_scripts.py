@@ -639,3 +639,33 @@ def test_mixed_precision_memory_script_runs_on_the_tiny_layout(tmp_path):
     assert all(all(report["restored"].values()) for report in (reports["no"], reports["bf16"]))
     text = output.read_text()
     assert "python benchmarks/memory_mixed_precision.py --size tiny" in text and "| bf16 | bfloat16, frozen" in text
+
+
+def test_erasure_memory_script_runs_on_a_tiny_layout(tmp_path, capsys):
+    """Every mode in its own process with a positive peak; the ratios are those of the peaks; --render_only renders
+    the same section from the JSON alone."""
+    results_json = tmp_path / "memory_erasure.json"
+    argv = ["--size", "tiny", "--layouts", "sd-1.4", "--resolution", "16", "--no_write", "--results_json",
+            str(results_json)]  # fmt: skip
+    load("memory_erasure").main(argv)
+    printed = capsys.readouterr().out
+    results = json.loads(results_json.read_text())
+    (group,) = results["groups"]
+    runs = group["runs"]
+    assert set(runs) == {"load", "ft", "sfr_on", "ft_lora", "sfr_on_lora"}
+    assert all(run["peak_rss_bytes"] > 0 for run in runs.values())
+    peak = {mode: run["peak_rss_bytes"] for mode, run in runs.items()}
+    for kind, sfr, ft in (("full", "sfr_on", "ft"), ("lora", "sfr_on_lora", "ft_lora")):
+        assert group["ratios"][kind]["peak"] == pytest.approx(peak[sfr] / peak[ft])
+        assert group["ratios"][kind]["increment"] == pytest.approx(
+            (peak[sfr] - peak["load"]) / (peak[ft] - peak["load"])
+        )
+    # Full weights: SFR-on holds a frozen copy as large as the denoiser and a mask; LoRA has neither copy.
+    parameters = runs["load"]["parameters"]["unet"]
+    assert runs["sfr_on"]["frozen_copy_bytes"] >= 4 * parameters and runs["sfr_on"]["mask_bytes"] > 0
+    assert runs["sfr_on_lora"]["frozen_copy_bytes"] == 0 and runs["ft"]["frozen_copy_bytes"] == 0
+    assert runs["sfr_on"]["trained_parameters"] == parameters
+    assert 0 < runs["sfr_on_lora"]["trained_parameters"] < runs["load"]["adapted_parameters"]
+    assert "<!-- memory-erasure:start -->" in printed and "| sd-1.4 | tiny: 0.79M" in printed
+    load("memory_erasure").main(["--render_only", "--no_write", "--results_json", str(results_json)])
+    assert capsys.readouterr().out == printed
