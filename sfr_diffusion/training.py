@@ -83,7 +83,9 @@ class TrainingArguments:
     )
     max_train_steps: int = option(50, "Iterations (an SFR-on iteration is a forget step and a remain step).")
     learning_rate: float | None = option(
-        None, "Default: the model family's (DDPM 1e-3, DiT 5e-4, SD 3e-4; measured on the digits world)."
+        None,
+        "Default: the model family's (DDPM 1e-3, DiT 5e-4, SD 3e-4; measured on the digits world), ten times it "
+        "with --lora_rank.",
     )
     optimizer: str = option("adam", "The one optimizer every phase steps.", choices=tuple(OPTIMIZERS))
     adam_beta1: float = option(0.9, "Adam's β1.")

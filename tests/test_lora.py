@@ -89,6 +89,8 @@ def test_lora_erasure_trains_only_adapters_and_the_forget_step_only_salient_ones
     result = erase(pipeline, "three", training=TrainingArguments(**TINY), evaluate=False, callbacks=[record])
     unet = pipeline.unet
     assert result.has_adapters and result.config["lora"]["rank"] == 2 and result.config["lora"]["fused"] is False
+    family_rate = family_for(pipeline).default_learning_rate
+    assert result.config["training"]["learning_rate"] == pytest.approx(10 * family_rate)  # adapters start at zero
     after = weights(unet)
     for name, value in after.items():  # every base weight as it was, bit for bit
         if not is_adapter_weight(name):
