@@ -438,6 +438,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 PAIRS = {"full": ("sfr_on", "ft"), "lora": ("sfr_on_lora", "ft_lora")}  # SFR-on and the fine-tune it is held to
 
 
+def ratio_cell(ratio: dict) -> str:
+    increment = "–" if ratio["increment"] is None else f"× {ratio['increment']:.2f}"
+    return f"× {ratio['peak']:.2f} ({increment})"
+
+
 def summarise(group: dict, whole: dict | None) -> dict:
     """Per kind of weights whose two modes both ran: SFR-on's peak over FT's (whole process, and the increments over
     the load-only process); for full weights on a cut denoiser, also each mode's bytes per denoiser parameter above the
@@ -457,7 +462,9 @@ def summarise(group: dict, whole: dict | None) -> dict:
             continue
         peaks = {m: runs[m]["peak_rss_bytes"] for m in (sfr, ft)}
         increments = {m: peak - load["peak_rss_bytes"] for m, peak in peaks.items()}
-        summary[kind] = {"peak": peaks[sfr] / peaks[ft], "increment": increments[sfr] / increments[ft]}
+        # No increment ratio when FT's peak is the load-only one (a tiny model, where the imports set the peak).
+        increment = increments[sfr] / increments[ft] if increments[ft] > 0 else None
+        summary[kind] = {"peak": peaks[sfr] / peaks[ft], "increment": increment}
         if kind == "full":
             rest = load["peak_rss_bytes"] - 4 * parameters
             per_parameter = {m: (peak - rest) / parameters for m, peak in peaks.items()}
@@ -555,7 +562,7 @@ def render(results: dict) -> str:
     ]
     for group in groups:
         runs, load = group["runs"], group["runs"]["load"]
-        ratios = {kind: f"× {r['peak']:.2f} (× {r['increment']:.2f})" for kind, r in group["ratios"].items()}
+        ratios = {kind: ratio_cell(r) for kind, r in group["ratios"].items()}
         peaks.append(
             f"| {group['layout']} | {depth_name(group, tiny)}: "
             f"{millions(group['parameters'])} ({millions(group['adapted_parameters'])})"
