@@ -1,5 +1,6 @@
 """Cost of SFR-on at real size: seconds per iteration, its ratio to one plain fine-tuning pass, peak GPU memory.
 
+    python benchmarks/benchmark_gpu.py --all --variants full lora --write  # every family, full weights and LoRA
     python benchmarks/benchmark_gpu.py --all --write                # every family below, one BENCHMARKS.md section
     python benchmarks/benchmark_gpu.py --family dit --write         # DiT-XL/2 at 256 px, batch 32, bf16
     python benchmarks/benchmark_gpu.py --family sd --write          # SD v1.4 UNet at 512 px, batch 8
@@ -7,6 +8,8 @@
     python benchmarks/benchmark_gpu.py --family sd3 --write         # SD3 medium transformer at 1024 px, batch 4
     python benchmarks/benchmark_gpu.py --family flux --write        # FLUX.1-dev at 1024 px, batch 2, extrapolated
     python benchmarks/benchmark_gpu.py --family sd sdxl --tiny      # the same code on tiny configs (CPU smoke run)
+    accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 8 benchmarks/benchmark_gpu.py \
+        --family flux --flux_depths 19 --write                      # the whole FLUX.1-dev, sharded over 8 GPUs
 
 Random weights in the layouts of the real checkpoints (``sfr_diffusion.testing.layouts``; no hub access is needed),
 created directly on the GPU: the point is the cost of the method, not its effect. SFR-on runs ``--iterations``
@@ -21,12 +24,20 @@ the checkpoints' own (1024 px for SDXL, SD3 and FLUX.1), AdamW, bf16 autocast wi
 checkpointing unless ``--gradient_checkpointing``; the default batches are sized to fit one 141 GB H200 (an
 estimate, :data:`DEFAULT_BATCH_SIZE`; ``--batch_size`` overrides it for every family measured).
 
+``--variants full lora`` measures each family twice: training its weights (``full``, the default) and training LoRA
+adapters of rank ``--lora_rank`` on the attention projections (``lora``: ``TrainingArguments(lora_rank=...)``, the
+family's learning rate times ten, θ₀ the denoiser with its adapters off); the LoRA rows are marked as such.
+
 FLUX.1-dev's 11.9B-parameter transformer does not fit one card for full fine-tuning (fp32 weights, gradients and
-AdamW's two moments alone are 16 bytes a parameter, 190 GB; SFR-on adds the frozen bf16 original and the mask). Its
-cost is therefore measured on the FLUX.1-dev layout cut to ``--flux_depths`` (K double-stream + 2K single-stream
-blocks for each K; FLUX.1-dev has 19 + 38, the same 1:2 proportion) and extrapolated linearly in K to K = 19:
-time, memory and parameters all grow by a fixed amount per block. The measured depths are reported as well.
-``--write`` puts the result into BENCHMARKS.md (one section for all the families measured) with the card's name.
+AdamW's two moments alone are 16 bytes a parameter, 190 GB; SFR-on adds the frozen bf16 original and the mask). On
+one card its cost is therefore measured on the FLUX.1-dev layout cut to ``--flux_depths`` (K double-stream + 2K
+single-stream blocks for each K; FLUX.1-dev has 19 + 38, the same 1:2 proportion) and extrapolated linearly in K to
+K = 19: time, memory and parameters all grow by a fixed amount per block. The measured depths are reported as well.
+On several cards, ``--flux_depths 19`` under ``accelerate launch --config_file configs/accelerate_fsdp.yaml`` (FSDP2,
+each process holding a shard of the weights, gradients and AdamW's moments) measures the whole transformer instead:
+the batch is then global (split over the processes) and the peak memory is the main process's. LoRA runs on one card
+(FSDP refuses LoRA adapters). ``--write`` puts the result into BENCHMARKS.md (one section for all the families
+measured) with the card's name; under a launch of several processes the main one prints and writes.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from datasets import Dataset
 from reporting import write_section
@@ -84,6 +95,8 @@ MODEL_NAMES = {
 DEFAULT_BATCH_SIZE = {"dit": 32, "sd": 8, "sdxl": 4, "sd3": 4, "flux": 2}
 FLUX_DEPTH = 19  # FLUX.1-dev: 19 double-stream blocks and 38 single-stream ones, two per double-stream block
 DEFAULT_FLUX_DEPTHS = (2, 4)  # 2 + 4 and 4 + 8 blocks: 1.3B and 2.6B parameters
+VARIANTS = ("full", "lora")  # what trains: the denoiser's weights, or LoRA adapters on its attention projections
+DEFAULT_LORA_RANK = 8  # as in memory_erasure.py and the digits-world LoRA comparison
 CONCEPT, CAPTIONS = "cat", ("a photo of a cat", "a photo of a dog")  # text families: the concept erased, the captions
 LINEAR = ("seconds_per_iteration", "peak_memory_gib", "mask_seconds", "parameters")  # what grows by a fixed per block
 
@@ -107,7 +120,14 @@ def flux_overrides(depth: int) -> dict[str, dict]:
     return {"transformer": {"num_layers": depth, "num_single_layers": 2 * depth}}
 
 
-def time_method(method_name: str, family_name: str, args, batch_size: int, overrides: dict | None = None) -> dict:
+def time_method(
+    method_name: str,
+    family_name: str,
+    args,
+    batch_size: int,
+    overrides: dict | None = None,
+    lora_rank: int | None = None,
+) -> dict:
     # The previous run's models (two denoisers and the optimizer state) must be gone before this one is measured.
     gc.collect()
     if torch.cuda.is_available():
@@ -123,7 +143,7 @@ def time_method(method_name: str, family_name: str, args, batch_size: int, overr
     method = SFROnConfig(mask_batches=1, **sfr_on_settings) if method_name == "sfr_on" else FTConfig()
     training = TrainingArguments(max_train_steps=args.warmup + args.iterations, forget_batch_size=batch_size,
                                  remain_batch_size=batch_size, optimizer="adamw", mixed_precision=args.mixed_precision,
-                                 gradient_checkpointing=args.gradient_checkpointing)  # fmt: skip
+                                 gradient_checkpointing=args.gradient_checkpointing, lora_rank=lora_rank)  # fmt: skip
     ends: dict[int, float] = {}  # iteration → when its last optimizer step ended
 
     def on_phase_end(event) -> None:
@@ -168,20 +188,27 @@ def extrapolated(runs: dict[int, dict], depth: int) -> dict:
     return result
 
 
-def measure_family(family_name: str, args) -> dict:
-    """SFR-on and FT on `family_name`'s layout; for Flux, at each of ``--flux_depths`` and extrapolated."""
+def measure_family(family_name: str, args, variant: str = "full") -> dict:
+    """SFR-on and FT on `family_name`'s layout, training its weights or (`variant` "lora") LoRA adapters; for Flux,
+    at each of ``--flux_depths`` and extrapolated (or, given FLUX.1-dev's depth alone, at that depth)."""
     batch_size = args.batch_sizes[family_name]
     model = f"tiny {family_name}" if args.tiny else MODEL_NAMES[family_name]
-    report = {"family": family_name, "model": model, "batch_size": batch_size}
-    if family_name != "flux":
-        sfr = time_method("sfr_on", family_name, args, batch_size)
-        ft = time_method("ft", family_name, args, batch_size)
+    lora_rank = args.lora_rank if variant == "lora" else None
+    if lora_rank is not None:
+        model = f"{model}, LoRA rank {lora_rank}"
+    report = {"family": family_name, "model": model, "batch_size": batch_size, "variant": variant}
+    if lora_rank is not None:
+        report["lora_rank"] = lora_rank
+    if family_name != "flux" or args.flux_depths == [FLUX_DEPTH]:
+        overrides = flux_overrides(FLUX_DEPTH) if family_name == "flux" else None
+        sfr = time_method("sfr_on", family_name, args, batch_size, overrides, lora_rank=lora_rank)
+        ft = time_method("ft", family_name, args, batch_size, overrides, lora_rank=lora_rank)
     else:
         measured = []
         for depth in args.flux_depths:
             overrides = flux_overrides(depth)
-            sfr_k = time_method("sfr_on", family_name, args, batch_size, overrides)
-            ft_k = time_method("ft", family_name, args, batch_size, overrides)
+            sfr_k = time_method("sfr_on", family_name, args, batch_size, overrides, lora_rank=lora_rank)
+            ft_k = time_method("ft", family_name, args, batch_size, overrides, lora_rank=lora_rank)
             measured.append({"double_blocks": depth, "single_blocks": 2 * depth, "sfr_on": sfr_k, "ft": ft_k,
                              "ratio_sfr_on_to_ft": ratio(sfr_k, ft_k)})  # fmt: skip
         sfr = extrapolated({m["double_blocks"]: m["sfr_on"] for m in measured}, FLUX_DEPTH)
@@ -227,8 +254,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_FLUX_DEPTHS),
         help=f"Flux: measure with K double-stream + 2K single-stream blocks for each K (at least two different K), "
-        f"extrapolated to FLUX.1-dev's {FLUX_DEPTH} + {2 * FLUX_DEPTH}.",
+        f"extrapolated to FLUX.1-dev's {FLUX_DEPTH} + {2 * FLUX_DEPTH}; or {FLUX_DEPTH} alone, the whole transformer "
+        "(under FSDP on several cards, for full weights).",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=["full"],
+        help="What trains: full (the weights) and/or lora (LoRA adapters of rank --lora_rank); each one a row.",
+    )
+    parser.add_argument("--lora_rank", type=int, default=DEFAULT_LORA_RANK, help="The rank of the lora variant.")
     parser.add_argument("--tiny", action="store_true", help="Tiny configs on the CPU: checks the script runs.")
     parser.add_argument("--write", action="store_true", help="Write the result into --output.")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="Where --write writes.")
@@ -244,8 +280,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--iterations must be >= 1, got {args.iterations}.")
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first iteration includes one-off setup).")
-    if len(set(args.flux_depths)) < 2 or min(args.flux_depths) < 1:
-        parser.error(f"--flux_depths needs at least two different depths >= 1 to extrapolate, got {args.flux_depths}.")
+    if args.flux_depths != [FLUX_DEPTH] and (len(set(args.flux_depths)) < 2 or min(args.flux_depths) < 1):
+        parser.error(
+            f"--flux_depths needs at least two different depths >= 1 to extrapolate (or {FLUX_DEPTH} alone), got "
+            f"{args.flux_depths}."
+        )
+    if len(set(args.variants)) != len(args.variants):
+        parser.error(f"--variants names a variant twice: {args.variants}.")
+    if args.lora_rank < 1:
+        parser.error(f"--lora_rank must be >= 1, got {args.lora_rank}.")
     if not args.tiny and not torch.cuda.is_available():
         parser.error("Real-size runs need a CUDA GPU; use --tiny for a CPU smoke run.")
     return args
@@ -285,11 +328,15 @@ def table_row(model: str, batch_size: int, sfr: dict, ft: dict) -> str:
 
 def section(reports: list[dict], args, command: str, device: str, date: str) -> str:
     """One BENCHMARKS.md section for every family measured."""
-    families = [r["family"] for r in reports]
+    families = list(dict.fromkeys(r["family"] for r in reports))
     name = "all" if families == list(FAMILIES) else "-".join(families)
+    title = ", ".join(families)
+    if args.variants != ["full"]:  # a section of its own, so that it never replaces the full-weight one
+        name += "-" + "-".join(args.variants)
+        title += f" ({' and '.join('LoRA' if v == 'lora' else 'full weights' for v in args.variants)})"
     lines = [
         f"<!-- gpu-cost-{name}:start -->",
-        f"## Cost at real size: {', '.join(families)}, {device}",
+        f"## Cost at real size: {title}, {device}",
         "",
         f"- Command: `{command.strip()}`; date {date}; torch {torch.__version__}, diffusers {diffusers.__version__}; "
         f"random weights in the checkpoints' layouts, mixed precision {args.mixed_precision}, AdamW, gradient "
@@ -319,8 +366,8 @@ def section(reports: list[dict], args, command: str, device: str, date: str) -> 
         )
         if not all(report.get("fits_one_card", {}).values()):  # known on a GPU only
             lines[-1] = lines[-1][:-1] + (
-                "; the whole transformer trained with AdamW needs more memory than one card has: shard it (FSDP, "
-                "DeepSpeed ZeRO-3) over several."
+                "; the whole transformer trained with AdamW needs more memory than one card has: shard it over "
+                "several (FSDP, configs/accelerate_fsdp.yaml)."
             )
     lines += [
         "",
@@ -340,24 +387,29 @@ def main(argv=None) -> dict:
     date = datetime.date.today().isoformat()
     reports = []
     for family_name in args.family:
-        try:
-            report = measure_family(family_name, args)
-        except torch.cuda.OutOfMemoryError as error:
-            # One family too large for the card must not cost the others' measurements (a GPU run is expensive):
-            # it is reported as such, and the next family starts from a freed card (time_method collects).
-            report = {"family": family_name, "batch_size": args.batch_sizes[family_name],
-                      "model": f"tiny {family_name}" if args.tiny else MODEL_NAMES[family_name],
-                      "out_of_memory": str(error).splitlines()[0] if str(error) else "out of memory"}  # fmt: skip
-        report |= {"device": device, "mixed_precision": args.mixed_precision, "iterations": args.iterations,
-                   "date": date}  # fmt: skip
-        print(json.dumps(report, indent=2), flush=True)  # each family as soon as it is measured
-        reports.append(report)
-    if args.write:
+        for variant in args.variants:
+            try:
+                report = measure_family(family_name, args, variant)
+            except torch.cuda.OutOfMemoryError as error:
+                # One family too large for the card must not cost the others' measurements (a GPU run is
+                # expensive): it is reported as such, and the next starts from a freed card (time_method collects).
+                model = f"tiny {family_name}" if args.tiny else MODEL_NAMES[family_name]
+                report = {"family": family_name, "batch_size": args.batch_sizes[family_name], "variant": variant,
+                          "model": model if variant == "full" else f"{model}, LoRA rank {args.lora_rank}",
+                          "out_of_memory": str(error).splitlines()[0] if str(error) else "out of memory"}  # fmt: skip
+            report |= {"device": device, "mixed_precision": args.mixed_precision, "iterations": args.iterations,
+                       "date": date}  # fmt: skip
+            if PartialState().is_main_process:
+                print(json.dumps(report, indent=2), flush=True)  # each as soon as it is measured
+            reports.append(report)
+    if args.write and PartialState().is_main_process:
         command = "python benchmarks/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
         write_section(args.output, section(reports, args, command, device, date))
     if len(reports) == 1:
         return reports[0]
-    return {"device": device, "date": date, "families": {r["family"]: r for r in reports}}
+    # Keyed by family, and by family-lora for the LoRA rows.
+    keys = [r["family"] if r["variant"] == "full" else f"{r['family']}-lora" for r in reports]
+    return {"device": device, "date": date, "families": dict(zip(keys, reports, strict=True))}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ The same call erases a class from a DiT (``load_pipeline("digits-dit")``, or ``f
 ``stabilityai/stable-diffusion-3-medium-diffusers`` or ``black-forest-labs/FLUX.1-dev`` with
 ``data=DataArguments(remain_prompts=[...])`` and ``method=SFROnConfig(remap_target="a painting")``). It runs in a
 plain process or notebook (it builds its own ``Accelerator``) and under ``accelerate launch`` on N processes; give it
-an ``Accelerator`` to reuse one.
+an ``Accelerator`` to reuse one. Under FSDP (``--config_file configs/accelerate_fsdp.yaml``) the denoiser trains
+sharded over the processes; afterwards the main process's pipeline holds it whole (the others' keep their shards).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from .adapters import (
 from .anchors import farthest_kept_class
 from .arguments import EvaluationArguments
 from .export import export_pipeline, render_model_card
-from .families import family_for
+from .families import cast_if_needed, family_for
 from .forgetting import evaluation_seed
 from .methods import METHODS, MethodConfig, get_method_class
 from .presets import preset_for
 from .saliency import Mask
+from .sharding import check_sharding
 from .sources import concept_names, default_anchor, resolve_concepts, resolve_data
 from .training import (
     TRAINABLE,
@@ -301,6 +303,7 @@ def erase(
     adapted_modules = _lora_modules(family, training)
     own_accelerator = accelerator is None
     accelerator = accelerator or build_accelerator(training)
+    check_sharding(accelerator, lora=training.lora_rank is not None, tracked=training.eval_every is not None)
     set_seed(training.seed)
     pipeline.to(accelerator.device)
 
@@ -341,6 +344,8 @@ def erase(
             evaluate=evaluator,
             callbacks=tuple(callbacks),
         )
+    if outcome.denoiser is not None:  # trained sharded (FSDP): the main process's pipeline gets the denoiser whole
+        _replace_denoiser(pipeline, family, outcome.denoiser)
     if own_accelerator:
         accelerator.end_training()
     if tracked and main:
@@ -402,6 +407,13 @@ def erase(
         lora_config=lora_config,
         card_fields=card_fields,
     )
+
+
+def _replace_denoiser(pipeline, family, denoiser: torch.nn.Module) -> None:
+    """Put `denoiser` into `pipeline` in place of the family's, on its device and in its dtype."""
+    name = next(key for key, value in pipeline.components.items() if value is family.denoiser)
+    before = next(family.denoiser.parameters())
+    setattr(pipeline, name, cast_if_needed(denoiser, before.dtype).to(before.device))
 
 
 def _lora_modules(family, training: TrainingArguments) -> list[str]:

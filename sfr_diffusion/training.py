@@ -38,6 +38,7 @@ from .data import (
 from .forgetting import held_for
 from .methods import Phase, UnlearningMethod
 from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
+from .sharding import check_sharding, gathered_mask, is_sharded, local, local_masks, unsharded_copy
 from .validation import check_field_values
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ TRAINABLE = {
 PROGRESS_FILE = "progress.json"  # in each checkpoint: the evaluations so far and the seconds spent
 # Written first into a checkpoints folder this package creates: what tells our folders from a user's.
 CHECKPOINTS_MARKER = "sfr_diffusion_checkpoints.json"
-# What a checkpoint folder must hold to be resumed from (accelerate's optimizer state, our denoiser hook's output).
-CHECKPOINT_CONTENTS = ("optimizer.bin", "denoiser/config.json")
+# What a checkpoint folder must hold to be resumed from, each under one of its names: accelerate's optimizer state (a
+# file, or under FSDP's SHARDED_STATE_DICT a folder of shards), our denoiser hook's output.
+CHECKPOINT_CONTENTS = (("optimizer.bin", "optimizer_0"), ("denoiser/config.json",))
 CHECKPOINT_ADAPTERS_FILE = "lora_weights.safetensors"  # in denoiser/ when the run trains LoRA adapters
 
 
@@ -196,6 +198,8 @@ class TrainingOutcome:
     mask_statistics: dict | None
     history: list = field(default_factory=list)
     mask: Mask | None = None  # the original model's saliency mask (on the CPU), for the export
+    # Trained sharded (FSDP): the erased denoiser whole, on the main process's CPU, for the export (None elsewhere).
+    denoiser: torch.nn.Module | None = None
 
 
 @dataclass
@@ -238,6 +242,10 @@ class ForgetMask:
     on its own (tensors without a gradient are skipped by torch's optimizers, so each tensor is stepped once, as by
     one step), and no more than the largest tensor's non-salient entries are ever copied at once, instead of every
     non-salient weight of the model.
+
+    Under FSDP each process holds a shard of every weight, and ``keep`` the matching slice of the mask
+    (:func:`sfr_diffusion.sharding.local_masks`): masking and putting back are elementwise, so each process does
+    them on its own shard.
     """
 
     keep: Mask
@@ -251,7 +259,7 @@ class ForgetMask:
         """Zero the gradients of non-salient weights."""
         for name, param in named_params:
             if name in self.keep and param.grad is not None:  # not in keep: frozen by the weight selection
-                param.grad.mul_(self.keep[name])
+                local(param.grad).mul_(self.keep[name])
 
     def chunks(self, params: list[tuple[str, torch.nn.Parameter]]) -> list[list[tuple[str, torch.nn.Parameter]]]:
         """`params` in order, grouped so that each group's non-salient entries are no more than the largest
@@ -277,12 +285,14 @@ class ForgetMask:
         for chunk in self.chunks(stepped):
             for name, param in chunk:
                 param.grad = grads[name]
-            held = {name: param.detach()[~self.keep[name]].clone() for name, param in chunk if name in self.partial}
+            held = {
+                name: local(param.detach())[~self.keep[name]].clone() for name, param in chunk if name in self.partial
+            }
             optimizer.step()
             with torch.no_grad():
                 for name, param in chunk:
                     if name in held:
-                        param[~self.keep[name]] = held[name]
+                        local(param)[~self.keep[name]] = held[name]
                     param.grad = None
 
     @torch.no_grad()
@@ -290,11 +300,13 @@ class ForgetMask:
         """One ``optimizer.step()`` with every non-salient weight held meanwhile: for a loss-scaling optimizer
         (fp16), whose scaler must step once per update."""
         params = list(named_params)
-        held = {name: param.detach()[~self.keep[name]].clone() for name, param in params if name in self.partial}
+        held = {
+            name: local(param.detach())[~self.keep[name]].clone() for name, param in params if name in self.partial
+        }
         optimizer.step()
         for name, param in params:
             if name in held:
-                param[~self.keep[name]] = held[name]
+                local(param)[~self.keep[name]] = held[name]
 
 
 def compute_saliency_mask(
@@ -398,7 +410,7 @@ def resolve_resume(args: TrainingArguments) -> Path | None:
                 f"--resume_from_checkpoint {path} does not exist (give a checkpoint-N folder, or 'latest' for the "
                 "newest one)."
             )
-    missing = [name for name in CHECKPOINT_CONTENTS if not (path / name).is_file()]
+    missing = [names[0] for names in CHECKPOINT_CONTENTS if not any((path / name).exists() for name in names)]
     if missing:
         raise ValueError(
             f"--resume_from_checkpoint {path} is not an sfr-diffusion checkpoint: it lacks {', '.join(missing)}."
@@ -416,20 +428,23 @@ def register_diffusers_checkpoint_hooks(accelerator: Accelerator) -> None:
     """Store the denoiser inside accelerate checkpoints in diffusers format (``denoiser/``), loadable on its own."""
 
     def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for model in models:
-                model = accelerator.unwrap_model(model)
-                folder = Path(output_dir) / "denoiser"
-                if adapter_layers(model):  # the adapters alone: the base weights never change
-                    folder.mkdir(parents=True, exist_ok=True)
-                    model.save_config(folder)
-                    save_file(adapter_state_dict(model), folder / CHECKPOINT_ADAPTERS_FILE)
-                else:
-                    model.save_pretrained(folder)
+        for model in models:
+            # Sharded (FSDP; accelerate saves its own shards too): every process takes part in gathering the weights.
+            model = unsharded_copy(accelerator, model) if is_sharded(accelerator) else accelerator.unwrap_model(model)
+            if not accelerator.is_main_process:
+                continue
+            folder = Path(output_dir) / "denoiser"
+            if adapter_layers(model):  # the adapters alone: the base weights never change
+                folder.mkdir(parents=True, exist_ok=True)
+                model.save_config(folder)
+                save_file(adapter_state_dict(model), folder / CHECKPOINT_ADAPTERS_FILE)
+            else:
+                model.save_pretrained(folder)
         while weights:
             weights.pop()
 
     def load_hook(models, input_dir):
+        # Under FSDP `models` is empty: accelerate loads the sharded model from its own shards.
         while models:
             model = accelerator.unwrap_model(models.pop())
             folder = Path(input_dir) / "denoiser"
@@ -513,6 +528,8 @@ def run_erasure(
         "forget": BatchSampler(forget, family, args.forget_batch_size, seed=args.seed, stream=FORGET_STREAM),
         "remain": BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=REMAIN_STREAM),
     }
+    tracked = evaluate is not None and args.eval_every is not None
+    check_sharding(accelerator, lora=bool(adapter_layers(model)), tracked=tracked)
     register_diffusers_checkpoint_hooks(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
@@ -522,7 +539,7 @@ def run_erasure(
     if args.checkpoints_path is not None and accelerator.is_main_process:
         make_checkpoints_dir(args)
     start = time.perf_counter()
-    mask = _original_model_mask(accelerator, model, method, forget, remain, args, resume_from)
+    mask, mask_stats, whole_mask = _original_model_mask(accelerator, model, method, forget, remain, args, resume_from)
     mask_seconds = time.perf_counter() - start
 
     start_step, history, resumed_seconds = 0, [], 0.0
@@ -538,7 +555,6 @@ def run_erasure(
     def reduce_sum(value: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(value.detach().clone(), reduction="sum")
 
-    tracked = evaluate is not None and args.eval_every is not None
     if args.stop_when_forgotten and not tracked:
         logger.warning(
             "stop_when_forgotten: this run has no evaluator, so it runs all %d iterations.", args.max_train_steps
@@ -616,9 +632,10 @@ def run_erasure(
         steps=steps_run,
         mask_seconds=mask_seconds,
         train_seconds=train_seconds,
-        mask_statistics=mask_statistics(mask.keep) if mask is not None else None,
+        mask_statistics=mask_stats,
         history=history,
-        mask=None if mask is None else {name: m.cpu() for name, m in mask.keep.items()},
+        mask=whole_mask,
+        denoiser=unsharded_copy(accelerator, model) if is_sharded(accelerator) else None,
     )
 
 
@@ -653,10 +670,13 @@ def _optimizer_step(accelerator, model, optimizer, loss, phase: Phase, mask: For
     optimizer.zero_grad(set_to_none=True)
 
 
-def _original_model_mask(accelerator, model, method, forget, remain, args, resume_from) -> ForgetMask | None:
-    """The saliency mask of the *original* weights: computed before the first step, reloaded when resuming."""
+def _original_model_mask(accelerator, model, method, forget, remain, args, resume_from):
+    """The saliency mask of the *original* weights: computed before the first step, reloaded when resuming.
+
+    Returns it as the forget step applies it (a :class:`ForgetMask`), its statistics, and whole on the CPU for the
+    export (under FSDP on the main process alone); three Nones for a method without a mask."""
     if not method.uses_mask:
-        return None
+        return None, None, None
     if resume_from is not None:
         mask_path = checkpoint_mask_path(args, resume_from)
         if not mask_path.exists():
@@ -670,10 +690,14 @@ def _original_model_mask(accelerator, model, method, forget, remain, args, resum
             BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=FISHER_REMAIN_STREAM),
         )
         mask = compute_saliency_mask(accelerator, model, method, *fisher_samplers)
-        if args.checkpoints_path is not None and accelerator.is_main_process:
-            save_mask(mask, args.checkpoints_path / MASK_FILE)
-    check_mask_matches(mask, accelerator.unwrap_model(model))
-    return ForgetMask.from_mask({name: m.to(accelerator.device) for name, m in mask.items()})
+    raw_model = accelerator.unwrap_model(model)
+    check_mask_matches(mask, raw_model)
+    # Under FSDP a computed mask is sharded like the weights (DTensors): gathered whole once, for the export and the
+    # checkpoints folder; its statistics are over the whole mask either way.
+    whole = gathered_mask(mask, keep=accelerator.is_main_process)
+    if resume_from is None and args.checkpoints_path is not None and accelerator.is_main_process:
+        save_mask(whole, args.checkpoints_path / MASK_FILE)
+    return ForgetMask.from_mask(local_masks(mask, raw_model)), mask_statistics(mask), whole
 
 
 def _evaluate_on_main(accelerator, raw_model, evaluate, step: int) -> dict:

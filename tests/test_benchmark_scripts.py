@@ -92,7 +92,7 @@ def test_gpu_cost_all_families_in_one_section_with_flux_extrapolated_per_block(t
     script = load("benchmark_gpu")
     calls = []
 
-    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None, lora_rank=None):
         depth = overrides["transformer"]["num_layers"] if overrides else 1
         calls.append((family_name, method_name, depth, batch_size))
         per_step = {"sfr_on": 0.2, "ft": 0.1}[method_name]
@@ -124,7 +124,7 @@ def test_gpu_cost_all_families_in_one_section_with_flux_extrapolated_per_block(t
 def test_gpu_cost_flux_extrapolated_past_the_card_says_so(tmp_path, monkeypatch):
     script = load("benchmark_gpu")
 
-    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None, lora_rank=None):
         depth = overrides["transformer"]["num_layers"]
         return {"seconds_per_iteration": 1.0 * depth, "peak_memory_gib": 20.0 + 10.0 * depth, "mask_seconds": 1.0,
                 "parameters": 600_000_000 * depth, "method_config": {"forget_loss": "remap"},
@@ -145,7 +145,7 @@ def test_gpu_cost_flux_extrapolated_past_the_card_says_so(tmp_path, monkeypatch)
 def test_gpu_cost_a_family_out_of_memory_is_reported_and_the_others_are_measured(tmp_path, monkeypatch):
     script = load("benchmark_gpu")
 
-    def fake_time_method(method_name, family_name, args, batch_size, overrides=None):
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None, lora_rank=None):
         if family_name == "sdxl":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return {"seconds_per_iteration": 1.0, "peak_memory_gib": None, "mask_seconds": 1.0, "parameters": 10**9,
@@ -162,6 +162,57 @@ def test_gpu_cost_a_family_out_of_memory_is_reported_and_the_others_are_measured
     assert "| tiny sdxl | | 4 | out of memory at batch 4 |" in text and "| tiny sd3 | 1,000M | 4 |" in text
 
 
+def test_gpu_cost_full_weights_and_lora_in_one_run(tmp_path, monkeypatch):
+    """--variants full lora: each family measured training its weights, then LoRA adapters, in one section."""
+    script = load("benchmark_gpu")
+    calls = []
+
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None, lora_rank=None):
+        depth = overrides["transformer"]["num_layers"] if overrides else None
+        calls.append((family_name, method_name, depth, lora_rank))
+        return {"seconds_per_iteration": 1.0 if lora_rank else 2.0, "peak_memory_gib": None, "mask_seconds": 1.0,
+                "parameters": 10**9, "method_config": {"forget_loss": "remap"},
+                "erased": {"concept": "x"}}  # fmt: skip
+
+    monkeypatch.setattr(script, "time_method", fake_time_method)
+    output = tmp_path / "BENCHMARKS.md"
+    argv = ["--family", "sd", "flux", "--variants", "full", "lora", "--lora_rank", "4", "--tiny", "--write",
+            "--output", str(output)]  # fmt: skip
+    report = script.main(argv)
+    assert list(report["families"]) == ["sd", "sd-lora", "flux", "flux-lora"]
+    assert report["families"]["sd-lora"]["variant"] == "lora" and report["families"]["sd-lora"]["lora_rank"] == 4
+    expected = [("sd", m, None, rank) for rank in (None, 4) for m in ("sfr_on", "ft")]
+    expected += [("flux", m, depth, rank) for rank in (None, 4) for depth in (2, 4) for m in ("sfr_on", "ft")]
+    assert calls == expected
+    text = output.read_text()
+    assert "<!-- gpu-cost-sd-flux-full-lora:start -->" in text and "(full weights and LoRA)" in text
+    assert "| tiny sd | 1,000M | 8 | 2.000 |" in text and "| tiny sd, LoRA rank 4 | 1,000M | 8 | 1.000 |" in text
+    assert "| tiny flux, LoRA rank 4, 19 + 38 blocks, extrapolated |" in text
+
+
+def test_gpu_cost_flux_at_its_whole_depth_is_measured_not_extrapolated(monkeypatch):
+    """--flux_depths 19 (under FSDP on several cards): the whole transformer, one measurement, no extrapolation."""
+    script = load("benchmark_gpu")
+    depths = []
+
+    def fake_time_method(method_name, family_name, args, batch_size, overrides=None, lora_rank=None):
+        depths.append(overrides["transformer"]["num_layers"])
+        return {"seconds_per_iteration": 1.0, "peak_memory_gib": None, "mask_seconds": 1.0, "parameters": 10**9,
+                "method_config": {"forget_loss": "remap"}, "erased": {"concept": "x"}}  # fmt: skip
+
+    monkeypatch.setattr(script, "time_method", fake_time_method)
+    report = script.main(["--family", "flux", "--flux_depths", "19", "--tiny"])
+    assert depths == [19, 19] and "measured" not in report and "extrapolated_to_blocks" not in report
+
+
+def test_gpu_cost_lora_variant_runs_on_a_tiny_config():
+    argv = ["--family", "sd", "--variants", "lora", "--tiny", "--iterations", "1", "--warmup", "1", "--batch_size",
+            "2", "--mixed_precision", "no"]  # fmt: skip
+    report = load("benchmark_gpu").main(argv)
+    assert report["variant"] == "lora" and report["model"] == "tiny sd, LoRA rank 8"
+    assert report["sfr_on"]["seconds_per_iteration"] > 0 and report["ft"]["seconds_per_iteration"] > 0
+
+
 def test_gpu_cost_batch_size_defaults_per_family():
     script = load("benchmark_gpu")
     assert script.parse_args(["--tiny"]).batch_sizes == {"dit": 32}
@@ -176,7 +227,15 @@ def test_gpu_cost_batch_size_defaults_per_family():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--flux_depths", "2", "2"], ["--flux_depths", "0", "2"], ["--family", "sd", "sd"], ["--batch_size", "0"]],
+    [
+        ["--flux_depths", "2", "2"],
+        ["--flux_depths", "0", "2"],
+        ["--flux_depths", "4"],
+        ["--family", "sd", "sd"],
+        ["--batch_size", "0"],
+        ["--variants", "lora", "lora"],
+        ["--lora_rank", "0"],
+    ],
 )
 def test_gpu_cost_bad_options_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
