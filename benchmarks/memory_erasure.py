@@ -35,11 +35,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import hashlib
 import json
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from memory import RssSampler, gib, peak_rss_bytes, rss_bytes, snapshot_library
 from reporting import git_commit, machine_description, write_section
 
 import sfr_diffusion
@@ -203,18 +201,9 @@ def depths_for(layout_name: str, size: str) -> dict[str, Depth]:
     return {"full": TINY_DEPTH, "lora": TINY_DEPTH} if size == "tiny" else DEPTHS[layout_name]
 
 
-def snapshot_library(folder: Path) -> str:
-    """Copy ``sfr_diffusion/`` (and this script with its sibling ``reporting.py``, which the runs execute) into
-    `folder`, which the runs import it from, so that all of them measure the same code even if the working tree
-    changes meanwhile; returns the sha256 of the library copy's Python sources."""
-    shutil.copytree(ROOT / "sfr_diffusion", folder / "sfr_diffusion", ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "benchmarks").mkdir()
-    for script in (Path(__file__).resolve(), Path(__file__).resolve().with_name("reporting.py")):
-        shutil.copy2(script, folder / "benchmarks" / script.name)
-    digest = hashlib.sha256()
-    for path in sorted((folder / "sfr_diffusion").rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
+# What the measured processes execute besides the library, copied with it.
+SNAPSHOT_SCRIPTS = tuple(Path(__file__).resolve().with_name(name) for name in ("memory_erasure.py", "memory.py",
+                                                                              "reporting.py"))  # fmt: skip
 
 
 def library_committed() -> bool:
@@ -223,36 +212,6 @@ def library_committed() -> bool:
     status = subprocess.run(["git", "status", "--porcelain", "--", "sfr_diffusion"], cwd=ROOT, capture_output=True,
                             text=True, check=False)  # fmt: skip
     return status.returncode == 0 and not status.stdout.strip()
-
-
-def gib(value_bytes: float) -> float:
-    return value_bytes / 2**30
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/statm") as statm:  # pages: size, resident, ...
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RssSampler(threading.Thread):
-    """The process's resident memory every `interval` seconds, to place the peak in time (reading ``/proc`` leaves
-    ``ru_maxrss`` alone)."""
-
-    def __init__(self, interval: float = 0.05):
-        super().__init__(daemon=True)
-        self.interval, self.samples, self.stopped = interval, [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            self.samples.append((time.perf_counter(), rss_bytes()))
-            time.sleep(self.interval)
-
-    def peak(self, start: float, end: float) -> int:
-        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
 
 def storage_bytes(tensors) -> int:
@@ -741,7 +700,7 @@ def main(argv=None) -> dict:
         commit, committed = git_commit(ROOT), library_committed()  # the code measured: as the runs start
         whole = whole_parameters(args.layouts) if args.size != "tiny" else {}
         with tempfile.TemporaryDirectory(prefix="sfr-diffusion-library-") as folder:
-            sources = snapshot_library(Path(folder))
+            sources = snapshot_library(Path(folder), SNAPSHOT_SCRIPTS)
             groups = measure(args, Path(folder), whole)
         command = "python benchmarks/memory_erasure.py " + " ".join(sys.argv[1:] if argv is None else argv)
         results = {

@@ -25,20 +25,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import hashlib
 import json
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from memory import RssSampler, gib, peak_rss_bytes, rss_bytes, snapshot_library
 from reporting import git_commit, machine_description, write_section
 
 import sfr_diffusion
@@ -54,46 +51,6 @@ RESULT_PREFIX = "MEMORY_RESULT "
 # Bytes per UNet parameter that trainable="all" needs at least, besides activations, the mask and the rest:
 # fp32 weights 4 + gradients 4 + Adam's two moments 8 + the frozen copy (fp32 4 or bf16 2).
 BYTES_PER_PARAMETER_ALL = {"no": 20, "bf16": 18}
-
-
-def snapshot_library(folder: Path) -> str:
-    """Copy ``sfr_diffusion/`` into `folder`, which the runs import it from, so that all of them measure the same
-    code even if the working tree changes meanwhile; returns the sha256 of the copy's Python sources."""
-    shutil.copytree(ROOT / "sfr_diffusion", folder / "sfr_diffusion", ignore=shutil.ignore_patterns("__pycache__"))
-    digest = hashlib.sha256()
-    for path in sorted((folder / "sfr_diffusion").rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def gib(value_bytes: float) -> float:
-    return value_bytes / 2**30
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:  # pages: size, resident, ...
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RssSampler(threading.Thread):
-    """The process's resident memory every `interval` seconds, to place the peak in time. Reading ``/proc`` leaves
-    ``ru_maxrss`` alone (resetting the kernel's high-water mark through ``clear_refs`` would not)."""
-
-    def __init__(self, interval: float = 0.05):
-        super().__init__(daemon=True)
-        self.interval, self.samples, self.stopped = interval, [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            self.samples.append((time.perf_counter(), current_rss_bytes()))
-            time.sleep(self.interval)
-
-    def peak(self, start: float, end: float) -> int:
-        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
 
 def dtype_name(module: torch.nn.Module, trainable_only: bool = False) -> str:
@@ -196,7 +153,7 @@ def child(settings: dict) -> dict:
         "until_first_step_end": sampler.peak(erase_start, marks["first_step_end"]),
         "after_first_step": sampler.peak(marks["first_step_end"], erase_end),
     }
-    report["rss_after_erase_bytes"] = current_rss_bytes()
+    report["rss_after_erase_bytes"] = rss_bytes()
     report["seconds"] = result.seconds
     report["during_training"] = seen
     report["restored"] = {name: module_state(module) == before[name] for name, module in components.items()}
