@@ -52,6 +52,7 @@ from reporting import git_commit, machine_description, write_section
 import sfr_diffusion
 from sfr_diffusion import FTConfig, SFROnConfig, TrainingArguments, erase
 from sfr_diffusion.adapters import target_module_names
+from sfr_diffusion.original import PrecomputedOriginal
 from sfr_diffusion.testing.data import random_captioned_images
 from sfr_diffusion.testing.layouts import (
     clip_tokenizer,
@@ -268,6 +269,8 @@ def child(settings: dict) -> dict:
         trained = [p for p in event.model.parameters() if p.requires_grad]
         seen["trained_parameters"] = sum(p.numel() for p in trained)
         seen["frozen_copy_bytes"] = storage_bytes([t for m in copies for t in (*m.parameters(), *m.buffers())])
+        precomputed = [o for o in gc.get_objects() if isinstance(o, PrecomputedOriginal)]
+        seen["precomputed_target_bytes"] = sum(o.nbytes for o in precomputed)  # what is left after this step's
         seen["optimizer_state_bytes"] = storage_bytes(
             [v for state in event.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
         )
@@ -578,9 +581,9 @@ def render(results: dict) -> str:
                 )
         depths.append(line + ".")
     attribution = [
-        "| layout | weights | SFR-on − FT, measured | frozen copy θ₀ | saliency mask | the rest of the difference | "
-        "Fisher pass before the first step (12 bytes a weight it measures) | SFR-on's sampled peak: mask + first step "
-        "/ later steps |",
+        "| layout | weights | SFR-on − FT, measured | θ₀: frozen copy / precomputed targets | saliency mask | "
+        "the rest of the difference | Fisher pass before the first step (8 bytes a weight it measures) | SFR-on's "
+        "sampled peak: mask + first step / later steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for group in [g for g in groups if g["mixed_precision"] == "no"]:
@@ -589,11 +592,13 @@ def render(results: dict) -> str:
             measured = sfr["trained_parameters"] if kind == "full" else sfr["adapted_parameters"]
             difference = sfr["peak_rss_bytes"] - ft["peak_rss_bytes"]
             sampled = sfr["sampled_peak_bytes"]
+            theta0_targets = sfr.get("precomputed_target_bytes", 0)
             attribution.append(
                 f"| {group['layout']}, {depth_name(group, tiny)} | {'full' if kind == 'full' else 'LoRA'} | "
-                f"{gib(difference):+.2f} GiB | {gib(sfr['frozen_copy_bytes']):.2f} GiB | {gib(sfr['mask_bytes']):.3f} "
-                f"GiB | {gib(difference - sfr['frozen_copy_bytes'] - sfr['mask_bytes']):+.2f} GiB | "
-                f"{gib(12 * measured):.2f} GiB ({millions(measured)} {'trained' if kind == 'full' else 'adapted'}) | "
+                f"{gib(difference):+.2f} GiB | {gib(sfr['frozen_copy_bytes']):.2f} GiB / "
+                f"{theta0_targets / 2**20:.1f} MiB | {gib(sfr['mask_bytes']):.3f} GiB | "
+                f"{gib(difference - sfr['frozen_copy_bytes'] - theta0_targets - sfr['mask_bytes']):+.2f} GiB | "
+                f"{gib(8 * measured):.2f} GiB ({millions(measured)} {'trained' if kind == 'full' else 'adapted'}) | "
                 f"{gib(sampled['until_first_step_end']):.2f} / {gib(sampled['after_first_step']):.2f} GiB |"
             )
     precision = " and ".join(f"`{p}`" for p in settings["mixed_precision"])
@@ -624,7 +629,9 @@ def render(results: dict) -> str:
         "evaluate=False)` with `method=FTConfig()` (FT, the plain fine-tune: a remain step per step) or "
         f'`SFROnConfig(remap_target="{REMAP_TARGET}", mask_batches=1)` (SFR-on: the saliency mask from one batch '
         "of each set, then per iteration a forget step remapping the cat captions onto the frozen original's "
-        "prediction for the dog caption and a remain step distilling the frozen original), the same batch in every "
+        "prediction for the dog caption and a remain step distilling the frozen original; θ₀'s predictions "
+        'precomputed before the first step, `original="precomputed"`, the default: no copy of the denoiser), the '
+        "same batch in every "
         f"step; precision {precision}. LoRA: rank {LORA_RANK} adapters on `to_q`, `to_k`, `to_v`, `to_out.0`; θ₀ is "
         "the denoiser with its adapters off (no frozen copy); SFR-on's mask comes from the Fisher of the adapted "
         "base weights.",
@@ -656,10 +663,12 @@ def render(results: dict) -> str:
         "",
         *depths,
         "",
-        "Where SFR-on's extra memory goes (fp32; the frozen copy is the denoiser `erase()` created, found at the "
-        "first optimizer step; the mask is the one `erase()` returns; the Fisher pass is an estimate for the "
-        "weights it measures, all trained ones for full weights and the adapted base weights for LoRA; the sampled "
-        "peaks are `/proc/self/statm` every 0.05 s, split at the end of the first optimizer step):",
+        "Where SFR-on's extra memory goes (fp32; a frozen copy would be a denoiser `erase()` created, looked for at "
+        "the first optimizer step, when the precomputed targets left are counted too; the mask is the one "
+        "`erase()` returns; the Fisher pass is an estimate for the weights it measures, all trained ones for full "
+        "weights and the adapted base weights for LoRA (its two estimates; each gradient is squared and freed as "
+        "backward makes it); the sampled peaks are `/proc/self/statm` every 0.05 s, split at the end of the first "
+        "optimizer step):",
         "",
         *attribution,
         "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Batch:
     draw: NoiseDraw  # noise and timesteps for these samples
     uniform: torch.Tensor  # (b,) U[0, 1) draws, e.g. for label dropout
     global_size: int
+    encoded: dict = field(default_factory=dict, repr=False, compare=False)  # the images encoded, per device
 
 
 def center_crop(image, resolution: int):

@@ -334,7 +334,7 @@ def erase(
                 anchor = str(farthest_kept_class(family, target.forget, target.conditions, seed=training.seed))
             # The main process's pick for every process: a near tie must not split them over two targets.
             (anchor,) = broadcast_object_list([anchor])
-        method_instance = method_class(method_config, family, anchor=anchor)
+        method_instance = method_class(method_config, family, anchor=anchor, original=training.original)
         outcome = run_erasure(
             accelerator=accelerator,
             method=method_instance,

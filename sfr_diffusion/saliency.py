@@ -24,31 +24,60 @@ def diagonal_fisher(
     batch_losses: Iterable[Callable[[], torch.Tensor]],
     backward: Callable[[torch.Tensor], None] | None = None,
     grad_scale: Callable[[], float] = lambda: 1.0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    streamed: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Mean over batches of the squared gradient of each batch's scalar loss, streamed one batch at a time.
+    """Mean over batches of the squared gradient of each batch's scalar loss, one batch at a time.
 
     ``batch_losses`` yields closures computing one batch's loss; ``backward`` defaults to ``loss.backward()``
-    (pass ``accelerator.backward`` under accelerate, so gradients are all-reduced before squaring). ``grad_scale``
-    gives the loss scale that backward applied (fp16's GradScaler), divided out before squaring.
+    (pass ``accelerator.backward`` under accelerate). ``grad_scale`` gives the loss scale that backward applies
+    (fp16's GradScaler), divided out before squaring; ``reduce`` averages a gradient over processes before it is
+    squared (for a model that DDP does not reduce).
+
+    ``streamed``: each gradient is squared into the estimate as soon as backward has accumulated it, and freed at
+    once (``register_post_accumulate_grad_hook``), so the pass holds the estimates and no stored gradients. Otherwise
+    (parameters whose gradients a wrapper writes after backward, as FSDP's sharded ones) the gradients are squared
+    after each backward.
     """
     backward = backward or (lambda loss: loss.backward())
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    scale = 1.0
+
+    def square_into(name: str, grad: torch.Tensor) -> None:
+        if reduce is not None:
+            grad = reduce(grad)
+        squared = (grad.detach().float() / scale).pow(2)
+        if not torch.isfinite(squared).all():
+            raise FloatingPointError(
+                f"Non-finite gradient for {name} while estimating the Fisher; use bf16 or fp32 precision."
+            )
+        fisher[name].add_(squared)
+
+    def squared_and_freed(name: str):
+        def hook(param: torch.Tensor) -> None:
+            square_into(name, param.grad)
+            param.grad = None
+
+        return hook
+
+    handles = (
+        [p.register_post_accumulate_grad_hook(squared_and_freed(n)) for n, p in params.items()] if streamed else []
+    )
     num_batches = 0
-    for compute_loss in batch_losses:
+    try:
+        for compute_loss in batch_losses:
+            model.zero_grad(set_to_none=True)
+            scale = grad_scale()  # the scale this batch's backward applies (fp16 changes it only at an update)
+            backward(compute_loss())
+            for name, p in params.items():
+                if p.grad is not None:  # streamed: none is left
+                    square_into(name, p.grad)
+            num_batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
         model.zero_grad(set_to_none=True)
-        backward(compute_loss())
-        scale = grad_scale()
-        for name, p in params.items():
-            if p.grad is not None:
-                squared = (p.grad.detach().float() / scale).pow(2)
-                if not torch.isfinite(squared).all():
-                    raise FloatingPointError(
-                        f"Non-finite gradient for {name} while estimating the Fisher; use bf16 or fp32 precision."
-                    )
-                fisher[name].add_(squared)
-        num_batches += 1
-    model.zero_grad(set_to_none=True)
     if num_batches == 0:
         raise ValueError("diagonal_fisher needs at least one batch.")
     return {name: f.div_(num_batches) for name, f in fisher.items()}

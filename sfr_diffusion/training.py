@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from .data import (
 )
 from .forgetting import held_for
 from .methods import Phase, UnlearningMethod
+from .original import ORIGINALS, PrecomputedOriginal
 from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
 from .sharding import check_sharding, gathered_mask, is_sharded, local, local_masks, unsharded_copy
 from .validation import check_field_values
@@ -99,8 +101,9 @@ class TrainingArguments:
     seed: int = option(0, "Seeds the batches, noise and timesteps: same seed, same result.")
     mixed_precision: str | None = option(
         None,
-        "no, fp16 or bf16 (default: accelerate's configuration). Frozen parts and the frozen copy of remap and ESD "
-        "are kept in this dtype; trained weights stay fp32. fp16 needs a CUDA GPU (without one: fp32).",
+        "no, fp16 or bf16 (default: accelerate's configuration). Frozen parts (and with --original copy the "
+        "frozen copy of the denoiser) are kept in this dtype; trained weights stay fp32. fp16 needs a CUDA GPU "
+        "(without one: fp32).",
         choices=MIXED_PRECISION,
     )
     checkpointing_steps: int | None = option(None, "Save a resumable checkpoint every N iterations.")
@@ -120,6 +123,15 @@ class TrainingArguments:
         "Flux's joint-attention transformers; no_class_embedding keeps class-conditional models' class-embedding "
         "tables as they were).",
         choices=tuple(TRAINABLE),
+    )
+    original: str = option(
+        "precomputed",
+        "How remap, ESD and the distilling remain step have θ₀, the original denoiser, when full weights train: "
+        "precomputed, its predictions for every iteration's batches made by the denoiser before the first step and "
+        "kept on the CPU (no copy of the weights); copy, a frozen copy in the weight dtype predicting as training "
+        "goes (one more denoiser in the accelerator's memory; nothing precomputed in vain when "
+        "--stop_when_forgotten stops early). LoRA runs use the denoiser with its adapters off either way.",
+        choices=ORIGINALS,
     )
     lora_rank: int | None = option(
         None,
@@ -161,6 +173,8 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}.")
         if self.stop_when_forgotten is not None and self.eval_every is None:
             raise ValueError("stop_when_forgotten needs eval_every: forgetting is judged at the tracked evaluations.")
+        if self.original not in ORIGINALS:
+            raise ValueError(f"original must be one of {ORIGINALS}, got {self.original!r}.")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1 or None, got {self.lora_rank}.")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
@@ -316,15 +330,17 @@ def compute_saliency_mask(
     forget_sampler: BatchSampler,
     remain_sampler: BatchSampler,
 ) -> Mask:
-    """Fisher-ratio mask on the original weights; batches are sharded so DDP all-reduces before squaring.
+    """Fisher-ratio mask on the original weights; each process squares the gradient averaged over processes.
 
-    With LoRA adapters the Fisher is measured on the adapted modules' base weights and the mask is the adapters'
-    (:func:`sfr_diffusion.adapters.adapter_mask`); DDP does not reduce those weights' gradients, so they are
-    all-reduced here before squaring."""
+    The unwrapped denoiser runs, so that DDP does not reduce (it would reduce after the streamed Fisher has squared):
+    each gradient is all-reduced here, then squared and freed as backward produces it. Under FSDP the sharded model
+    runs and its reduced shards are squared after each backward. With LoRA adapters the Fisher is measured on the
+    adapted modules' base weights and the mask is the adapters' (:func:`sfr_diffusion.adapters.adapter_mask`)."""
     family, cfg = method.family, method.config
     raw_model = accelerator.unwrap_model(model)  # names without DDP's "module." prefix; the same Parameters
     adapted = bool(adapter_layers(raw_model))
-    forward_model = raw_model if adapted else model
+    sharded = is_sharded(accelerator)
+    forward_model = model if sharded else raw_model
 
     def losses(sampler):
         for i in range(cfg.mask_batches):
@@ -335,20 +351,17 @@ def compute_saliency_mask(
     def grad_scale() -> float:  # fp16 scales the loss before backward; the Fisher needs true gradients
         return accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
 
-    def reduced_backward(loss: torch.Tensor) -> None:
-        accelerator.backward(loss)
-        for param in raw_model.parameters():
-            if param.grad is not None:
-                param.grad = accelerator.reduce(param.grad, reduction="mean")
+    def reduce(grad: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(grad, reduction="mean")
 
-    if not adapted:
-        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, grad_scale)
-        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, grad_scale)
-        return method.saliency_mask(fisher_forget, fisher_remain)
-    with base_weights_trainable(raw_model):
-        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), reduced_backward, grad_scale)
-        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), reduced_backward, grad_scale)
-    return adapter_mask(raw_model, method.saliency_mask(fisher_forget, fisher_remain))
+    options = dict(grad_scale=grad_scale, streamed=not sharded)
+    if accelerator.num_processes > 1 and not sharded:
+        options["reduce"] = reduce
+    with base_weights_trainable(raw_model) if adapted else contextlib.nullcontext():
+        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, **options)
+        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, **options)
+    mask = method.saliency_mask(fisher_forget, fisher_remain)
+    return adapter_mask(raw_model, mask) if adapted else mask
 
 
 def list_checkpoints(checkpoints_dir: Path | None) -> list[Path]:
@@ -544,8 +557,13 @@ def run_erasure(
 
     start_step, history, resumed_seconds = 0, [], 0.0
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
         start_step = int(resume_from.name.split("-")[-1])
+    start = time.perf_counter()
+    # Before a resumed checkpoint's weights are loaded: the denoiser is still θ₀.
+    _precompute_original(accelerator, raw_model, method, samplers, range(start_step, args.max_train_steps))
+    original_seconds = time.perf_counter() - start
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
         progress_path = resume_from / PROGRESS_FILE
         saved = json.loads(progress_path.read_text()) if progress_path.exists() else {}
         history, resumed_seconds = saved.get("history", []), saved.get("train_seconds", 0.0)
@@ -623,8 +641,11 @@ def run_erasure(
             steps_run,
             args.max_train_steps,
         )
-    # Evaluation is measurement, not erasure; after a resume the interrupted part's seconds count too.
-    train_seconds = resumed_seconds + time.perf_counter() - start - eval_seconds
+    if isinstance(method.original, PrecomputedOriginal):
+        method.original.discard()  # what an early stop left unasked
+    # Evaluation is measurement, not erasure; after a resume the interrupted part's seconds count too, and θ₀'s
+    # precomputed targets are part of the training work (a frozen copy would have computed them in the steps).
+    train_seconds = resumed_seconds + original_seconds + time.perf_counter() - start - eval_seconds
     # Remove accelerate's autocast wrapper from the denoiser's forward: exports and "after" metrics run in the
     # precision the user loads the pipeline in, like the "before" metrics.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
@@ -636,6 +657,27 @@ def run_erasure(
         history=history,
         mask=whole_mask,
         denoiser=unsharded_copy(accelerator, model) if is_sharded(accelerator) else None,
+    )
+
+
+def _precompute_original(accelerator, denoiser, method: UnlearningMethod, samplers: dict, steps: range) -> None:
+    """Ask θ₀ every question `steps` will ask it, while `denoiser` is still θ₀, when the method's θ₀ is precomputed
+    (:class:`sfr_diffusion.original.PrecomputedOriginal`): the same batches, in the same order, as training draws."""
+    original = method.original
+    if not isinstance(original, PrecomputedOriginal) or not steps:
+        return
+    with original.recording(denoiser), torch.no_grad():
+        for step in tqdm(steps, desc="θ₀'s targets", disable=not accelerator.is_local_main_process):
+            drawn = {}
+            for phase in method.phases:
+                batch = _draw(samplers, phase.data, step, accelerator, drawn)
+                with accelerator.autocast():
+                    method.original_targets(phase, batch)
+    logger.info(
+        "θ₀'s targets for iterations %d-%d precomputed: %.1f MiB on the CPU (no copy of the denoiser).",
+        steps.start + 1,
+        steps.stop,
+        original.nbytes / 2**20,
     )
 
 

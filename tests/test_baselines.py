@@ -39,12 +39,12 @@ def test_esd_target_is_the_original_guided_away_from_the_concept(pipeline, forge
 def test_esd_targets_come_from_the_frozen_original(pipeline, forget_remain, accelerator, tmp_path):
     family = family_for(pipeline)
     method = ESD(ESDConfig(), family)
-    frozen_before = {k: v.clone() for k, v in method.frozen.state_dict().items()}
+    frozen_before = {k: v.clone() for k, v in method.original.module.state_dict().items()}
     args = TrainingArguments(checkpoints_dir=str(tmp_path / "checkpoints"),
                              max_train_steps=3, forget_batch_size=8, remain_batch_size=8,
                              learning_rate=1e-2)  # fmt: skip
     run_erasure(accelerator=accelerator, method=method, forget=forget_remain[0], remain=forget_remain[1], args=args)
-    assert all(torch.equal(v, method.frozen.state_dict()[k]) for k, v in frozen_before.items())
+    assert all(torch.equal(v, method.original.module.state_dict()[k]) for k, v in frozen_before.items())
     assert any(not torch.equal(v, family.denoiser.state_dict()[k]) for k, v in frozen_before.items())
 
 

@@ -721,10 +721,11 @@ def test_erasure_memory_script_runs_on_a_tiny_layout(tmp_path, capsys):
             assert increment == pytest.approx((peak[sfr] - peak["load"]) / (peak[ft] - peak["load"]))
         else:
             assert increment is None
-    # Full weights: SFR-on holds a frozen copy as large as the denoiser and a mask; LoRA has neither copy.
+    # Full weights: SFR-on holds a mask and θ₀'s precomputed targets, no copy of the denoiser; LoRA neither.
     parameters = runs["load"]["parameters"]["unet"]
-    assert runs["sfr_on"]["frozen_copy_bytes"] >= 4 * parameters and runs["sfr_on"]["mask_bytes"] > 0
-    assert runs["sfr_on_lora"]["frozen_copy_bytes"] == 0 and runs["ft"]["frozen_copy_bytes"] == 0
+    assert runs["sfr_on"]["precomputed_target_bytes"] > 0 and runs["sfr_on"]["mask_bytes"] > 0
+    assert all(runs[mode]["frozen_copy_bytes"] == 0 for mode in ("sfr_on", "sfr_on_lora", "ft"))
+    assert runs["sfr_on_lora"]["precomputed_target_bytes"] == 0
     assert runs["sfr_on"]["trained_parameters"] == parameters
     assert 0 < runs["sfr_on_lora"]["trained_parameters"] < runs["load"]["adapted_parameters"]
     assert "<!-- memory-erasure:start -->" in printed and "| sd-1.4 | tiny: 0.79M" in printed

@@ -26,7 +26,7 @@ from sfr_diffusion.adapters import (
 )
 from sfr_diffusion.digits.models import digits_ddpm_pipeline
 from sfr_diffusion.families import family_for
-from sfr_diffusion.methods.base import frozen_original
+from sfr_diffusion.original import make_original
 from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_adapters_start_as_the_original_model_and_the_view_without_them_owns_not
     add_adapters(unet, modules, rank=4, alpha=4, seed=0)
     assert sorted(adapter_layers(unet)) == sorted(modules)
     assert torch.equal(ddpm_output(unet), before)  # B = 0: the adapted model is the original
-    original = frozen_original(family_for(pipeline))
+    original = make_original(family_for(pipeline)).module
     assert isinstance(original, WithoutAdapters) and list(original.parameters()) == []
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -106,7 +106,7 @@ def test_lora_erasure_trains_only_adapters_and_the_forget_step_only_salient_ones
             assert moved and all(bool(mask[n].all()) for n in moved), sorted(moved)[:3]
         previous = state
     # θ₀ after training is still exactly the original model.
-    assert torch.equal(ddpm_output(frozen_original(family_for(pipeline))), original_output)
+    assert torch.equal(ddpm_output(make_original(family_for(pipeline)).module), original_output)
 
 
 def test_lora_resume_matches_the_uninterrupted_run(tmp_path, fresh_accelerate_state):

@@ -99,10 +99,9 @@ class TrainingSnapshot:
         }
 
 
-def run(pipe, family: str, mixed_precision: str, method=REMAP, steps: int = 1, callbacks=()):
-    training = TrainingArguments(
-        max_train_steps=steps, forget_batch_size=2, remain_batch_size=2, mixed_precision=mixed_precision
-    )
+def run(pipe, family: str, mixed_precision: str, method=REMAP, steps: int = 1, callbacks=(), original="copy"):
+    training = TrainingArguments(max_train_steps=steps, forget_batch_size=2, remain_batch_size=2,
+                                 mixed_precision=mixed_precision, original=original)  # fmt: skip
     data = training_data(family, pipe)
     return erase(pipe, CONCEPT[family], method=method, data=data, training=training, evaluate=False,
                  callbacks=callbacks)  # fmt: skip
@@ -121,6 +120,14 @@ def test_bf16_freezes_the_frozen_parts_and_the_remap_copy_in_bf16_and_trains_in_
     assert seen["denoiser"] == {torch.float32} and seen["trained"] == {torch.float32}
     assert seen["adam_moments"] == {torch.float32}
     assert seen["copies"] == [({torch.bfloat16}, False, False)], "θ₀: one frozen bf16 copy in eval mode"
+
+
+@pytest.mark.parametrize("mixed_precision", ["bf16", "no"])
+def test_a_precomputed_original_makes_no_copy_of_the_denoiser(mixed_precision):
+    pipe = tiny_pipeline("sd")
+    snapshot = TrainingSnapshot(pipe, "sd")
+    run(pipe, "sd", mixed_precision, callbacks=(snapshot,), original="precomputed")
+    assert snapshot.seen is not None and snapshot.seen["copies"] == [], "θ₀ precomputed: no module but the denoiser"
 
 
 @pytest.mark.parametrize("family", ["sd", "dit"])
@@ -181,10 +188,10 @@ def test_the_frozen_copy_is_made_in_the_weight_dtype_of_the_preparation(method_c
     family = family_for(pipe)
     with family.prepared_for_training(torch.bfloat16):
         method = method_class(config, family, anchor="")
-        assert dtypes(method.frozen) == {torch.bfloat16} and method.frozen is not pipe.unet
+        assert dtypes(method.original.module) == {torch.bfloat16} and method.original.module is not pipe.unet
         assert dtypes(pipe.unet) == {torch.float32}  # the copy was cast, not the denoiser it was taken from
     assert family.frozen_dtype == torch.float32
-    assert dtypes(method_class(config, family, anchor="").frozen) == {torch.float32}  # outside: fp32
+    assert dtypes(method_class(config, family, anchor="").original.module) == {torch.float32}  # outside: fp32
 
 
 def test_a_bf16_erasure_gives_back_the_frozen_parts_bit_for_bit():

@@ -120,7 +120,7 @@ def test_remap_others_never_targets_a_forgotten_class(two_classes):
     family, target = two_classes
     method = SFROn(SFROnConfig(forget_loss="remap_others", use_mask=False), family)
     forget, remain = batches(family, target)
-    calls, handle = recorded_labels(method.frozen)
+    calls, handle = recorded_labels(method.original.module)
     try:
         method.loss(method.phases[0], family.denoiser, {"forget": forget, "remain": remain}, step=0, total_steps=1,
                     reduce_sum=lambda v: v, num_processes=1)  # fmt: skip
@@ -134,7 +134,7 @@ def test_esd_guides_each_sample_away_from_its_own_class(two_classes):
     family, target = two_classes
     method = ESD(ESDConfig(), family)
     forget, _ = batches(family, target)
-    calls, handle = recorded_labels(method.frozen)
+    calls, handle = recorded_labels(method.original.module)
     try:
         method.loss(method.phases[0], family.denoiser, forget, step=0, total_steps=1, reduce_sum=lambda v: v,
                     num_processes=1)  # fmt: skip

@@ -86,6 +86,47 @@ def test_diagonal_fisher_is_the_mean_of_squared_batch_gradients():
     assert all(p.grad is None for p in model.parameters())  # leaves no gradients behind
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient_checkpointing"])
+def test_the_streamed_fisher_equals_the_one_from_stored_gradients_and_never_holds_them(checkpointing):
+    """Squared as backward accumulates each gradient (and freed then) or after backward: the same estimate; streamed,
+    no parameter has a gradient once its square is taken, so at most the ones in flight exist together."""
+    from sfr_diffusion.digits.models import digits_ddpm_pipeline
+
+    unet = digits_ddpm_pipeline(seed=0).unet
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 1, 8, 8, generator=generator), torch.randint(0, 10, (4,), generator=generator))
+               for _ in range(2)]  # fmt: skip
+
+    def losses():
+        for x, labels in batches:
+            yield lambda x=x, labels=labels: unet(x, torch.full((4,), 10), class_labels=labels).sample.pow(2).mean()
+
+    grads_alive = []
+
+    def backward(loss):
+        loss.backward()
+        grads_alive.append(sum(p.grad is not None for p in unet.parameters()))
+
+    streamed = diagonal_fisher(unet, losses(), backward=backward)
+    stored = diagonal_fisher(unet, losses(), streamed=False)
+
+    assert grads_alive == [0, 0]
+    for name, value in stored.items():
+        torch.testing.assert_close(streamed[name], value, rtol=1e-6, atol=0)
+    assert any(bool(value.any()) for value in stored.values())
+
+
+def test_diagonal_fisher_averages_each_gradient_with_reduce_before_squaring():
+    model = torch.nn.Linear(2, 1)
+    halved = diagonal_fisher(model, [lambda: model(torch.ones(1, 2)).sum()], reduce=lambda grad: grad / 2)
+    plain = diagonal_fisher(model, [lambda: model(torch.ones(1, 2)).sum()])
+    for name, value in plain.items():
+        torch.testing.assert_close(halved[name], value / 4)
+
+
 def test_diagonal_fisher_skips_frozen_parameters_and_uses_the_given_backward():
     model = torch.nn.Linear(2, 1)
     model.bias.requires_grad_(False)

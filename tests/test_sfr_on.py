@@ -257,15 +257,15 @@ def test_forget_step_never_uses_the_null_class_and_remain_step_drops_labels(
 def test_remap_keeps_the_frozen_original_unchanged(accelerator, pipeline, forget_remain, tmp_path):
     family = family_for(pipeline)
     method = SFROn(SFROnConfig(forget_loss="remap", alpha=1.0, mask_batches=1), family)
-    frozen_before = parameters_of(method.frozen)
+    frozen_before = parameters_of(method.original.module)
     trained_before = parameters_of(family.denoiser)
     terms = []
 
     erase(accelerator, method, forget_remain, tmp_path, callbacks=(lambda event: terms.append(event.terms),))
 
-    assert method.frozen is not family.denoiser
-    assert not any(p.requires_grad for p in method.frozen.parameters())
-    for name, value in parameters_of(method.frozen).items():
+    assert method.original.module is not family.denoiser
+    assert not any(p.requires_grad for p in method.original.module.parameters())
+    for name, value in parameters_of(method.original.module).items():
         assert torch.equal(value, frozen_before[name]), f"frozen {name} changed"
     assert any(not torch.equal(v, trained_before[n]) for n, v in parameters_of(family.denoiser).items())
     assert "forget_remap" in terms[0]
@@ -357,7 +357,7 @@ def test_remap_others_targets_each_forget_sample_onto_a_condition_of_the_same_re
     def record(module, args, kwargs):
         frozen_conditions.append(kwargs["class_labels"].clone())
 
-    handle = method.frozen.register_forward_pre_hook(record, with_kwargs=True)
+    handle = method.original.module.register_forward_pre_hook(record, with_kwargs=True)
     try:
         erase(accelerator, method, forget_remain, tmp_path)
     finally:
@@ -439,7 +439,7 @@ def test_a_remain_step_that_distils_the_original_fits_its_predictions_not_the_da
     fits the data's noise."""
     family = family_for(pipeline)
     method = SFROn(SFROnConfig(forget_loss="ascent", remain_target="original"), family)
-    assert method.frozen is not None  # ascent needs no frozen copy, the distilling remain step does
+    assert method.original is not None  # ascent needs no θ₀, the distilling remain step does
     remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
     remain_phase = method.phases[1]
     kwargs = dict(step=0, total_steps=STEPS, reduce_sum=lambda t: t, num_processes=1)

@@ -8,10 +8,9 @@ from typing import ClassVar
 
 import torch
 
-from ..adapters import WithoutAdapters, has_adapters
 from ..data import Batch
-from ..families import copy_in_dtype
 from ..losses import per_sample_mse
+from ..original import FrozenOriginal, PrecomputedOriginal, make_original
 from ..saliency import Mask
 from ..validation import check_field_values
 
@@ -64,14 +63,28 @@ class UnlearningMethod:
     paper: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
 
-    def __init__(self, config: MethodConfig, family, *, anchor: str | None = None):
+    def __init__(self, config: MethodConfig, family, *, anchor: str | None = None, original: str = "copy"):
         """`anchor`: the condition a remap targets when the config names none (for text-to-image models the
-        preset's or data's anchor prompt); methods without a remap target ignore it."""
+        preset's or data's anchor prompt); methods without a remap target ignore it. `original`: how a method whose
+        losses need θ₀ has it (:func:`sfr_diffusion.original.make_original`: ``copy`` or ``precomputed``)."""
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}."
             )
         self.config, self.family = config, family
+        self.original: FrozenOriginal | PrecomputedOriginal | None = (
+            make_original(family, original) if self.needs_original else None
+        )
+
+    @property
+    def needs_original(self) -> bool:
+        """Whether a loss of this method takes targets from θ₀, the original denoiser (:meth:`original_targets`)."""
+        return False
+
+    def original_targets(self, phase: Phase, batch: Batch | dict[str, Batch]) -> dict[str, torch.Tensor]:
+        """Everything `phase`'s loss needs of θ₀ for `batch`, by name, from :attr:`original` (no gradient); the loss
+        asks for them itself. The trainer also calls this before the first step to precompute them."""
+        return {}
 
     @classmethod
     def check_config(cls, config: MethodConfig, family) -> None:
@@ -132,35 +145,44 @@ def family_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def frozen_original(family) -> torch.nn.Module:
-    """θ₀, the original denoiser, for targets that must not move with training.
+def encoded(family, batch: Batch, device: torch.device) -> torch.Tensor:
+    """`batch`'s images in the denoiser's space, encoded once per batch: a loss and θ₀'s targets share them."""
+    key = str(device)
+    if key not in batch.encoded:
+        batch.encoded[key] = family.encode(batch.images.to(device))
+    return batch.encoded[key]
 
-    When the denoiser trains LoRA adapters, θ₀ is the denoiser itself with its adapters switched off (no copy: see
-    :mod:`sfr_diffusion.adapters`). Otherwise a frozen copy, in the weight dtype under mixed precision (a frozen part,
-    like the VAE), so it costs half the memory of the fp32 trainable weights."""
-    if has_adapters(family.denoiser):
-        return WithoutAdapters(family.denoiser)
-    return copy_in_dtype(family.denoiser, family.frozen_dtype).requires_grad_(False).eval()
+
+def remain_conditions(family, batch: Batch, label_dropout: float, device: torch.device) -> torch.Tensor:
+    """The remain batch's conditions with the pretraining label dropout applied (the null condition where dropped)."""
+    labels = batch.labels.to(device)
+    drop = batch.uniform.to(device) < label_dropout
+    return torch.where(drop, torch.full_like(labels, family.null_class_id), labels)
+
+
+def original_remain_target(family, original, batch: Batch, label_dropout: float) -> torch.Tensor:
+    """θ₀'s prediction on the remain batch's noisy images and (dropped-out) conditions: what a distilling remain
+    step fits."""
+    x0 = encoded(family, batch, family_device(family.denoiser))
+    labels = remain_conditions(family, batch, label_dropout, x0.device)
+    return original.predict(family.noisy(x0, batch.draw), batch.draw.timesteps.to(x0.device), labels)
 
 
 def remain_terms(
-    family, model, batch: Batch, label_dropout: float, weight: float = 1.0, teacher: torch.nn.Module | None = None
+    family, model, batch: Batch, label_dropout: float, weight: float = 1.0, target: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """The standard diffusion loss on remaining data, with the pretraining label dropout (keeps the null branch).
 
-    With a `teacher` (the frozen original), the target is the teacher's prediction on the same noisy images and
-    labels instead of the data's: the loss is zero where the model still predicts as the original did, so the remain
-    step only undoes what the forget steps changed on the remaining data, instead of fitting the data anew."""
-    x0 = family.encode(batch.images.to(family_device(model)))
-    labels = batch.labels.to(x0.device)
-    drop = batch.uniform.to(x0.device) < label_dropout
-    labels = torch.where(drop, torch.full_like(labels, family.null_class_id), labels)
-    if teacher is None:
+    With a `target` (the frozen original's prediction, :func:`original_remain_target`), the model fits it on the same
+    noisy images and labels instead of the data: the loss is zero where the model still predicts as the original
+    did, so the remain step only undoes what the forget steps changed on the remaining data, instead of fitting the
+    data anew."""
+    x0 = encoded(family, batch, family_device(model))
+    labels = remain_conditions(family, batch, label_dropout, x0.device)
+    if target is None:
         per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
     else:
         x_t, timesteps = family.noisy(x0, batch.draw), batch.draw.timesteps.to(x0.device)
-        with torch.no_grad():
-            target = family.predict(teacher.to(x0.device), x_t, timesteps, labels)
         per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), target)
     terms = {"loss": weight * per_sample.mean(), "remain_mse": per_sample.detach().mean()}
     terms.update(timestep_quartile_terms("remain_mse", per_sample, batch.draw.timesteps, family.num_timesteps))

@@ -17,7 +17,7 @@ import torch
 from ..arguments import option
 from ..data import Batch
 from ..losses import per_sample_mse
-from .base import MethodConfig, Phase, UnlearningMethod, family_device, frozen_original, timestep_quartile_terms
+from .base import MethodConfig, Phase, UnlearningMethod, encoded, family_device, timestep_quartile_terms
 
 
 @dataclass
@@ -39,31 +39,32 @@ class ESD(UnlearningMethod):
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023"
     config_class = ESDConfig
 
-    def __init__(self, config: ESDConfig, family, *, anchor: str | None = None):
-        super().__init__(config, family, anchor=anchor)
-        self.frozen = frozen_original(family)
+    @property
+    def needs_original(self) -> bool:
+        return True
 
     @property
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("forget", data="forget", masked=False, max_grad_norm=self.config.max_grad_norm),)
 
-    def target(self, x_t: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``ε_θ₀(x_t, ∅) − η (ε_θ₀(x_t, c) − ε_θ₀(x_t, ∅))``, no gradient."""
-        family = self.family
-        self.frozen.to(x_t.device)
-        with torch.no_grad():
-            conditional = family.predict(self.frozen, x_t, timesteps, labels)
-            unconditional = family.predict(self.frozen, x_t, timesteps, torch.full_like(labels, family.null_class_id))
-        return unconditional - self.config.negative_guidance * (conditional - unconditional)
-
-    def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
+    def original_targets(self, phase, batch: Batch) -> dict[str, torch.Tensor]:
+        """``ε_θ₀(x_t, ∅) − η (ε_θ₀(x_t, c) − ε_θ₀(x_t, ∅))`` on the batch's noisy images, no gradient."""
         if phase.name != "forget":
             raise ValueError(f"ESD has no phase {phase.name!r}.")
         family = self.family
-        x0 = family.encode(batch.images.to(family_device(model)))
+        x0 = encoded(family, batch, family_device(family.denoiser))
         labels, timesteps = batch.labels.to(x0.device), batch.draw.timesteps.to(x0.device)
         x_t = family.noisy(x0, batch.draw)
-        per_sample = per_sample_mse(family.predict(model, x_t, timesteps, labels), self.target(x_t, timesteps, labels))
+        conditional = self.original.predict(x_t, timesteps, labels)
+        unconditional = self.original.predict(x_t, timesteps, torch.full_like(labels, family.null_class_id))
+        return {"forget": unconditional - self.config.negative_guidance * (conditional - unconditional)}
+
+    def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
+        target = self.original_targets(phase, batch)["forget"]
+        family = self.family
+        x0 = encoded(family, batch, family_device(model))
+        labels, timesteps = batch.labels.to(x0.device), batch.draw.timesteps.to(x0.device)
+        per_sample = per_sample_mse(family.predict(model, family.noisy(x0, batch.draw), timesteps, labels), target)
         terms = {"loss": per_sample.mean(), "forget_esd": per_sample.detach().mean()}
         terms.update(timestep_quartile_terms("forget_esd", per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms

@@ -21,8 +21,9 @@ from .base import (
     MethodConfig,
     Phase,
     UnlearningMethod,
+    encoded,
     family_device,
-    frozen_original,
+    original_remain_target,
     random_remain_conditions,
     remain_terms,
     timestep_quartile_terms,
@@ -126,16 +127,21 @@ class SFROn(UnlearningMethod):
     )
     config_class = SFROnConfig
 
-    def __init__(self, config: SFROnConfig, family, *, anchor: str | None = None):
-        super().__init__(config, family, anchor=anchor)
-        self.forget_loss = config.forget_loss or family.default_forget_loss
-        self.frozen, self.remap_condition = None, None
-        if self.forget_loss != "ascent" or config.remain_target == "original":
-            # θ₀: the original denoiser, frozen, gives the remap target sg(ε_θ₀(x_t, c_target)) and the remain target.
-            self.frozen = frozen_original(family)
+    def __init__(self, config: SFROnConfig, family, *, anchor: str | None = None, original: str = "copy"):
+        super().__init__(config, family, anchor=anchor, original=original)
+        self.remap_condition = None
         if self.forget_loss == "remap":
             target = config.remap_target if config.remap_target is not None else anchor
             self.remap_condition = family.null_class_id if target is None else family.resolve_class(target)
+
+    @property
+    def forget_loss(self) -> str:
+        return self.config.forget_loss or self.family.default_forget_loss
+
+    @property
+    def needs_original(self) -> bool:
+        # θ₀ gives the remap target sg(ε_θ₀(x_t, c_target)) and the distilling remain step's target.
+        return self.forget_loss != "ascent" or self.config.remain_target == "original"
 
     @classmethod
     def check_config(cls, config: SFROnConfig, family) -> None:
@@ -189,19 +195,34 @@ class SFROn(UnlearningMethod):
             )
         return mask
 
+    def original_targets(self, phase, batch) -> dict[str, torch.Tensor]:
+        """θ₀'s predictions the phase fits: the remap target of the forget batch (``forget``) and the distilling
+        remain step's target (``remain``), where the configuration uses them."""
+        forget, remain = (batch["forget"], batch["remain"]) if isinstance(batch, dict) else (batch, None)
+        targets = {}
+        if phase.name in ("forget", "joint") and self.forget_loss != "ascent":
+            family = self.family
+            x0 = encoded(family, forget, family_device(family.denoiser))
+            conditions = self.remap_conditions(forget, remain).to(x0.device)
+            timesteps = forget.draw.timesteps.to(x0.device)
+            targets["forget"] = self.original.predict(family.noisy(x0, forget.draw), timesteps, conditions)
+        if phase.name in ("remain", "joint") and self.config.remain_target == "original":
+            remain = batch if phase.name == "remain" else remain
+            targets["remain"] = original_remain_target(self.family, self.original, remain, self.config.label_dropout)
+        return targets
+
     def loss(self, phase, model, batch: Batch, *, step, total_steps, reduce_sum, num_processes):
-        if phase.name == "forget":
-            forget, remain = (batch["forget"], batch["remain"]) if isinstance(batch, dict) else (batch, None)
-            return self._forget_terms(model, forget, remain, step, total_steps, reduce_sum, num_processes)
+        if phase.name not in ("forget", "remain", "joint"):
+            raise ValueError(f"SFR-on has no phase {phase.name!r}.")
+        targets = self.original_targets(phase, batch)
         if phase.name == "remain":
-            return self._remain_terms(model, batch)
-        if phase.name == "joint":
-            forget = self._forget_terms(
-                model, batch["forget"], batch["remain"], step, total_steps, reduce_sum, num_processes
-            )
-            remain = self._remain_terms(model, batch["remain"])
-            return {**forget, **remain, "loss": forget["loss"] + remain["loss"]}
-        raise ValueError(f"SFR-on has no phase {phase.name!r}.")
+            return self._remain_terms(model, batch, targets.get("remain"))
+        forget = batch["forget"] if isinstance(batch, dict) else batch
+        terms = self._forget_terms(model, forget, targets.get("forget"), step, total_steps, reduce_sum, num_processes)
+        if phase.name == "forget":
+            return terms
+        remain = self._remain_terms(model, batch["remain"], targets.get("remain"))
+        return {**terms, **remain, "loss": terms["loss"] + remain["loss"]}
 
     def remap_conditions(self, forget: Batch, remain: Batch | None) -> torch.Tensor:
         """Each forget sample's target condition: the fixed remap target, or one of the remain batch's conditions
@@ -211,18 +232,11 @@ class SFROn(UnlearningMethod):
             return random_remain_conditions(forget, remain)
         return torch.full_like(forget.labels, self.remap_condition)
 
-    def _forget_terms(self, model, batch, remain, step, total_steps, reduce_sum, num_processes):
+    def _forget_terms(self, model, batch, target, step, total_steps, reduce_sum, num_processes):
         family, cfg = self.family, self.config
-        x0 = family.encode(batch.images.to(family_device(model)))
+        x0 = encoded(family, batch, family_device(model))
         labels = batch.labels.to(x0.device)  # the real label, never dropped: the null branch is not attacked
         alpha = forget_weight(step, total_steps, cfg.alpha, cfg.cosine_decay)
-        target = None
-        if self.forget_loss != "ascent":
-            self.frozen.to(x0.device)
-            with torch.no_grad():
-                conditions = self.remap_conditions(batch, remain).to(x0.device)
-                timesteps = batch.draw.timesteps.to(x0.device)
-                target = family.predict(self.frozen, family.noisy(x0, batch.draw), timesteps, conditions)
         loss, per_sample = self._forget_loss(model, x0, labels, batch, target, alpha, reduce_sum, num_processes)
         prefix = "forget_mse" if self.forget_loss == "ascent" else "forget_remap"
         terms = {prefix: per_sample.detach().mean()}
@@ -268,7 +282,6 @@ class SFROn(UnlearningMethod):
                     embedding -= cfg.adversarial_step_size * gradient.sign()
         return embedding.detach()
 
-    def _remain_terms(self, model, batch):
+    def _remain_terms(self, model, batch, target):
         cfg = self.config
-        teacher = self.frozen if cfg.remain_target == "original" else None
-        return remain_terms(self.family, model, batch, cfg.label_dropout, cfg.remain_weight, teacher)
+        return remain_terms(self.family, model, batch, cfg.label_dropout, cfg.remain_weight, target)
