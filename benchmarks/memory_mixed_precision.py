@@ -5,11 +5,12 @@
     python benchmarks/memory_mixed_precision.py --size tiny --no_write --resolution 16   # smoke run of the code
 
 Under ``mixed_precision`` bf16/fp16, ``sfr_diffusion.erase()`` keeps the frozen parts (VAE, text encoder) and the
-frozen copy θ₀ of the denoiser that the remap forget loss targets in the weight dtype, while the trained UNet stays
-fp32 (``DiffusionFamily.prepared_for_training``, ``sfr_diffusion.original.make_original``). This script measures what that does
-to the peak memory on the real layout: ``stable_diffusion_pipeline("sd-1.4")`` (random weights in the
-CompVis/stable-diffusion-v1-4 layout: UNet 860M, CLIP ViT-L/14 text encoder, the SD VAE; no hub access), at a small
-resolution so that it runs on a CPU (the UNet's ``sample_size`` is lowered; no weight changes shape).
+frozen copy θ₀ of the denoiser that the remap forget loss targets (with ``original="copy"``) in the weight dtype,
+while the trained UNet stays fp32 (``DiffusionFamily.prepared_for_training``,
+``sfr_diffusion.original.make_original``). This script measures what that does to the peak memory on the real
+layout: ``stable_diffusion_pipeline("sd-1.4")`` (random weights in the CompVis/stable-diffusion-v1-4 layout: UNet
+860M, CLIP ViT-L/14 text encoder, the SD VAE; no hub access), at a small resolution so that it runs on a CPU (the
+UNet's ``sample_size`` is lowered; no weight changes shape).
 
 Each setting runs in a fresh process whose peak resident memory (``ru_maxrss``, the whole process: Python, torch, the
 pipeline, the data and the erasure) is read after ``erase()`` returns: a *load only* process (pipeline and data
@@ -282,7 +283,8 @@ def render(args, command: str, reports: dict, wall_seconds: float, sources: str)
         "method=SFROnConfig(forget_loss=\"remap\", mask_batches=1), data=<4 random images captioned \"a photo of a "
         "cat\" / \"a photo of a dog\">, training=TrainingArguments(max_train_steps="
         f"{args.iterations}, forget_batch_size=1, remain_batch_size=1, mixed_precision=…, "
-        f"trainable=\"{args.trainable}\", original=\"copy\"), evaluate=False)`; the concept is remapped onto the empty prompt; "
+        f"trainable=\"{args.trainable}\", original=\"copy\"), evaluate=False)`; the concept is remapped onto the "
+        "empty prompt; "
         f"{trained:,} of the UNet's {parameters:,} weights train; {iterations} (each a forget step and a remain "
         "step: Adam's moments and the saliency mask exist from the first step on). Weights in fp32 / bf16: "
         + ", ".join(
