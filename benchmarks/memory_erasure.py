@@ -15,7 +15,9 @@ captioned "a photo of a cat" (the concept erased, the forget set) and "a photo o
   of each set, then ``--steps`` iterations of a forget step (the cat captions remapped onto the frozen original's
   prediction for the dog caption) and a remain step (distilling the frozen original), each at ``--batch_size``;
 - ``ft_lora`` and ``sfr_on_lora``: the same with ``TrainingArguments(lora_rank=8)`` (adapters on the attention
-  projections; θ₀ is the denoiser with its adapters off, so there is no frozen copy).
+  projections; θ₀ is the denoiser with its adapters off, so there is no frozen copy);
+- ``sfr_on_lora_groups``: ``sfr_on_lora`` with ``SFROnConfig(mask_groups=4)``, the Fisher of the adapted base weights
+  measured a quarter at a time.
 
 Each mode runs in a fresh process whose peak resident memory (``ru_maxrss``: Python, torch, the pipeline, the data and
 the erasure) is read after ``erase()`` returns; a *load only* process (the same imports, pipeline and data, no
@@ -69,10 +71,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTION = "memory-erasure"
 CONCEPT, CAPTIONS = "cat", ("a photo of a cat", "a photo of a dog")  # the concept erased; the images' captions
 REMAP_TARGET = CAPTIONS[1]  # a remain prompt: the forget captions are pulled onto the original's prediction for it
-MODES = ("ft", "sfr_on", "ft_lora", "sfr_on_lora")
-MODE_LABELS = {"load": "load only", "ft": "FT", "sfr_on": "SFR-on", "ft_lora": "FT LoRA", "sfr_on_lora": "SFR-on LoRA"}
+MODES = ("ft", "sfr_on", "ft_lora", "sfr_on_lora", "sfr_on_lora_groups")
+LORA_MASK_GROUPS = 4  # sfr_on_lora_groups: SFROnConfig(mask_groups=4), a quarter of the weights' Fisher at a time
+MODE_LABELS = {
+    "load": "load only",
+    "ft": "FT",
+    "sfr_on": "SFR-on",
+    "ft_lora": "FT LoRA",
+    "sfr_on_lora": "SFR-on LoRA",
+    "sfr_on_lora_groups": f"SFR-on LoRA, Fisher in {LORA_MASK_GROUPS} groups",
+}
 LORA_RANK = 8
-GOALS = {"full": 1.25, "lora": 1.1}  # SFR-on's peak at most this many times the plain fine-tune's (the issue's goals)
+# SFR-on's peak at most this many times the plain fine-tune's (the issue's goals)
+GOALS = {"full": 1.25, "lora": 1.1, "lora_groups": 1.1}
 RESULT_PREFIX = "MEMORY_RESULT "
 
 
@@ -231,7 +242,7 @@ def child(settings: dict) -> dict:
     pipeline.set_progress_bar_config(disable=True)
     dataset = random_captioned_images(4 * settings["batch_size"], settings["resolution"], CAPTIONS)
     denoiser = getattr(pipeline, layout.denoiser)
-    lora = settings["mode"].endswith("_lora")
+    lora = "_lora" in settings["mode"]
     training = TrainingArguments(
         max_train_steps=settings["steps"],
         forget_batch_size=settings["batch_size"],
@@ -276,7 +287,8 @@ def child(settings: dict) -> dict:
         )
 
     if settings["mode"].startswith("sfr_on"):
-        method = SFROnConfig(remap_target=REMAP_TARGET, mask_batches=1)
+        groups = LORA_MASK_GROUPS if settings["mode"] == "sfr_on_lora_groups" else 1
+        method = SFROnConfig(remap_target=REMAP_TARGET, mask_batches=1, mask_groups=groups)
     else:
         method = FTConfig()
     sampler = RssSampler()
@@ -397,7 +409,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-PAIRS = {"full": ("sfr_on", "ft"), "lora": ("sfr_on_lora", "ft_lora")}  # SFR-on and the fine-tune it is held to
+FISHER_GROUPS = {"lora_groups": LORA_MASK_GROUPS}  # the Fisher pass holds this share of its estimates at a time
+KIND_LABELS = {"full": "full", "lora": "LoRA", "lora_groups": f"LoRA, Fisher in {LORA_MASK_GROUPS} groups"}
+PAIRS = {  # SFR-on and the fine-tune it is held to
+    "full": ("sfr_on", "ft"),
+    "lora": ("sfr_on_lora", "ft_lora"),
+    "lora_groups": ("sfr_on_lora_groups", "ft_lora"),
+}
 
 
 def ratio_cell(ratio: dict) -> str:
@@ -447,7 +465,7 @@ def measure(args, library: Path, whole: dict) -> list[dict]:
         depths = depths_for(layout_name, size)
         for precision in args.mixed_precision:
             plan = {"full": list(args.modes)}
-            lora_modes = [m for m in args.modes if m.endswith("_lora")]
+            lora_modes = [m for m in args.modes if "_lora" in m]
             if depths["lora"] != depths["full"] and lora_modes:
                 plan["lora"] = lora_modes
             for kind, modes in plan.items():
@@ -519,8 +537,9 @@ def render(results: dict) -> str:
     groups = results["groups"]
     peaks = [
         "| layout | denoiser measured (LoRA adapts) | precision | load only | FT | SFR-on | SFR-on / FT (increments) "
-        "| FT LoRA | SFR-on LoRA | SFR-on LoRA / FT LoRA (increments) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| FT LoRA | SFR-on LoRA | SFR-on LoRA / FT LoRA (increments) | SFR-on LoRA, Fisher in "
+        f"{LORA_MASK_GROUPS} groups | / FT LoRA (increments) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
         runs, load = group["runs"], group["runs"]["load"]
@@ -530,7 +549,8 @@ def render(results: dict) -> str:
             f"{millions(group['parameters'])} ({millions(group['adapted_parameters'])})"
             f" | {group['mixed_precision']} | {cell(load)} | {cell(runs.get('ft'))} | {cell(runs.get('sfr_on'))} | "
             f"{ratios.get('full', '—')} | {cell(runs.get('ft_lora'))} | {cell(runs.get('sfr_on_lora'))} | "
-            f"{ratios.get('lora', '—')} |"
+            f"{ratios.get('lora', '—')} | {cell(runs.get('sfr_on_lora_groups'))} | "
+            f"{ratios.get('lora_groups', '—')} |"
         )
     scaled = [
         "| layout | denoiser measured | bytes per parameter: FT / SFR-on | SFR-on / FT measured | whole denoiser | "
@@ -542,6 +562,7 @@ def render(results: dict) -> str:
         name = group["layout"]
         measured = f"{depth_name(group, tiny)}: {millions(group['parameters'])}"
         full, lora = group["ratios"].get("full"), group["ratios"].get("lora")
+        lora_groups = group["ratios"].get("lora_groups")
         if full is not None:
             per, extrapolated = full["bytes_per_parameter"], full.get("extrapolated")
             verdict_line = f"{name} full weights {verdict(full['peak'], GOALS['full'])} measured ({measured})"
@@ -560,6 +581,11 @@ def render(results: dict) -> str:
             for g in groups
         ):  # judged at the deepest cut the LoRA modes ran at
             verdicts.append(f"{name} LoRA {verdict(lora['peak'], GOALS['lora'])} measured ({measured})")
+            if lora_groups is not None:
+                verdicts.append(
+                    f"{name} LoRA with the Fisher in {LORA_MASK_GROUPS} groups "
+                    f"{verdict(lora_groups['peak'], GOALS['lora'])} measured ({measured})"
+                )
     depths = []
     for name in dict.fromkeys(g["layout"] for g in groups):
         layout, counts = LAYOUTS[name], whole.get(name)
@@ -582,8 +608,8 @@ def render(results: dict) -> str:
         depths.append(line + ".")
     attribution = [
         "| layout | weights | SFR-on − FT, measured | θ₀: frozen copy / precomputed targets | saliency mask | "
-        "the rest of the difference | Fisher pass before the first step (8 bytes a weight it measures) | SFR-on's "
-        "sampled peak: mask + first step / later steps |",
+        "the rest of the difference | Fisher pass before the first step (8 bytes a weight it measures at once) | "
+        "SFR-on's sampled peak: mask + first step / later steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for group in [g for g in groups if g["mixed_precision"] == "no"]:
@@ -594,11 +620,12 @@ def render(results: dict) -> str:
             sampled = sfr["sampled_peak_bytes"]
             theta0_targets = sfr.get("precomputed_target_bytes", 0)
             attribution.append(
-                f"| {group['layout']}, {depth_name(group, tiny)} | {'full' if kind == 'full' else 'LoRA'} | "
+                f"| {group['layout']}, {depth_name(group, tiny)} | {KIND_LABELS[kind]} | "
                 f"{gib(difference):+.2f} GiB | {gib(sfr['frozen_copy_bytes']):.2f} GiB / "
                 f"{theta0_targets / 2**20:.1f} MiB | {gib(sfr['mask_bytes']):.3f} GiB | "
                 f"{gib(difference - sfr['frozen_copy_bytes'] - theta0_targets - sfr['mask_bytes']):+.2f} GiB | "
-                f"{gib(8 * measured):.2f} GiB ({millions(measured)} {'trained' if kind == 'full' else 'adapted'}) | "
+                f"{gib(8 * measured / FISHER_GROUPS.get(kind, 1)):.2f} GiB ({millions(measured)} "
+                f"{'trained' if kind == 'full' else 'adapted'}) | "
                 f"{gib(sampled['until_first_step_end']):.2f} / {gib(sampled['after_first_step']):.2f} GiB |"
             )
     precision = " and ".join(f"`{p}`" for p in settings["mixed_precision"])

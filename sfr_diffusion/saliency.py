@@ -26,6 +26,7 @@ def diagonal_fisher(
     grad_scale: Callable[[], float] = lambda: 1.0,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     streamed: bool = True,
+    measure: Iterable[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean over batches of the squared gradient of each batch's scalar loss, one batch at a time.
 
@@ -38,10 +39,16 @@ def diagonal_fisher(
     once (``register_post_accumulate_grad_hook``), so the pass holds the estimates and no stored gradients. Otherwise
     (parameters whose gradients a wrapper writes after backward, as FSDP's sharded ones) the gradients are squared
     after each backward.
+
+    ``measure``: the names of the parameters to estimate (default: all that take gradients). The others still take
+    gradients, which are dropped unsquared (a parameter's ``requires_grad`` is never switched here).
     """
     backward = backward or (lambda loss: loss.backward())
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    measured = set(params) if measure is None else set(measure)
+    if not measured <= params.keys():
+        raise ValueError(f"Cannot measure parameters that take no gradient: {sorted(measured - params.keys())[:3]}.")
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items() if name in measured}
     scale = 1.0
 
     def square_into(name: str, grad: torch.Tensor) -> None:
@@ -56,7 +63,8 @@ def diagonal_fisher(
 
     def squared_and_freed(name: str):
         def hook(param: torch.Tensor) -> None:
-            square_into(name, param.grad)
+            if name in fisher:
+                square_into(name, param.grad)
             param.grad = None
 
         return hook
@@ -71,7 +79,7 @@ def diagonal_fisher(
             scale = grad_scale()  # the scale this batch's backward applies (fp16 changes it only at an update)
             backward(compute_loss())
             for name, p in params.items():
-                if p.grad is not None:  # streamed: none is left
+                if p.grad is not None and name in fisher:  # streamed: none is left
                     square_into(name, p.grad)
             num_batches += 1
     finally:
@@ -81,6 +89,18 @@ def diagonal_fisher(
     if num_batches == 0:
         raise ValueError("diagonal_fisher needs at least one batch.")
     return {name: f.div_(num_batches) for name, f in fisher.items()}
+
+
+def weight_groups(params: Mapping[str, torch.Tensor], groups: int) -> list[list[str]]:
+    """The names of `params` in at most `groups` runs of consecutive parameters holding about equally many weights
+    (none empty; a tensor is never split)."""
+    total = max(sum(p.numel() for p in params.values()), 1)
+    runs: list[list[str]] = [[] for _ in range(groups)]
+    before = 0
+    for name, param in params.items():
+        runs[min(groups - 1, before * groups // total)].append(name)
+        before += param.numel()
+    return [run for run in runs if run]
 
 
 def saliency_mask(

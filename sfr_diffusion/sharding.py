@@ -29,8 +29,9 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def check_sharding(accelerator: Accelerator, *, lora: bool, tracked: bool) -> None:
-    """Refuse, before any work, what does not run sharded: FSDP1, LoRA adapters, evaluations during training."""
+def check_sharding(accelerator: Accelerator, *, lora: bool, tracked: bool, mask_groups: int = 1) -> None:
+    """Refuse, before any work, what does not run sharded: FSDP1, LoRA adapters, evaluations during training, a
+    Fisher measured group by group."""
     if not is_sharded(accelerator):
         return
     if not accelerator.is_fsdp2:
@@ -42,6 +43,12 @@ def check_sharding(accelerator: Accelerator, *, lora: bool, tracked: bool) -> No
         raise ValueError(
             "LoRA adapters train a few million weights and fit one card: erase with --lora_rank under data "
             "parallelism (accelerate launch --multi_gpu), not FSDP."
+        )
+    if mask_groups > 1:
+        raise ValueError(
+            "--mask_groups measures the Fisher group by group as backward makes each gradient, which FSDP's "
+            "sharded gradients (written after backward) do not allow; under FSDP each process measures its shard "
+            "alone, a small share already: drop --mask_groups."
         )
     if tracked:
         raise ValueError(

@@ -39,7 +39,16 @@ from .data import (
 from .forgetting import held_for
 from .methods import Phase, UnlearningMethod
 from .original import ORIGINALS, PrecomputedOriginal
-from .saliency import MASK_FILE, Mask, check_mask_matches, diagonal_fisher, load_mask, mask_statistics, save_mask
+from .saliency import (
+    MASK_FILE,
+    Mask,
+    check_mask_matches,
+    diagonal_fisher,
+    load_mask,
+    mask_statistics,
+    save_mask,
+    weight_groups,
+)
 from .sharding import check_sharding, gathered_mask, is_sharded, local, local_masks, unsharded_copy
 from .validation import check_field_values
 
@@ -357,10 +366,16 @@ def compute_saliency_mask(
     options = dict(grad_scale=grad_scale, streamed=not sharded)
     if accelerator.num_processes > 1 and not sharded:
         options["reduce"] = reduce
+    mask = {}
     with base_weights_trainable(raw_model) if adapted else contextlib.nullcontext():
-        fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, **options)
-        fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, **options)
-    mask = method.saliency_mask(fisher_forget, fisher_remain)
+        measured = {name: p for name, p in raw_model.named_parameters() if p.requires_grad}
+        for names in weight_groups(measured, method.mask_groups):  # one group's estimates at a time
+            options["measure"] = names
+            fisher_forget = diagonal_fisher(raw_model, losses(forget_sampler), accelerator.backward, **options)
+            fisher_remain = diagonal_fisher(raw_model, losses(remain_sampler), accelerator.backward, **options)
+            mask |= method.saliency_mask(fisher_forget, fisher_remain)
+            del fisher_forget, fisher_remain
+    method.check_mask(mask)
     return adapter_mask(raw_model, mask) if adapted else mask
 
 
@@ -542,7 +557,7 @@ def run_erasure(
         "remain": BatchSampler(remain, family, args.remain_batch_size, seed=args.seed, stream=REMAIN_STREAM),
     }
     tracked = evaluate is not None and args.eval_every is not None
-    check_sharding(accelerator, lora=bool(adapter_layers(model)), tracked=tracked)
+    check_sharding(accelerator, lora=bool(adapter_layers(model)), tracked=tracked, mask_groups=method.mask_groups)
     register_diffusers_checkpoint_hooks(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)

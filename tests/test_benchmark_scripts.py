@@ -711,10 +711,11 @@ def test_erasure_memory_script_runs_on_a_tiny_layout(tmp_path, capsys):
     results = json.loads(results_json.read_text())
     (group,) = results["groups"]
     runs = group["runs"]
-    assert set(runs) == {"load", "ft", "sfr_on", "ft_lora", "sfr_on_lora"}
+    assert set(runs) == {"load", "ft", "sfr_on", "ft_lora", "sfr_on_lora", "sfr_on_lora_groups"}
     assert all(run["peak_rss_bytes"] > 0 for run in runs.values())
     peak = {mode: run["peak_rss_bytes"] for mode, run in runs.items()}
-    for kind, sfr, ft in (("full", "sfr_on", "ft"), ("lora", "sfr_on_lora", "ft_lora")):
+    for kind, sfr, ft in (("full", "sfr_on", "ft"), ("lora", "sfr_on_lora", "ft_lora"),
+                          ("lora_groups", "sfr_on_lora_groups", "ft_lora")):  # fmt: skip
         assert group["ratios"][kind]["peak"] == pytest.approx(peak[sfr] / peak[ft])
         increment = group["ratios"][kind]["increment"]  # None where FT's peak is the load-only one
         if peak[ft] > peak["load"]:
@@ -726,6 +727,7 @@ def test_erasure_memory_script_runs_on_a_tiny_layout(tmp_path, capsys):
     assert runs["sfr_on"]["precomputed_target_bytes"] > 0 and runs["sfr_on"]["mask_bytes"] > 0
     assert all(runs[mode]["frozen_copy_bytes"] == 0 for mode in ("sfr_on", "sfr_on_lora", "ft"))
     assert runs["sfr_on_lora"]["precomputed_target_bytes"] == 0
+    assert runs["sfr_on_lora_groups"]["method_config"]["mask_groups"] == 4
     assert runs["sfr_on"]["trained_parameters"] == parameters
     assert 0 < runs["sfr_on_lora"]["trained_parameters"] < runs["load"]["adapted_parameters"]
     assert "<!-- memory-erasure:start -->" in printed and "| sd-1.4 | tiny: 0.79M" in printed

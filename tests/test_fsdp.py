@@ -56,19 +56,22 @@ def test_config_is_fsdp2_wrapping_flux_blocks():
 
 
 @pytest.mark.parametrize(
-    "fsdp2, lora, tracked, message",
+    "fsdp2, lora, tracked, groups, message",
     [
-        (False, False, False, "fsdp_version: 2"),
-        (True, True, False, "--multi_gpu"),
-        (True, False, True, "--eval_every"),
+        (False, False, False, 1, "fsdp_version: 2"),
+        (True, True, False, 1, "--multi_gpu"),
+        (True, False, True, 1, "--eval_every"),
+        (True, False, False, 2, "drop --mask_groups"),
     ],
 )
-def test_what_cannot_run_sharded_is_refused_before_any_work(fsdp2, lora, tracked, message):
-    """FSDP1's flat parameters, LoRA adapters, and evaluations on the main process alone during training."""
+def test_what_cannot_run_sharded_is_refused_before_any_work(fsdp2, lora, tracked, groups, message):
+    """FSDP1's flat parameters, LoRA adapters, evaluations on the main process alone during training, and a Fisher
+    measured group by group."""
     sharded = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=fsdp2)
     with pytest.raises(ValueError, match=message):
-        check_sharding(sharded, lora=lora, tracked=tracked)
-    check_sharding(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), lora=lora, tracked=tracked)
+        check_sharding(sharded, lora=lora, tracked=tracked, mask_groups=groups)
+    check_sharding(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), lora=lora, tracked=tracked,
+                   mask_groups=groups)  # fmt: skip
     if fsdp2:
         check_sharding(sharded, lora=False, tracked=False)  # FSDP2 itself is fine
 

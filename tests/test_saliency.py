@@ -12,6 +12,7 @@ from sfr_diffusion.saliency import (
     mask_density,
     saliency_mask,
     save_mask,
+    weight_groups,
 )
 
 # Entries chosen around the threshold: zero/zero (ratio exactly 1), equal values (exactly 1), 2x, 0.5x, x/0 (huge).
@@ -258,3 +259,43 @@ def test_the_forget_step_in_chunks_equals_one_step_and_holds_no_more_than_one_te
     chunks = mask.chunks(named)
     assert len(chunks) > 1 and [n for c in chunks for n, _ in c] == [n for n, _ in named]
     assert all(sum(int((~mask.keep[n]).sum()) for n, _ in chunk) <= largest for chunk in chunks)
+
+
+def test_weight_groups_split_consecutive_parameters_evenly_and_never_empty():
+    params = {"a": torch.zeros(6), "b": torch.zeros(2), "c": torch.zeros(2), "d": torch.zeros(10)}
+    assert weight_groups(params, 1) == [["a", "b", "c", "d"]]
+    assert weight_groups(params, 2) == [["a", "b", "c"], ["d"]]
+    groups = weight_groups(params, 8)
+    assert [name for group in groups for name in group] == list(params) and all(groups)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_fisher_measured_group_by_group_gives_the_same_mask_holding_one_group_at_a_time(lora, monkeypatch):
+    """mask_groups=3: the same mask as in one pass (SFR-on decides each weight on its own estimates), each Fisher
+    estimate covering about a third of the measured weights."""
+    from sfr_diffusion import SFROnConfig, TrainingArguments, erase
+    from sfr_diffusion import training as training_module
+    from sfr_diffusion.digits.models import digits_ddpm_pipeline
+
+    measured = []
+
+    def recording_fisher(model, *args, **kwargs):
+        fisher = diagonal_fisher(model, *args, **kwargs)
+        measured.append(sum(f.numel() for f in fisher.values()))
+        return fisher
+
+    monkeypatch.setattr(training_module, "diagonal_fisher", recording_fisher)
+    masks = {}
+    for groups in (1, 3):
+        pipe = digits_ddpm_pipeline(seed=0)
+        pipe.set_progress_bar_config(disable=True)
+        training = TrainingArguments(max_train_steps=1, forget_batch_size=4, remain_batch_size=4,
+                                     lora_rank=2 if lora else None)  # fmt: skip
+        result = erase(pipe, "three", method=SFROnConfig(mask_batches=1, mask_groups=groups), training=training,
+                       evaluate=False)  # fmt: skip
+        masks[groups] = result.mask
+    (whole, whole_remain), parts = measured[:2], measured[2:]  # once for each set in one pass
+    assert whole == whole_remain and len(parts) == 6 and parts[0::2] == parts[1::2]  # in three groups, twice each
+    assert sum(parts[0::2]) == whole and max(parts) < 0.6 * whole
+    assert masks[1].keys() == masks[3].keys()
+    assert all(torch.equal(masks[1][name], masks[3][name]) for name in masks[1])

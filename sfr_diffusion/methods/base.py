@@ -109,6 +109,15 @@ class UnlearningMethod:
         """The mask of masked phases, from the diagonal Fisher of the original model on each set."""
         raise NotImplementedError(f"{type(self).__name__} has masked phases but defines no saliency mask.")
 
+    def check_mask(self, mask: Mask) -> None:
+        """Refuse (or warn about) a whole mask that defeats the method; called once the mask is complete."""
+
+    @property
+    def mask_groups(self) -> int:
+        """Groups of weights whose Fisher is measured one after another (each group's estimates exist only while
+        it is measured). More than one only where :meth:`saliency_mask` decides each weight on its own estimates."""
+        return 1
+
     def loss(
         self,
         phase: Phase,

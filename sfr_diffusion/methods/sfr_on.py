@@ -62,6 +62,12 @@ class SFROnConfig(MethodConfig):
     gamma: float = option(1.0, "Saliency threshold on the Fisher ratio F_f / F_r.")
     use_mask: bool = option(True, "Apply the saliency mask to the forget step.", negative="--no_mask")
     mask_batches: int = option(4, "Batches of each set used to estimate the diagonal Fisher.")
+    mask_groups: int = option(
+        1,
+        "Measure the Fisher of this many groups of weights one after another, at this many times the Fisher pass's "
+        "compute: only one group's two estimates exist at a time (8 bytes a weight, the group's instead of all "
+        "trained or adapted weights'). The mask is the same: each weight is decided on its own estimates.",
+    )
     forget_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the forget step (None: none).")
     remain_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the remain step (None: none).")
     remap_target: str | None = option(
@@ -113,6 +119,8 @@ class SFROnConfig(MethodConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.mask_batches < 1:
             raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}.")
+        if self.mask_groups < 1:
+            raise ValueError(f"mask_groups must be >= 1, got {self.mask_groups}.")
         if self.adversarial_steps < 0 or self.adversarial_step_size <= 0:
             raise ValueError("adversarial_steps must be >= 0 and adversarial_step_size > 0.")
         self.check_grad_norms("forget_max_grad_norm", "remain_max_grad_norm")
@@ -175,12 +183,12 @@ class SFROn(UnlearningMethod):
         )
 
     def saliency_mask(self, fisher_forget, fisher_remain):
-        """Forget-remain balanced saliency: ``(F_f + ε) / (F_r + ε) ≥ γ``.
+        """Forget-remain balanced saliency: ``(F_f + ε) / (F_r + ε) ≥ γ``, each weight on its own estimates."""
+        return saliency_mask(fisher_forget, fisher_remain, self.config.gamma)
 
-        A mask that selects no weight would make the forget step a no-op (an "erasure" that only fine-tunes on the
-        remain set): an error. One that selects every weight is the ablation without S: a loud warning.
-        """
-        mask = saliency_mask(fisher_forget, fisher_remain, self.config.gamma)
+    def check_mask(self, mask) -> None:
+        """A mask that selects no weight would make the forget step a no-op (an "erasure" that only fine-tunes on
+        the remain set): an error. One that selects every weight is the ablation without S: a loud warning."""
         density = mask_density(mask)
         if density == 0:
             raise ValueError(
@@ -193,7 +201,10 @@ class SFROn(UnlearningMethod):
                 "with --no_mask. Raise --gamma for a selective mask.",
                 self.config.gamma,
             )
-        return mask
+
+    @property
+    def mask_groups(self) -> int:
+        return self.config.mask_groups
 
     def original_targets(self, phase, batch) -> dict[str, torch.Tensor]:
         """θ₀'s predictions the phase fits: the remap target of the forget batch (``forget``) and the distilling
