@@ -85,6 +85,12 @@ LORA_RANK = 8
 # SFR-on's peak at most this many times the plain fine-tune's (the goals)
 GOALS = {"full": 1.25, "lora": 1.1, "lora_groups": 1.1}
 RESULT_PREFIX = "MEMORY_RESULT "
+# glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which tensors of up to that
+# size come from the heap and stay resident once freed: a phase's peak would then linger into the next one and the
+# peaks depend on the order of allocations more than on what is alive. A fixed 1 MiB threshold returns every tensor of
+# 1 MiB or more to the system when it is freed, so the peak RSS follows the memory alive at once (as the accelerator's
+# allocated memory would), in every mode alike.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,7 @@ def run_child(settings: dict, library: Path, max_rss_bytes: int) -> dict:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(library), os.environ.get("PYTHONPATH")])),
         "TQDM_DISABLE": "1",
+        **ALLOCATOR_ENV,
     }
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     over: list[int] = []
@@ -666,7 +673,14 @@ def render(results: dict) -> str:
         "- Peak RSS: `ru_maxrss` of a fresh process per mode, read after `erase()` returns (Python, torch, the "
         "pipeline, the data and the erasure); *load only*: a process with the same imports, pipeline and data and "
         "no `erase()`. Ratios of whole-process peaks, and in brackets of the increments over the load-only process. "
-        f"A run whose resident memory passed {settings['max_rss_gib']} GiB would have been stopped (this machine's "
+        + (
+            "Every process ran with glibc's mmap threshold fixed at 1 MiB (`MALLOC_MMAP_THRESHOLD_=1048576`): a "
+            "tensor of 1 MiB or more goes back to the system when freed, so a peak is the memory alive at once, not "
+            "what the heap kept from an earlier phase. "
+            if results.get("allocator_env")
+            else ""
+        )
+        + f"A run whose resident memory passed {settings['max_rss_gib']} GiB would have been stopped (this machine's "
         "memory is shared with other jobs).",
         "",
         *peaks,
@@ -760,6 +774,7 @@ def main(argv=None) -> dict:
                     "max_rss_gib",
                 )
             },
+            "allocator_env": ALLOCATOR_ENV,
             "whole_parameters": whole,
             "groups": groups,
         }
