@@ -925,8 +925,9 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         "",
         "- Commands: "
         + "; ".join(f"`{c}`" for c in payload["command"].split("; "))
-        + f" ({payload['minutes']:.0f} minutes of runs in all, retraining included; each model's time is in its "
-        "heading)",
+        + f" ({payload['minutes']:.0f} minutes of runs, retraining included, in the invocations that finished "
+        "them: with `--resume`, runs saved by an interrupted invocation are reused and their time is not counted; "
+        "each model's time is in its heading)",
         f"- Date: {payload['date']}; commits (in the order of the commands): {payload['commit']}; machine: "
         f"{payload['machine']}",
         f"- Digits {', '.join(map(str, digits))}: the learning rates were swept on {digits[0]}.{digits_note(digits)}",
