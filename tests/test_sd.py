@@ -108,7 +108,7 @@ def test_remap_pulls_the_concept_toward_the_frozen_anchor_prediction(sd_pipeline
     x0 = family.encode(sample.images)
     x_t, t = family.noisy(x0, sample.draw), sample.draw.timesteps
     with torch.no_grad():
-        target = family.predict(method.frozen, x_t, t, torch.full_like(sample.labels, anchor))
+        target = family.predict(method.original.module, x_t, t, torch.full_like(sample.labels, anchor))
         live = family.predict(family.denoiser, x_t, t, sample.labels)
     assert terms["forget_remap"].item() == pytest.approx(((live - target) ** 2).mean().item(), rel=1e-5)
 
