@@ -11,13 +11,14 @@ captioned "a photo of a cat" (the concept erased, the forget set) and "a photo o
 
 - ``ft``: ``method=FTConfig()``, the plain fine-tune pass: ``--steps`` optimizer steps on remain batches of
   ``--batch_size``;
-- ``sfr_on``: ``method=SFROnConfig(remap_target="a photo of a dog", mask_batches=1)``: a saliency mask from one batch
-  of each set, then ``--steps`` iterations of a forget step (the cat captions remapped onto the frozen original's
-  prediction for the dog caption) and a remain step (distilling the frozen original), each at ``--batch_size``;
+- ``sfr_on``: ``method=SFROnConfig(remap_target="a photo of a dog", mask_batches=1, mask_groups=1)``: a saliency mask
+  from one batch of each set, then ``--steps`` iterations of a forget step (the cat captions remapped onto the frozen
+  original's prediction for the dog caption) and a remain step (distilling the frozen original), each at
+  ``--batch_size``;
 - ``ft_lora`` and ``sfr_on_lora``: the same with ``TrainingArguments(lora_rank=8)`` (adapters on the attention
   projections; θ₀ is the denoiser with its adapters off, so there is no frozen copy);
-- ``sfr_on_lora_groups``: ``sfr_on_lora`` with ``SFROnConfig(mask_groups=4)``, the Fisher of the adapted base weights
-  measured a quarter at a time.
+- ``sfr_on_lora_groups``: ``sfr_on_lora`` with ``SFROnConfig(mask_groups=4)`` (the default under LoRA), the Fisher
+  of the adapted base weights measured a quarter at a time.
 
 Each mode runs in a fresh process whose peak resident memory (``ru_maxrss``: Python, torch, the pipeline, the data and
 the erasure) is read after ``erase()`` returns; a *load only* process (the same imports, pipeline and data, no
@@ -661,14 +662,16 @@ def render(results: dict) -> str:
         f"training=TrainingArguments(max_train_steps={settings['steps']}, forget_batch_size={settings['batch_size']}, "
         f'remain_batch_size={settings["batch_size"]}, trainable="all", mixed_precision=…[, lora_rank={LORA_RANK}]), '
         "evaluate=False)` with `method=FTConfig()` (FT, the plain fine-tune: a remain step per step) or "
-        f'`SFROnConfig(remap_target="{REMAP_TARGET}", mask_batches=1)` (SFR-on: the saliency mask from one batch '
+        f'`SFROnConfig(remap_target="{REMAP_TARGET}", mask_batches=1, mask_groups=1)` (SFR-on: the saliency mask '
+        "from one batch "
         "of each set, then per iteration a forget step remapping the cat captions onto the frozen original's "
         "prediction for the dog caption and a remain step distilling the frozen original; θ₀'s predictions "
         'precomputed before the first step, `original="precomputed"`, the default: no copy of the denoiser), the '
         "same batch in every "
         f"step; precision {precision}. LoRA: rank {LORA_RANK} adapters on `to_q`, `to_k`, `to_v`, `to_out.0`; θ₀ is "
         "the denoiser with its adapters off (no frozen copy); SFR-on's mask comes from the Fisher of the adapted "
-        "base weights.",
+        f"base weights, in one pass or, with `mask_groups={LORA_MASK_GROUPS}` (the default under LoRA), a quarter of "
+        "them at a time.",
         models,
         "- Peak RSS: `ru_maxrss` of a fresh process per mode, read after `erase()` returns (Python, torch, the "
         "pipeline, the data and the erasure); *load only*: a process with the same imports, pipeline and data and "

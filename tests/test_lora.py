@@ -26,6 +26,8 @@ from sfr_diffusion.adapters import (
 )
 from sfr_diffusion.digits.models import digits_ddpm_pipeline
 from sfr_diffusion.families import family_for
+from sfr_diffusion.methods import SFROn
+from sfr_diffusion.methods.sfr_on import LORA_MASK_GROUPS
 from sfr_diffusion.original import make_original
 from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
@@ -259,3 +261,14 @@ def test_the_command_exports_a_lora_erasure_of_the_digits_sd(tmp_path):
     erased = load_pipeline(out)  # the bundled base with the adapters
     assert len(adapter_layers(erased.unet)) == config["lora"]["modules"]
     assert config["lora"]["trained_parameters"] < 0.1 * sum(p.numel() for p in erased.unet.parameters())
+
+
+def test_the_fisher_of_adapted_base_weights_is_measured_in_groups_by_default(pipeline):
+    """Full weights: one group (the Fisher pass is below the training steps' peak); LoRA: LORA_MASK_GROUPS, since the
+    base weights it measures take no gradients or moments otherwise; an explicit mask_groups wins."""
+    family = family_for(pipeline)
+    assert SFROn(SFROnConfig(), family).mask_groups == 1
+    unet = pipeline.unet
+    add_adapters(unet, target_module_names(unet, ("to_q", "to_k", "to_v", "to_out.0")), rank=2, alpha=2, seed=0)
+    assert SFROn(SFROnConfig(), family).mask_groups == LORA_MASK_GROUPS > 1
+    assert SFROn(SFROnConfig(mask_groups=1), family).mask_groups == 1

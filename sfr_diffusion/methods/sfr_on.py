@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..adapters import has_adapters
 from ..arguments import option
 from ..data import Batch
 from ..losses import adaptive_weights, forget_weight, per_sample_mse, weighted_ascent_loss
@@ -32,6 +33,9 @@ from .base import (
 logger = logging.getLogger(__name__)
 
 FORGET_LOSSES = ("ascent", "remap", "remap_others")
+# LoRA's Fisher pass measures the adapted base weights (SDXL: 955M), which otherwise take neither gradients nor Adam's
+# moments: measured a quarter at a time, it stays within a tenth of a LoRA fine-tune's peak (BENCHMARKS.md).
+LORA_MASK_GROUPS = 4
 REMAIN_TARGETS = ("data", "original")
 
 
@@ -62,11 +66,13 @@ class SFROnConfig(MethodConfig):
     gamma: float = option(1.0, "Saliency threshold on the Fisher ratio F_f / F_r.")
     use_mask: bool = option(True, "Apply the saliency mask to the forget step.", negative="--no_mask")
     mask_batches: int = option(4, "Batches of each set used to estimate the diagonal Fisher.")
-    mask_groups: int = option(
-        1,
+    mask_groups: int | None = option(
+        None,
         "Measure the Fisher of this many groups of weights one after another, at this many times the Fisher pass's "
         "compute: only one group's two estimates exist at a time (8 bytes a weight, the group's instead of all "
-        "trained or adapted weights'). The mask is the same: each weight is decided on its own estimates.",
+        "trained or adapted weights'). The mask is the same: each weight is decided on its own estimates. Default: "
+        f"{LORA_MASK_GROUPS} when LoRA adapters train (the pass then measures base weights that nothing else holds "
+        "gradients or moments for), else 1.",
     )
     forget_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the forget step (None: none).")
     remain_max_grad_norm: float | None = option(1.0, "Global-norm clipping of the remain step (None: none).")
@@ -119,8 +125,8 @@ class SFROnConfig(MethodConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.mask_batches < 1:
             raise ValueError(f"mask_batches must be >= 1, got {self.mask_batches}.")
-        if self.mask_groups < 1:
-            raise ValueError(f"mask_groups must be >= 1, got {self.mask_groups}.")
+        if self.mask_groups is not None and self.mask_groups < 1:
+            raise ValueError(f"mask_groups must be >= 1 or None, got {self.mask_groups}.")
         if self.adversarial_steps < 0 or self.adversarial_step_size <= 0:
             raise ValueError("adversarial_steps must be >= 0 and adversarial_step_size > 0.")
         self.check_grad_norms("forget_max_grad_norm", "remain_max_grad_norm")
@@ -204,7 +210,9 @@ class SFROn(UnlearningMethod):
 
     @property
     def mask_groups(self) -> int:
-        return self.config.mask_groups
+        if self.config.mask_groups is not None:
+            return self.config.mask_groups
+        return LORA_MASK_GROUPS if has_adapters(self.family.denoiser) else 1
 
     def original_targets(self, phase, batch) -> dict[str, torch.Tensor]:
         """θ₀'s predictions the phase fits: the remap target of the forget batch (``forget``) and the distilling
