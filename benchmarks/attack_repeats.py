@@ -1,0 +1,227 @@
+"""Is an erased model easier to recover than retrain, beyond the noise of one attack? Every attack of
+``sfr_diffusion.attacks`` on SFR-on's export (the erase command's defaults) and on retrain, repeated with several
+attack seeds (each draws its own attack images, noise, timesteps and judged samples); writes its section of
+BENCHMARKS.md.
+
+    python benchmarks/attack_repeats.py --models digits-ddpm digits-dit --digits 3 0 1 5 8 --seeds 0 1 2 3 \\
+        --results_json docs/attack_repeats.json --resume
+    python benchmarks/attack_repeats.py --render_only docs/attack_repeats.json
+    python benchmarks/attack_repeats.py --models digits-ddpm --digits 3 --seeds 0 1 --quick   # a smoke run
+
+One seed's ASR is a share of ``--forget_samples`` judged samples after one attack; the benchmark's "within retrain
++ 5 points" compares two such shares. Here each digit gets the paired difference (SFR-on − retrain, the same seed
+and budget for both) averaged over the seeds, with its standard error (the spread of the per-seed differences /
+√seeds). A difference whose mean − 2 SE stays above 5 points is a gap to retrain the noise does not explain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from reporting import git_commit, machine_description, write_section
+
+from sfr_diffusion import EvaluationArguments, load_pipeline
+from sfr_diffusion.attacks import ATTACKS, AttackArguments, run_attacks
+from sfr_diffusion.commands import erase as erase_command
+from sfr_diffusion.digits import DIGIT_NAMES
+from sfr_diffusion.digits.retrain import retrain
+from sfr_diffusion.families import family_for
+
+ROOT = Path(__file__).resolve().parent.parent
+MARGIN = 5.0  # points: the goal's "no higher than retrain's + 5"
+MODELS = ("erased", "retrain")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["digits-ddpm", "digits-dit"])
+    parser.add_argument("--digits", type=int, nargs="+", default=[3, 0, 1, 5, 8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--forget_samples", type=int, default=100, help="Judged samples of the digit per attack.")
+    parser.add_argument("--other_samples", type=int, default=10, help="Judged samples of each other digit (RA).")
+    parser.add_argument("--results_json", type=Path, default=ROOT / "docs" / "attack_repeats.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--resume", action="store_true", help="Keep the attacks --results_json already holds.")
+    parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the section from a results JSON.")
+    parser.add_argument("--quick", action="store_true", help="A tiny budget; does not touch BENCHMARKS.md.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.forget_samples, args.other_samples = 4, 2
+    bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
+    if bad:
+        parser.error(f"--digits must be 0..9, got {bad}.")
+    if len(set(args.seeds)) < len(args.seeds) or len(args.seeds) < 2:
+        parser.error("--seeds takes at least two different seeds (a standard error needs two).")
+    return args
+
+
+def attack_budget(args) -> AttackArguments:
+    return AttackArguments(relearn_steps=2, inversion_steps=2, attack_images=4) if args.quick else AttackArguments()
+
+
+def settings_of(args) -> dict:
+    """What makes two runs' attacks comparable; a resumed run keeps only attacks made with the same."""
+    return {
+        "forget_samples": args.forget_samples,
+        "other_samples": args.other_samples,
+        "budget": asdict(attack_budget(args)),
+        "erase": "the erase command's defaults",
+    }
+
+
+def load_results(args) -> dict:
+    if args.resume and args.results_json.exists():
+        saved = json.loads(args.results_json.read_text())
+        if saved["settings"] == json.loads(json.dumps(settings_of(args))):
+            return saved
+        print(f"Not resuming from {args.results_json}: it was run with other settings.", flush=True)
+    return {"settings": settings_of(args), "attacks": {}}
+
+
+def save_results(args, results: dict, command: str) -> None:
+    results |= {
+        "command": command,
+        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(ROOT),
+        "machine": machine_description(),
+    }
+    args.results_json.parent.mkdir(parents=True, exist_ok=True)
+    staging = args.results_json.with_name(args.results_json.name + ".tmp")
+    staging.write_text(json.dumps(results, indent=1, default=str))
+    staging.replace(args.results_json)
+
+
+def attack_seeds(args, results: dict, command: str, key: str, path, digit: int) -> None:
+    """Every attack on the model at `path`, once per seed, each seed's ASRs saved as soon as they are measured."""
+    missing = [seed for seed in args.seeds if f"{key}|{seed}" not in results["attacks"]]
+    if not missing:
+        return
+    pipeline = load_pipeline(path)
+    pipeline.set_progress_bar_config(disable=True)
+    evaluation = EvaluationArguments(
+        eval_samples_per_class=args.other_samples, forget_samples_per_class=args.forget_samples
+    )
+    for seed in missing:
+        budget = attack_budget(args)
+        budget.attack_seed = seed
+        records = run_attacks(pipeline, DIGIT_NAMES[digit], ATTACKS, arguments=budget, evaluation=evaluation)
+        results["attacks"][f"{key}|{seed}"] = {
+            kind: {k: record[k] for k in ("ASR", "RA", "steps_to_half", "seconds")}
+            for kind, record in records["attacks"].items()
+        }
+        save_results(args, results, command)
+        print(key, seed, {kind: r["ASR"] for kind, r in results["attacks"][f"{key}|{seed}"].items()}, flush=True)
+
+
+def run(args, command: str) -> dict:
+    results = load_results(args)
+    results["models"], results["digits"], results["seeds"] = args.models, args.digits, args.seeds
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            family = family_for(load_pipeline(model)).name
+            for digit in args.digits:
+                attack_seeds(args, results, command, f"{model}|retrain|{digit}", retrain(family, digit), digit)
+                if all(f"{model}|erased|{digit}|{seed}" in results["attacks"] for seed in args.seeds):
+                    continue
+                export = Path(tmp) / f"{family}-erase-{digit}"
+                erase_command.main(
+                    ["--pretrained_model_name_or_path", model, "--concept", DIGIT_NAMES[digit],
+                     "--output_dir", str(export)]
+                    + (["--max_train_steps", "2"] if args.quick else [])
+                )  # fmt: skip
+                attack_seeds(args, results, command, f"{model}|erased|{digit}", export, digit)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def paired_difference(results: dict, model: str, digit: int, kind: str) -> dict:
+    """Mean ASRs (points) of the erased model and retrain over the seeds, and their paired difference ± its SE."""
+    asr = {
+        which: [100 * results["attacks"][f"{model}|{which}|{digit}|{s}"][kind]["ASR"] for s in results["seeds"]]
+        for which in MODELS
+    }
+    differences = [e - r for e, r in zip(asr["erased"], asr["retrain"])]
+    n = len(differences)
+    mean = sum(differences) / n
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    return {
+        "erased": sum(asr["erased"]) / n,
+        "retrain": sum(asr["retrain"]) / n,
+        "difference": mean,
+        "se": spread / math.sqrt(n),
+    }
+
+
+def judgement(cell: dict) -> str:
+    """Within retrain + 5 on the mean; else whether the noise explains the excess (mean − 2 SE ≤ 5)."""
+    if cell["difference"] <= MARGIN:
+        return "within"
+    return "above" if cell["difference"] - 2 * cell["se"] > MARGIN else "noise"
+
+
+def render(results: dict) -> str:
+    seeds, digits = results["seeds"], results["digits"]
+    budget = results["settings"]["budget"]
+    lines = [
+        "<!-- attack-repeats:start -->",
+        "## Attacks repeated: SFR-on against retrain, beyond one seed's noise",
+        "",
+        f"Written by `{results['command']}` on {results['date']} (commit {results['commit']}; {results['machine']}).",
+        "",
+        f"SFR-on with the erase command's defaults and retrain, each attacked with seeds {', '.join(map(str, seeds))}"
+        f" (every attack at the comparison's budget: {budget['attack_images']} real images, inversion "
+        f"{budget['inversion_steps']} steps at {budget['inversion_learning_rate']:g}, relearning "
+        f"{budget['relearn_steps']} steps; a seed draws the attack's images, noise and timesteps and the judged "
+        f"samples, {results['settings']['forget_samples']} of the digit). Cells: SFR-on's mean ASR / retrain's, "
+        "then their paired difference (the same seed) ± its standard error, in points. *within*: the mean "
+        f"difference ≤ {MARGIN:g}; *noise*: above {MARGIN:g} but mean − 2 SE ≤ {MARGIN:g}; *above*: mean − 2 SE > "
+        f"{MARGIN:g}, a gap the noise does not explain.",
+    ]
+    summary = []
+    for model in results["models"]:
+        lines += ["", f"### `{model}`", "", "| digit | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+        counts = {kind: {"within": 0, "noise": 0, "above": 0} for kind in ATTACKS}
+        for digit in digits:
+            cells = []
+            for kind in ATTACKS:
+                cell = paired_difference(results, model, digit, kind)
+                counts[kind][judgement(cell)] += 1
+                cells.append(
+                    f"{cell['erased']:.0f} / {cell['retrain']:.0f}, {cell['difference']:+.1f} ± {cell['se']:.1f} "
+                    f"*{judgement(cell)}*"
+                )
+            lines.append(f"| {digit} ({DIGIT_NAMES[digit]}) | " + " | ".join(cells) + " |")
+        for kind in ATTACKS:
+            c = counts[kind]
+            summary.append(
+                f"- `{model}`, {kind}: within retrain + {MARGIN:g} on {c['within']} of {len(digits)} digits, above "
+                f"it within the noise on {c['noise']}, above beyond the noise on {c['above']}."
+            )
+    lines += ["", "Computed from the tables:", "", *summary, "<!-- attack-repeats:end -->", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.render_only:
+        results = json.loads(args.render_only.read_text())
+    else:
+        command = "python benchmarks/attack_repeats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        results = run(args, command.strip())
+    if not args.quick:
+        write_section(args.output, render(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
