@@ -150,7 +150,7 @@ def paired_difference(results: dict, model: str, digit: int, kind: str) -> dict:
         which: [100 * results["attacks"][f"{model}|{which}|{digit}|{s}"][kind]["ASR"] for s in results["seeds"]]
         for which in MODELS
     }
-    differences = [e - r for e, r in zip(asr["erased"], asr["retrain"])]
+    differences = [e - r for e, r in zip(asr["erased"], asr["retrain"], strict=True)]
     n = len(differences)
     mean = sum(differences) / n
     spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
@@ -189,7 +189,8 @@ def render(results: dict) -> str:
     ]
     summary = []
     for model in results["models"]:
-        lines += ["", f"### `{model}`", "", "| digit | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+        header = ["| digit | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+        lines += ["", f"### `{model}`", "", *header]
         counts = {kind: {"within": 0, "noise": 0, "above": 0} for kind in ATTACKS}
         for digit in digits:
             cells = []

@@ -733,3 +733,41 @@ def test_erasure_memory_script_runs_on_a_tiny_layout(tmp_path, capsys):
     assert "<!-- memory-erasure:start -->" in printed and "| sd-1.4 | tiny: 0.79M" in printed
     load("memory_erasure").main(["--render_only", "--no_write", "--results_json", str(results_json)])
     assert capsys.readouterr().out == printed
+
+
+def _repeats_results(erased: list[float], retrain: list[float]) -> dict:
+    """An attack_repeats results JSON for one model and digit 3: the given ASRs per seed, every attack alike."""
+    attacks = {}
+    for which, asrs in (("erased", erased), ("retrain", retrain)):
+        for seed, asr in enumerate(asrs):
+            attacks[f"m|{which}|3|{seed}"] = {kind: {"ASR": asr} for kind in ("inversion", "relearn", "relearn_reset")}
+    settings = {"forget_samples": 100, "budget": {"attack_images": 16, "inversion_steps": 100,
+                                                  "inversion_learning_rate": 0.05, "relearn_steps": 20}}  # fmt: skip
+    seeds = list(range(len(erased)))
+    return {"settings": settings, "attacks": attacks, "models": ["m"], "digits": [3], "seeds": seeds,
+            "command": "c", "date": "d", "commit": "x", "machine": "y"}  # fmt: skip
+
+
+def test_attack_repeats_pairs_seeds_and_tells_a_gap_from_noise():
+    repeats = load("attack_repeats")
+    # Differences per seed +10, +10, +10, +10: a mean of 10, no spread: above retrain + 5 beyond the noise.
+    steady = repeats.paired_difference(_repeats_results([0.5, 0.6, 0.3, 0.4], [0.4, 0.5, 0.2, 0.3]), "m", 3, "relearn")
+    assert steady["difference"] == pytest.approx(10) and steady["se"] == pytest.approx(0, abs=1e-9)
+    assert steady["erased"] == pytest.approx(45) and steady["retrain"] == pytest.approx(35)
+    assert repeats.judgement(steady) == "above"
+    # Differences +30, -10, +30, -10: mean 10, spread 23.1, SE 11.5: the excess is within the noise.
+    noisy = repeats.paired_difference(
+        _repeats_results([0.6, 0.2, 0.6, 0.2], [0.3, 0.3, 0.3, 0.3]), "m", 3, "inversion"
+    )
+    assert noisy["difference"] == pytest.approx(10) and noisy["se"] == pytest.approx(11.547, abs=1e-3)
+    assert repeats.judgement(noisy) == "noise"
+    assert repeats.judgement({"difference": 5.0, "se": 0.0}) == "within"
+    section = repeats.render(_repeats_results([0.5, 0.6, 0.3, 0.4], [0.4, 0.5, 0.2, 0.3]))
+    assert "| 3 (three) | 45 / 35, +10.0 ± 0.0 *above* |" in section
+    assert "`m`, relearn: within retrain + 5 on 0 of 1 digits, above it within the noise on 0, above beyond" in section
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "1", "1"], ["--digits", "10"]])
+def test_attack_repeats_bad_options_are_refused(argv):
+    with pytest.raises(SystemExit):
+        load("attack_repeats").parse_args(argv)
