@@ -6,7 +6,11 @@ BENCHMARKS.md.
     python benchmarks/attack_repeats.py --models digits-ddpm digits-dit --digits 3 0 1 5 8 --seeds 0 1 2 3 \\
         --results_json docs/attack_repeats.json --resume
     python benchmarks/attack_repeats.py --render_only docs/attack_repeats.json
+    python benchmarks/attack_repeats.py --models digits-ddpm --digits 5 8 --adversarial_steps 3 --resume  # + options
     python benchmarks/attack_repeats.py --models digits-ddpm --digits 3 --seeds 0 1 --quick   # a smoke run
+
+Options this script does not know go to the erase command; the results JSON keeps each setting's exports apart and
+attacks retrain once for all of them.
 
 One seed's ASR is a share of ``--forget_samples`` judged samples after one attack; the benchmark's "within retrain
 + 5 points" compares two such shares. Here each digit gets the paired difference (SFR-on − retrain, the same seed
@@ -36,7 +40,6 @@ from sfr_diffusion.families import family_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MARGIN = 5.0  # points: the goal's "no higher than retrain's + 5"
-MODELS = ("erased", "retrain")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="Keep the attacks --results_json already holds.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the section from a results JSON.")
     parser.add_argument("--quick", action="store_true", help="A tiny budget; does not touch BENCHMARKS.md.")
-    args = parser.parse_args(argv)
+    args, args.erase_args = parser.parse_known_args(argv)
     if args.quick:
         args.forget_samples, args.other_samples = 4, 2
     bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
@@ -72,7 +75,7 @@ def settings_of(args) -> dict:
         "forget_samples": args.forget_samples,
         "other_samples": args.other_samples,
         "budget": asdict(attack_budget(args)),
-        "erase": "the erase command's defaults",
+        "erase": "the erase command's defaults, plus the options each erased model's key names",
     }
 
 
@@ -85,9 +88,8 @@ def load_results(args) -> dict:
     return {"settings": settings_of(args), "attacks": {}}
 
 
-def save_results(args, results: dict, command: str) -> None:
+def save_results(args, results: dict) -> None:
     results |= {
-        "command": command,
         "date": datetime.date.today().isoformat(),
         "commit": git_commit(ROOT),
         "machine": machine_description(),
@@ -98,7 +100,7 @@ def save_results(args, results: dict, command: str) -> None:
     staging.replace(args.results_json)
 
 
-def attack_seeds(args, results: dict, command: str, key: str, path, digit: int) -> None:
+def attack_seeds(args, results: dict, key: str, path, digit: int) -> None:
     """Every attack on the model at `path`, once per seed, each seed's ASRs saved as soon as they are measured."""
     missing = [seed for seed in args.seeds if f"{key}|{seed}" not in results["attacks"]]
     if not missing:
@@ -116,27 +118,34 @@ def attack_seeds(args, results: dict, command: str, key: str, path, digit: int) 
             kind: {k: record[k] for k in ("ASR", "RA", "steps_to_half", "seconds")}
             for kind, record in records["attacks"].items()
         }
-        save_results(args, results, command)
+        save_results(args, results)
         print(key, seed, {kind: r["ASR"] for kind, r in results["attacks"][f"{key}|{seed}"].items()}, flush=True)
+
+
+def erased_key(model: str, setting: str, digit: int) -> str:
+    """The results key of SFR-on's export of `digit` erased with `setting` (extra erase options, "" for none)."""
+    return f"{model}|erased{' ' + setting if setting else ''}|{digit}"
 
 
 def run(args, command: str) -> dict:
     results = load_results(args)
-    results["models"], results["digits"], results["seeds"] = args.models, args.digits, args.seeds
+    results["commands"] = [c for c in results.get("commands", []) if c != command] + [command]
+    setting = " ".join(args.erase_args)
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             family = family_for(load_pipeline(model)).name
             for digit in args.digits:
-                attack_seeds(args, results, command, f"{model}|retrain|{digit}", retrain(family, digit), digit)
-                if all(f"{model}|erased|{digit}|{seed}" in results["attacks"] for seed in args.seeds):
+                attack_seeds(args, results, f"{model}|retrain|{digit}", retrain(family, digit), digit)
+                key = erased_key(model, setting, digit)
+                if all(f"{key}|{seed}" in results["attacks"] for seed in args.seeds):
                     continue
                 export = Path(tmp) / f"{family}-erase-{digit}"
                 erase_command.main(
                     ["--pretrained_model_name_or_path", model, "--concept", DIGIT_NAMES[digit],
-                     "--output_dir", str(export)]
+                     "--output_dir", str(export), *args.erase_args]
                     + (["--max_train_steps", "2"] if args.quick else [])
                 )  # fmt: skip
-                attack_seeds(args, results, command, f"{model}|erased|{digit}", export, digit)
+                attack_seeds(args, results, key, export, digit)
     return results
 
 
@@ -144,22 +153,46 @@ def run(args, command: str) -> dict:
 # Reporting
 
 
-def paired_difference(results: dict, model: str, digit: int, kind: str) -> dict:
-    """Mean ASRs (points) of the erased model and retrain over the seeds, and their paired difference ± its SE."""
-    asr = {
-        which: [100 * results["attacks"][f"{model}|{which}|{digit}|{s}"][kind]["ASR"] for s in results["seeds"]]
-        for which in MODELS
+def seed_asrs(results: dict, key: str, kind: str) -> dict[int, float]:
+    """{seed: ASR in points} of one model's attack `kind`, over the seeds measured."""
+    prefix = key + "|"
+    return {
+        int(k[len(prefix) :]): 100 * record[kind]["ASR"]
+        for k, record in results["attacks"].items()
+        if k.startswith(prefix) and k[len(prefix) :].isdigit()
     }
-    differences = [e - r for e, r in zip(asr["erased"], asr["retrain"], strict=True)]
+
+
+def paired_difference(results: dict, model: str, digit: int, kind: str, setting: str = "") -> dict:
+    """Mean ASRs (points) of the erased model and retrain over the seeds both were attacked with, and their paired
+    difference ± its standard error."""
+    erased = seed_asrs(results, erased_key(model, setting, digit), kind)
+    retrained = seed_asrs(results, f"{model}|retrain|{digit}", kind)
+    seeds = sorted(set(erased) & set(retrained))
+    if len(seeds) < 2:
+        raise ValueError(f"{model}, digit {digit}: fewer than two seeds attacked on both models.")
+    differences = [erased[s] - retrained[s] for s in seeds]
     n = len(differences)
     mean = sum(differences) / n
     spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
     return {
-        "erased": sum(asr["erased"]) / n,
-        "retrain": sum(asr["retrain"]) / n,
+        "erased": sum(erased[s] for s in seeds) / n,
+        "retrain": sum(retrained[s] for s in seeds) / n,
         "difference": mean,
         "se": spread / math.sqrt(n),
+        "seeds": n,
     }
+
+
+def erased_rows(results: dict) -> dict[tuple[str, str], list[int]]:
+    """{(model, setting): digits}, in the order measured, of every erased model the results hold."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for key in results["attacks"]:
+        model, which, digit, _ = key.split("|")
+        if which.startswith("erased"):
+            digits = rows.setdefault((model, which[len("erased") :].strip()), [])
+            digits += [int(digit)] if int(digit) not in digits else []
+    return rows
 
 
 def judgement(cell: dict) -> str:
@@ -170,17 +203,17 @@ def judgement(cell: dict) -> str:
 
 
 def render(results: dict) -> str:
-    seeds, digits = results["seeds"], results["digits"]
     budget = results["settings"]["budget"]
+    commands = ", ".join(f"`{c}`" for c in results["commands"])
     lines = [
         "<!-- attack-repeats:start -->",
         "## Attacks repeated: SFR-on against retrain, beyond one seed's noise",
         "",
-        f"Written by `{results['command']}` on {results['date']} (commit {results['commit']}; {results['machine']}).",
+        f"Written by {commands}; last on {results['date']} (commit {results['commit']}; {results['machine']}).",
         "",
-        f"SFR-on with the erase command's defaults and retrain, each attacked with seeds {', '.join(map(str, seeds))}"
-        f" (every attack at the comparison's budget: {budget['attack_images']} real images, inversion "
-        f"{budget['inversion_steps']} steps at {budget['inversion_learning_rate']:g}, relearning "
+        "SFR-on's export (the erase command's defaults, plus the options a table names) and retrain, each attacked "
+        f"with the same seeds (every attack at the comparison's budget: {budget['attack_images']} real images, "
+        f"inversion {budget['inversion_steps']} steps at {budget['inversion_learning_rate']:g}, relearning "
         f"{budget['relearn_steps']} steps; a seed draws the attack's images, noise and timesteps and the judged "
         f"samples, {results['settings']['forget_samples']} of the digit). Cells: SFR-on's mean ASR / retrain's, "
         "then their paired difference (the same seed) ± its standard error, in points. *within*: the mean "
@@ -188,24 +221,25 @@ def render(results: dict) -> str:
         f"{MARGIN:g}, a gap the noise does not explain.",
     ]
     summary = []
-    for model in results["models"]:
-        header = ["| digit | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
-        lines += ["", f"### `{model}`", "", *header]
+    for (model, setting), digits in erased_rows(results).items():
+        title = f"`{model}`" + (f", `{setting}`" if setting else ", defaults")
+        header = ["| digit | seeds | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 2) + "|"]
+        lines += ["", f"### {title}", "", *header]
         counts = {kind: {"within": 0, "noise": 0, "above": 0} for kind in ATTACKS}
         for digit in digits:
             cells = []
             for kind in ATTACKS:
-                cell = paired_difference(results, model, digit, kind)
+                cell = paired_difference(results, model, digit, kind, setting)
                 counts[kind][judgement(cell)] += 1
                 cells.append(
                     f"{cell['erased']:.0f} / {cell['retrain']:.0f}, {cell['difference']:+.1f} ± {cell['se']:.1f} "
                     f"*{judgement(cell)}*"
                 )
-            lines.append(f"| {digit} ({DIGIT_NAMES[digit]}) | " + " | ".join(cells) + " |")
+            lines.append(f"| {digit} ({DIGIT_NAMES[digit]}) | {cell['seeds']} | " + " | ".join(cells) + " |")
         for kind in ATTACKS:
             c = counts[kind]
             summary.append(
-                f"- `{model}`, {kind}: within retrain + {MARGIN:g} on {c['within']} of {len(digits)} digits, above "
+                f"- {title}, {kind}: within retrain + {MARGIN:g} on {c['within']} of {len(digits)} digits, above "
                 f"it within the noise on {c['noise']}, above beyond the noise on {c['above']}."
             )
     lines += ["", "Computed from the tables:", "", *summary, "<!-- attack-repeats:end -->", ""]

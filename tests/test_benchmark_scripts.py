@@ -745,7 +745,7 @@ def _repeats_results(erased: list[float], retrain: list[float]) -> dict:
                                                   "inversion_learning_rate": 0.05, "relearn_steps": 20}}  # fmt: skip
     seeds = list(range(len(erased)))
     return {"settings": settings, "attacks": attacks, "models": ["m"], "digits": [3], "seeds": seeds,
-            "command": "c", "date": "d", "commit": "x", "machine": "y"}  # fmt: skip
+            "commands": ["c"], "date": "d", "commit": "x", "machine": "y"}  # fmt: skip
 
 
 def test_attack_repeats_pairs_seeds_and_tells_a_gap_from_noise():
@@ -763,8 +763,27 @@ def test_attack_repeats_pairs_seeds_and_tells_a_gap_from_noise():
     assert repeats.judgement(noisy) == "noise"
     assert repeats.judgement({"difference": 5.0, "se": 0.0}) == "within"
     section = repeats.render(_repeats_results([0.5, 0.6, 0.3, 0.4], [0.4, 0.5, 0.2, 0.3]))
-    assert "| 3 (three) | 45 / 35, +10.0 ± 0.0 *above* |" in section
-    assert "`m`, relearn: within retrain + 5 on 0 of 1 digits, above it within the noise on 0, above beyond" in section
+    assert "### `m`, defaults" in section and "| 3 (three) | 4 | 45 / 35, +10.0 ± 0.0 *above* |" in section
+    assert "`m`, defaults, relearn: within retrain + 5 on 0 of 1 digits, above it within the noise on 0" in section
+
+
+def test_attack_repeats_keeps_settings_apart_and_pairs_only_shared_seeds():
+    repeats = load("attack_repeats")
+    results = _repeats_results([0.5, 0.6, 0.3, 0.4], [0.4, 0.5, 0.2, 0.3])
+    # The same digit erased with an extra option, attacked with seeds 1 and 2 only: paired with retrain's 1 and 2.
+    for seed, asr in ((1, 0.5), (2, 0.2)):
+        results["attacks"][f"m|erased --adversarial_steps 3|3|{seed}"] = {
+            kind: {"ASR": asr} for kind in ("inversion", "relearn", "relearn_reset")
+        }
+    assert repeats.erased_rows(results) == {("m", ""): [3], ("m", "--adversarial_steps 3"): [3]}
+    cell = repeats.paired_difference(results, "m", 3, "inversion", "--adversarial_steps 3")
+    assert cell["seeds"] == 2 and cell["retrain"] == pytest.approx(35) and cell["difference"] == pytest.approx(0)
+    section = repeats.render(results)
+    assert "### `m`, `--adversarial_steps 3`" in section
+    assert "| 3 (three) | 2 | 35 / 35, +0.0 ± 0.0 *within*" in section
+    results["attacks"] = {k: v for k, v in results["attacks"].items() if not k.endswith(("|1", "|2", "|3"))}
+    with pytest.raises(ValueError, match="fewer than two seeds"):
+        repeats.paired_difference(results, "m", 3, "inversion")
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "1", "1"], ["--digits", "10"]])
