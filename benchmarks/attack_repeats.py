@@ -140,11 +140,13 @@ def run(args, command: str) -> dict:
                 if all(f"{key}|{seed}" in results["attacks"] for seed in args.seeds):
                     continue
                 export = Path(tmp) / f"{family}-erase-{digit}"
-                erase_command.main(
+                erased = erase_command.main(
                     ["--pretrained_model_name_or_path", model, "--concept", DIGIT_NAMES[digit],
                      "--output_dir", str(export), *args.erase_args]
                     + (["--max_train_steps", "2"] if args.quick else [])
                 )  # fmt: skip
+                # What the attacks start from: the erase command's final FA, RA and FID-digits.
+                results.setdefault("erasures", {})[key] = erased.config["metrics"]["after"]
                 attack_seeds(args, results, key, export, digit)
     return results
 
@@ -236,6 +238,14 @@ def render(results: dict) -> str:
                     f"*{judgement(cell)}*"
                 )
             lines.append(f"| {digit} ({DIGIT_NAMES[digit]}) | {cell['seeds']} | " + " | ".join(cells) + " |")
+        erasures = {d: results.get("erasures", {}).get(erased_key(model, setting, d)) for d in digits}
+        if all(erasures.values()):
+            lines += [
+                "",
+                "Before the attacks (the erase command's final evaluation, guidance 2): FA / RA in %, per digit: "
+                + ", ".join(f"{d}: {100 * m['FA']:.0f} / {100 * m['RA']:.0f}" for d, m in erasures.items())
+                + ".",
+            ]
         for kind in ATTACKS:
             c = counts[kind]
             summary.append(

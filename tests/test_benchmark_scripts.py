@@ -775,12 +775,15 @@ def test_attack_repeats_keeps_settings_apart_and_pairs_only_shared_seeds():
         results["attacks"][f"m|erased --adversarial_steps 3|3|{seed}"] = {
             kind: {"ASR": asr} for kind in ("inversion", "relearn", "relearn_reset")
         }
+    results["erasures"] = {"m|erased|3": {"FA": 0.0, "RA": 0.99, "FID": 20.0}}
     assert repeats.erased_rows(results) == {("m", ""): [3], ("m", "--adversarial_steps 3"): [3]}
     cell = repeats.paired_difference(results, "m", 3, "inversion", "--adversarial_steps 3")
     assert cell["seeds"] == 2 and cell["retrain"] == pytest.approx(35) and cell["difference"] == pytest.approx(0)
     section = repeats.render(results)
     assert "### `m`, `--adversarial_steps 3`" in section
     assert "| 3 (three) | 2 | 35 / 35, +0.0 ± 0.0 *within*" in section
+    # The erase command's final FA / RA, where the results hold them (the defaults' export here, not the other).
+    assert section.count("Before the attacks") == 1 and "per digit: 3: 0 / 99." in section
     results["attacks"] = {k: v for k, v in results["attacks"].items() if not k.endswith(("|1", "|2", "|3"))}
     with pytest.raises(ValueError, match="fewer than two seeds"):
         repeats.paired_difference(results, "m", 3, "inversion")
