@@ -146,7 +146,8 @@ def run(args, command: str) -> dict:
                     + (["--max_train_steps", "2"] if args.quick else [])
                 )  # fmt: skip
                 # What the attacks start from: the erase command's final FA, RA and FID-digits.
-                results.setdefault("erasures", {})[key] = erased.config["metrics"]["after"]
+                after = erased.config["metrics"]["after"]
+                results.setdefault("erasures", {})[key] = {k: after[k] for k in ("FA", "RA", "FID")}
                 attack_seeds(args, results, key, export, digit)
     return results
 
