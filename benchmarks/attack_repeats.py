@@ -49,7 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--forget_samples", type=int, default=100, help="Judged samples of the digit per attack.")
     parser.add_argument("--other_samples", type=int, default=10, help="Judged samples of each other digit (RA).")
-    parser.add_argument("--results_json", type=Path, default=ROOT / "docs" / "attack_repeats.json")
+    parser.add_argument(
+        "--results_json",
+        type=Path,
+        default=None,
+        help="Default: docs/attack_repeats.json (--quick: a temporary file).",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--resume", action="store_true", help="Keep the attacks --results_json already holds.")
     parser.add_argument("--render_only", type=Path, default=None, help="Rewrite the section from a results JSON.")
@@ -57,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args, args.erase_args = parser.parse_known_args(argv)
     if args.quick:
         args.forget_samples, args.other_samples = 4, 2
+    if args.results_json is None:
+        quick = Path(tempfile.gettempdir()) / "sfr_attack_repeats_quick.json"
+        args.results_json = quick if args.quick else ROOT / "docs" / "attack_repeats.json"
     bad = [d for d in args.digits if d not in range(len(DIGIT_NAMES))]
     if bad:
         parser.error(f"--digits must be 0..9, got {bad}.")

@@ -789,7 +789,62 @@ def test_attack_repeats_keeps_settings_apart_and_pairs_only_shared_seeds():
         repeats.paired_difference(results, "m", 3, "inversion")
 
 
+def test_attack_repeats_quick_mode_never_writes_into_the_repository():
+    repeats = load("attack_repeats")
+    assert ROOT not in repeats.parse_args(["--quick"]).results_json.parents
+    args = repeats.parse_args(["--adversarial_steps", "3"])
+    assert args.results_json == ROOT / "docs" / "attack_repeats.json" and args.erase_args == [
+        "--adversarial_steps",
+        "3",
+    ]
+
+
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "1", "1"], ["--digits", "10"]])
 def test_attack_repeats_bad_options_are_refused(argv):
     with pytest.raises(SystemExit):
         load("attack_repeats").parse_args(argv)
+
+
+def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monkeypatch):
+    """Two settings of the erase command share retrain's attacks; a resumed run attacks only the missing seeds, and
+    erases again only where a setting's export has seeds left."""
+    repeats = load("attack_repeats")
+    erased, attacked = [], []
+
+    class Erased:
+        config = {"metrics": {"after": {"FA": 0.0, "RA": 0.99, "FID": 20.0, "per_class_accuracy": {}}}}
+
+    def fake_erase(argv):
+        erased.append(argv[argv.index("--output_dir") + 1 :])
+        return Erased()
+
+    def fake_attacks(pipeline, concept, kinds, *, arguments, evaluation):
+        attacked.append((pipeline, concept, arguments.attack_seed))
+        return {"attacks": {k: {"ASR": 0.5, "RA": 0.9, "steps_to_half": 0, "seconds": 1.0} for k in kinds}}
+
+    class Pipeline(str):
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(repeats.erase_command, "main", fake_erase)
+    monkeypatch.setattr(repeats, "run_attacks", fake_attacks)
+    monkeypatch.setattr(repeats, "load_pipeline", lambda path: Pipeline(Path(str(path)).name))
+    monkeypatch.setattr(repeats, "family_for", lambda pipeline: type("F", (), {"name": "ddpm"}))
+    monkeypatch.setattr(repeats, "retrain", lambda family, digit: f"{family}-without-{digit}")
+    results_json = str(tmp_path / "r.json")
+    base = ["--models", "digits-ddpm", "--digits", "5", "--results_json", results_json, "--resume"]
+    repeats.main([*base, "--seeds", "0", "1", "--output", str(tmp_path / "B.md")])
+    assert [a[2] for a in attacked] == [0, 1, 0, 1] and {a[0] for a in attacked} == {"ddpm-without-5", "ddpm-erase-5"}
+    assert len(erased) == 1 and erased[0][1:] == []
+    attacked.clear()
+    repeats.main([*base, "--seeds", "0", "1", "2", "--adversarial_steps", "3", "--output", str(tmp_path / "B.md")])
+    # retrain: seed 2 only; the new setting: erased once, all three seeds.
+    assert [(a[0], a[2]) for a in attacked] == [("ddpm-without-5", 2)] + [("ddpm-erase-5", s) for s in (0, 1, 2)]
+    assert len(erased) == 2 and erased[1][1:] == ["--adversarial_steps", "3"]
+    saved = json.loads(Path(results_json).read_text())
+    assert saved["erasures"]["digits-ddpm|erased --adversarial_steps 3|5"] == {"FA": 0.0, "RA": 0.99, "FID": 20.0}
+    assert len(saved["commands"]) == 2 and set(repeats.erased_rows(saved)) == {
+        ("digits-ddpm", ""),
+        ("digits-ddpm", "--adversarial_steps 3"),
+    }
+    assert "### `digits-ddpm`, `--adversarial_steps 3`" in (tmp_path / "B.md").read_text()
