@@ -668,7 +668,8 @@ def attack_table(result: dict, digits: list[int]) -> list[str]:
         "",
         f"Attacks on each final model and on retrain, the same budget for all ({attack_budget(example)}). ASR = FA "
         "after the attack, in %; *to 50%*: the first judged attack step with FA ≥ 50% (`> n`: not within the "
-        "budget). Cells give the digits as above.",
+        "budget). Cells give the digits as above. One seed each: `benchmarks/attack_repeats.py` repeats the attacks "
+        "over seeds and tells a gap to retrain from that seed's noise.",
         "",
         "| model | " + " | ".join(f"{kind} ASR | {kind} to 50%" for kind in kinds) + " |",
         "|---|" + "---|" * (2 * len(kinds)),
