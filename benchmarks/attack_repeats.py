@@ -97,11 +97,6 @@ def load_results(args) -> dict:
 
 
 def save_results(args, results: dict) -> None:
-    results |= {
-        "date": datetime.date.today().isoformat(),
-        "commit": git_commit(ROOT),
-        "machine": machine_description(),
-    }
     args.results_json.parent.mkdir(parents=True, exist_ok=True)
     staging = args.results_json.with_name(args.results_json.name + ".tmp")
     staging.write_text(json.dumps(results, indent=1, default=str))
@@ -138,6 +133,12 @@ def erased_key(model: str, setting: str, digit: int) -> str:
 def run(args, command: str) -> dict:
     results = load_results(args)
     results["commands"] = [c for c in results.get("commands", []) if c != command] + [command]
+    # This run's date, commit and machine, read once: the results keep the last run's.
+    results |= {
+        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(ROOT),
+        "machine": machine_description(),
+    }
     setting = " ".join(args.erase_args)
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:

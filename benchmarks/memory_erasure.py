@@ -663,11 +663,10 @@ def render(results: dict) -> str:
         f'remain_batch_size={settings["batch_size"]}, trainable="all", mixed_precision=…[, lora_rank={LORA_RANK}]), '
         "evaluate=False)` with `method=FTConfig()` (FT, the plain fine-tune: a remain step per step) or "
         f'`SFROnConfig(remap_target="{REMAP_TARGET}", mask_batches=1, mask_groups=1)` (SFR-on: the saliency mask '
-        "from one batch "
-        "of each set, then per iteration a forget step remapping the cat captions onto the frozen original's "
-        "prediction for the dog caption and a remain step distilling the frozen original; θ₀'s predictions "
-        'precomputed before the first step, `original="precomputed"`, the default: no copy of the denoiser), the '
-        "same batch in every "
+        "from one batch of each set, then per iteration a forget step remapping the cat captions onto the frozen "
+        "original's prediction for the dog caption and a remain step distilling the frozen original; θ₀'s "
+        'predictions precomputed before the first step, `original="precomputed"`, the default: no copy of the '
+        "denoiser), the same batch in every "
         f"step; precision {precision}. LoRA: rank {LORA_RANK} adapters on `to_q`, `to_k`, `to_v`, `to_out.0`; θ₀ is "
         "the denoiser with its adapters off (no frozen copy); SFR-on's mask comes from the Fisher of the adapted "
         f"base weights, in one pass or, with `mask_groups={LORA_MASK_GROUPS}` (the default under LoRA), a quarter of "
