@@ -66,6 +66,7 @@ from sfr_diffusion.digits.metrics import guidance_sweep
 from sfr_diffusion.digits.registry import DEFAULT_GUIDANCE_SCALE
 from sfr_diffusion.digits.retrain import retrain
 from sfr_diffusion.families import family_for
+from sfr_diffusion.presets import learning_rate_for, preset_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEPT_METHODS = ("sfr_on", "ft", "ga", "rl", "salun", "esd")
@@ -378,8 +379,9 @@ def peak_memory(args, model: str, digit: int, method_args: list[str], lr: float,
 
 
 def benchmark_model(args, model: str, tmp: Path) -> dict:
-    family = family_for(load_pipeline(model))
-    base_lr = family.default_learning_rate
+    pipeline = load_pipeline(model)
+    family = family_for(pipeline)
+    base_lr = learning_rate_for(family, preset_for(pipeline))
     grid = [base_lr * f for f in args.lr_factors]
     sweep_digit, runs, best_lr, memory = args.digits[0], [], {}, {}
     finished = args.finished

@@ -44,7 +44,7 @@ from .arguments import EvaluationArguments, option
 from .data import center_crop
 from .families import DiffusionFamily, family_for
 from .pipelines import quiet_progress
-from .presets import preset_for
+from .presets import learning_rate_for, preset_for
 from .validation import check_field_values
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class AttackArguments:
     )
     relearn_steps: int = option(20, "Fine-tuning steps of the relearning attacks.")
     relearn_learning_rate: float | None = option(
-        None, "Adam learning rate of relearning (default: the family's erasure learning rate)."
+        None, "Adam learning rate of relearning (default: the erasure's default learning rate for the model)."
     )
     attack_evaluations: int = option(
         5, "Judge before the attack and at this many evenly spaced steps (the last one included)."
@@ -241,7 +241,7 @@ def attack(
             reset = False
         else:
             reset = _reset(family, conditions) if kind == "relearn_reset" else False
-            learning_rate = arguments.relearn_learning_rate or family.default_learning_rate
+            learning_rate = arguments.relearn_learning_rate or learning_rate_for(family, preset)
             budget = {"steps": arguments.relearn_steps, "learning_rate": learning_rate}
             denoiser.requires_grad_(True).train()
             curve = _optimise(

@@ -45,7 +45,7 @@ from .export import export_pipeline, render_model_card
 from .families import cast_if_needed, family_for
 from .forgetting import evaluation_seed
 from .methods import METHODS, MethodConfig, get_method_class
-from .presets import preset_for
+from .presets import learning_rate_for, preset_for
 from .saliency import Mask
 from .sharding import check_sharding
 from .sources import concept_names, default_anchor, resolve_concepts, resolve_data
@@ -62,7 +62,7 @@ from .training import (
 logger = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Adapters that start at zero need a larger step than full weights: on the digits SD, LoRA rank 8 at the family's 3e-4
+# Adapters that start at zero need a larger step than full weights: on the digits SD, LoRA rank 8 at its 3e-4
 # does not forget in 50 iterations, at 3e-3 it does by iteration 30 (BENCHMARKS.md, settings compared).
 LORA_LEARNING_RATE_FACTOR = 10
 HEADLINE_METRICS = ("FA", "FA_paraphrases", "RA", "FID")
@@ -294,7 +294,7 @@ def erase(
     # Family defaults are resolved here, so that the export records what ran.
     if training.learning_rate is None:
         factor = LORA_LEARNING_RATE_FACTOR if training.lora_rank is not None else 1
-        training = replace(training, learning_rate=family.default_learning_rate * factor)
+        training = replace(training, learning_rate=learning_rate_for(family, preset) * factor)
     if getattr(method_config, "forget_loss", False) is None:
         method_config = replace(method_config, forget_loss=family.default_forget_loss)
     method_class.check_config(method_config, family)

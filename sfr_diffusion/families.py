@@ -98,16 +98,15 @@ class DiffusionFamily:
     Traits, per family: ``text_conditioned`` (conditions are prompts rather than class ids); ``default_forget_loss``
     of SFR-on (remap on every family: onto an anchor prompt for text, onto a kept class for class models; ascent on a
     class's own loss, SPEC §1's choice, collapses the digits DiT; BENCHMARKS.md);
-    ``default_learning_rate`` (measured on the digits world with the remap, BENCHMARKS.md: the digits DDPM forgets
-    by iteration 10–20 at 1e-3 and keeps its unguided RA better than at 2e-3; the digits DiT forgets by iteration 10
-    at 5e-4 with less damage at guidance 1 and 7.5 than at 1e-3, where fine-tuning alone already degrades it; the
-    digits SD forgets by iteration 10 at 1e-4 to 1e-3 and its FID-digits ends lowest at 3e-4).
+    ``default_learning_rate`` (for a checkpoint no preset knows: the official code's settings, Adam 1e-4 on the
+    DDPM and the DiT, 1e-5 on SD; a preset's world may measure its own, see
+    :func:`~sfr_diffusion.presets.learning_rate_for`).
     """
 
     name: ClassVar[str]
     text_conditioned: ClassVar[bool] = False
     default_forget_loss: ClassVar[str] = "remap"
-    default_learning_rate: ClassVar[float] = 1e-4  # the paper's setting
+    default_learning_rate: ClassVar[float] = 1e-4  # the official DDPM and DiT setting
     # The training form of the pipeline's scheduler (a fresh one: the pipeline's own keeps its last sampling steps).
     training_scheduler_class: ClassVar[type] = DDPMScheduler
 
@@ -310,7 +309,6 @@ class ClassConditionalUNetFamily(DiffusionFamily):
     """Pixel-space class-conditional ``UNet2DModel`` (the DDPM family); the last class embedding is the null class."""
 
     name = "ddpm"
-    default_learning_rate = 1e-3
 
     def __init__(self, pipeline):
         unet = pipeline.unet
@@ -373,7 +371,6 @@ class DiTFamily(LatentFamily):
     """
 
     name = "dit"
-    default_learning_rate = 5e-4
 
     def __init__(self, pipeline):
         transformer = pipeline.transformer
@@ -466,7 +463,7 @@ class TextToImageFamily(LatentFamily):
     """
 
     text_conditioned = True
-    default_learning_rate = 3e-4
+    default_learning_rate = 1e-5  # the official SD setting
 
     def __init__(self, pipeline, sample_shape: tuple[int, ...]):
         super().__init__(pipeline, null_class_id=0, sample_shape=sample_shape)

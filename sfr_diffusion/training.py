@@ -81,8 +81,8 @@ class TrainingArguments:
     """Optimisation settings shared by every method.
 
     Defaults: the official DDPM CIFAR-10 SFR-on recipe (Adam, clipping in the method config) with the paper's
-    headline budget of 50 iterations, at batch 64 + 64 (official: 128 + 128); the learning rate is the model
-    family's (``DiffusionFamily.default_learning_rate``) unless given.
+    headline budget of 50 iterations, at batch 64 + 64 (official: 128 + 128); the learning rate, unless given, is
+    the one :func:`sfr_diffusion.presets.learning_rate_for` picks for the model.
 
     ``checkpoints_dir`` holds this run's training state (``checkpoint-N/`` folders and the original model's saliency
     mask, needed to resume); it is never the export folder, and None means no checkpoints. A folder that holds
@@ -97,8 +97,9 @@ class TrainingArguments:
     max_train_steps: int = option(50, "Iterations (an SFR-on iteration is a forget step and a remain step).")
     learning_rate: float | None = option(
         None,
-        "Default: the model family's (DDPM 1e-3, DiT 5e-4, SD 3e-4; measured on the digits world), ten times it "
-        "with --lora_rank.",
+        "Default: on the bundled digits world the rate measured for the family (DDPM 1e-3, DiT 5e-4, SD and SD3 "
+        "3e-4), on other checkpoints the official code's (DDPM and DiT 1e-4, text-to-image 1e-5); ten times it with "
+        "--lora_rank.",
     )
     optimizer: str = option("adam", "The one optimizer every phase steps.", choices=tuple(OPTIMIZERS))
     adam_beta1: float = option(0.9, "Adam's β1.")

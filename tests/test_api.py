@@ -13,6 +13,15 @@ from safetensors.torch import load_file
 
 import sfr_diffusion
 from sfr_diffusion import DataArguments, EvaluationArguments, SFROnConfig, TrainingArguments, erase, load_pipeline
+from sfr_diffusion.families import family_for
+from sfr_diffusion.presets import learning_rate_for, preset_for
+from sfr_diffusion.testing.layouts import (
+    dit_pipeline,
+    flux_pipeline,
+    stable_diffusion_3_pipeline,
+    stable_diffusion_pipeline,
+    stable_diffusion_xl_pipeline,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(max_train_steps=3, forget_batch_size=8, remain_batch_size=8)
@@ -66,6 +75,31 @@ def test_the_default_erasure_keeps_its_measured_fa_and_ra(ddpm, tmp_path):
     assert set(result.brief()) == {"erased", "method", "steps", "seconds", "before", "after"}
     brief = result.brief()["after"]  # rounded to 3 decimals; FID's third moves with the CPU's float kernels
     assert brief == {"FA": 0.0, "RA": 0.998, "FID": pytest.approx(19.447, abs=2e-3)}
+
+
+@pytest.mark.parametrize(
+    "model, rate", [("digits-ddpm", 1e-3), ("digits-dit", 5e-4), ("digits-sd", 3e-4), ("digits-sd3", 3e-4)]
+)
+def test_a_bundled_model_takes_the_learning_rate_measured_on_its_world(model, rate):
+    pipeline = load_pipeline(model)
+    assert learning_rate_for(family_for(pipeline), preset_for(pipeline)) == rate
+
+
+@pytest.mark.parametrize(
+    "build, rate",
+    [
+        (lambda: dit_pipeline("tiny", seed=0), 1e-4),
+        (lambda: stable_diffusion_pipeline("tiny", seed=0), 1e-5),
+        (lambda: stable_diffusion_xl_pipeline("tiny", seed=0), 1e-5),
+        (lambda: stable_diffusion_3_pipeline("tiny", seed=0), 1e-5),
+        (lambda: flux_pipeline("tiny", seed=0), 1e-5),
+    ],
+)
+def test_any_other_checkpoint_takes_the_official_learning_rate_not_the_digits_one(build, rate):
+    """The digits world's rates (3e-4 on a full SD UNet) would wreck a real model in a few steps."""
+    pipeline = build()
+    assert preset_for(pipeline) is None
+    assert learning_rate_for(family_for(pipeline), None) == rate
 
 
 def test_erase_and_the_command_line_give_bit_identical_weights(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from sfr_diffusion.attacks import AttackArguments, attack, concept_images, restored, run_attacks
 from sfr_diffusion.digits.models import digits_ddpm_pipeline, digits_dit_pipeline, digits_vae
 from sfr_diffusion.families import family_for
+from sfr_diffusion.presets import learning_rate_for, preset_for
 from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ def test_every_attack_leaves_the_pipeline_as_it_was_and_records_its_budget(class
     assert [p.requires_grad for p in family_for(class_pipeline).denoiser.parameters()] == flags
     assert [point["step"] for point in record["curve"]] == [0, 2, 3] and evaluate.calls == [0, 2, 3]
     assert record["ASR"] == 0.6 and record["steps_to_half"] == 3
-    family_rate = family_for(class_pipeline).default_learning_rate
+    family_rate = learning_rate_for(family_for(class_pipeline), preset_for(class_pipeline))
     rate = SMALL.inversion_learning_rate if kind == "inversion" else family_rate
     assert record["budget"] == {"images": 4, "batch_size": 4, "optimizer": "Adam", "steps": 3, "learning_rate": rate}
     assert record["embedding_reset"] is (kind == "relearn_reset")

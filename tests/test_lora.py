@@ -29,6 +29,7 @@ from sfr_diffusion.families import family_for
 from sfr_diffusion.methods import SFROn
 from sfr_diffusion.methods.sfr_on import LORA_MASK_GROUPS
 from sfr_diffusion.original import make_original
+from sfr_diffusion.presets import learning_rate_for, preset_for
 from sfr_diffusion.testing.layouts import stable_diffusion_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_lora_erasure_trains_only_adapters_and_the_forget_step_only_salient_ones
     result = erase(pipeline, "three", training=TrainingArguments(**TINY), evaluate=False, callbacks=[record])
     unet = pipeline.unet
     assert result.has_adapters and result.config["lora"]["rank"] == 2 and result.config["lora"]["fused"] is False
-    family_rate = family_for(pipeline).default_learning_rate
+    family_rate = learning_rate_for(family_for(pipeline), preset_for(pipeline))
     assert result.config["training"]["learning_rate"] == pytest.approx(10 * family_rate)  # adapters start at zero
     after = weights(unet)
     for name, value in after.items():  # every base weight as it was, bit for bit

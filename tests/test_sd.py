@@ -218,6 +218,7 @@ def test_script_erases_a_concept_from_an_sd_layout_and_exports_plain_diffusers(s
                "--trainable", "cross_attention", "--output_dir", out)  # fmt: skip
     config = json.loads((out / "unlearning_config.json").read_text())
     assert config["family"] == "sd" and config["method_config"]["forget_loss"] == "remap"
+    assert config["training"]["learning_rate"] == 1e-5  # a real layout takes the official SD rate
     erased = config["erased"]
     assert erased["concept"] == "a cat" and erased["anchor_concept"] == "a dog"
     assert "a photo of a cat" in erased["forget_prompts"] and erased["remain_prompts"] == [

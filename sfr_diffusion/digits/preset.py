@@ -84,6 +84,11 @@ DIGITS_PRESET = Preset(
     judge="the bundled digits classifier (sfr_diffusion/digits/assets/judge)",
     concept_images=digit_images,
     judged_prompts=judged_digit_prompts,
+    # Measured with SFR-on's remap (BENCHMARKS.md, settings compared): the digits DDPM forgets by iteration 10-20 at
+    # 1e-3 and keeps its unguided RA better than at 2e-3; the digits DiT forgets by iteration 10 at 5e-4 with less
+    # damage at guidance 1 and 7.5 than at 1e-3; the digits SD forgets by iteration 10 at 1e-4 to 1e-3 and its
+    # FID-digits ends lowest at 3e-4. The digits SD3 takes the SD rate (its own sweep: the methods comparison).
+    learning_rates={"ddpm": 1e-3, "dit": 5e-4, "sd": 3e-4, "sd3": 3e-4},
 )
 
 

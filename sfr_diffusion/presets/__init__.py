@@ -20,6 +20,14 @@ def preset_for(pipeline) -> Preset | None:
     return digits_preset(pipeline)
 
 
+def learning_rate_for(family, preset: Preset | None) -> float:
+    """The learning rate an erasure of a `family` model takes when not told: the rate `preset`'s world measured best
+    for that family, else the family's own default (the official code's settings, meant for real checkpoints)."""
+    if preset is not None and family.name in preset.learning_rates:
+        return preset.learning_rates[family.name]
+    return family.default_learning_rate
+
+
 def resolve_model(name_or_path: str | Path) -> str | Path:
     """A bundled model's alias (``digits-ddpm``, ``digits-dit``, ``digits-sd``, ``digits-sd3``) → its folder;
     anything else as is."""
@@ -58,6 +66,7 @@ __all__ = [
     "base_model_name",
     "bundled_aliases",
     "is_bundled",
+    "learning_rate_for",
     "loadable_name",
     "preset_for",
     "resolve_model",

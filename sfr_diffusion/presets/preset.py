@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Preset:
         concept_images: concept → a `datasets.Dataset` of its images (``image`` column), what an attacker holds.
         judged_prompts: (concept, family) → every prompt `evaluate` samples it with on a text-to-image model of
             that family, what an attack stands in for.
+        learning_rates: family name ("ddpm", "sd", ...) → the learning rate measured best for that family's models
+            in this world (a family missing here keeps its own default, meant for real checkpoints).
     """
 
     name: str
@@ -30,3 +32,4 @@ class Preset:
     judge: str | None = None
     concept_images: Callable[[str], object] | None = None
     judged_prompts: Callable[[str, object], list[str]] | None = None
+    learning_rates: Mapping[str, float] = field(default_factory=dict)
