@@ -848,3 +848,31 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
         ("digits-ddpm", "--adversarial_steps 3"),
     }
     assert "### `digits-ddpm`, `--adversarial_steps 3`" in (tmp_path / "B.md").read_text()
+
+
+def test_unconditional_branch_samples_the_null_class_and_its_quick_run_stays_out_of_the_repo(tmp_path, monkeypatch):
+    """The unconditional share is judged on samples of the null class only (the denoiser sees no other label), for
+    the original and each SFR-on setting; --quick writes nowhere in the repository."""
+    branch = load("unconditional_branch")
+    assert ROOT not in branch.parse_args(["--quick"]).results_json.parents
+    labels_seen, measure = [], branch.unconditional_shares
+
+    def spy(pipeline, samples, judge):
+        record = lambda module, args, kwargs: labels_seen.append(set(kwargs["class_labels"].tolist()))  # noqa: E731
+        handle = pipeline.unet.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            return measure(pipeline, samples, judge)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(branch, "unconditional_shares", spy)
+    argv = ["--models", "digits-ddpm", "--digits", "3", "--quick", "--results_json", str(tmp_path / "u.json")]
+    results = branch.main(argv)
+    rows = results["rows"]
+    assert set(rows) == {"digits-ddpm|original", "digits-ddpm|defaults|3", "digits-ddpm|unconditional_forget|3"}
+    assert labels_seen and all(labels == {10} for labels in labels_seen)  # 10: the digits DDPM's null class
+    for shares in [rows["digits-ddpm|original"], rows["digits-ddpm|defaults|3"]["shares"]]:
+        assert sum(shares.values()) <= 1 + 1e-6 and all((8 * share).is_integer() for share in shares.values())
+    assert rows["digits-ddpm|unconditional_forget|3"]["after"]["FA"] is not None
+    assert "| digits-ddpm | 3 (three) |" in branch.render(results)
+    assert json.loads((tmp_path / "u.json").read_text())["rows"].keys() == rows.keys()

@@ -48,12 +48,19 @@ def test_class_names_and_ids_are_interchangeable(pipeline):
 
 
 @pytest.mark.parametrize(
-    "label, message", [("eleven", "Unknown class 'eleven'"), (10, "out of range"), (-1, "out of range")]
+    "label, message", [("eleven", "Unknown class 'eleven'"), (11, "out of range"), (-1, "out of range")]
 )
 def test_unknown_names_and_out_of_range_ids_are_rejected(pipeline, label, message):
-    # 10 is the null class: it is not a class one can ask for.
     with pytest.raises(ValueError, match=message):
         pipeline([label], num_inference_steps=STEPS)
+
+
+def test_the_null_class_samples_without_a_condition(pipeline):
+    """10, the null class, is what classifier-free guidance steers from: asking for it samples unconditionally,
+    as asking DiTPipeline for its null class does."""
+    null = pipeline.null_class_id
+    assert null == 10 and pipeline.get_label_ids([null, "three"]) == [10, 3]
+    assert not torch.equal(generate(pipeline, labels=(null, null)), generate(pipeline, labels=(3, 3)))
 
 
 def test_an_empty_list_of_classes_is_rejected(pipeline):

@@ -10,6 +10,7 @@ import torch
 from sfr_diffusion.data import BatchSampler
 from sfr_diffusion.digits.models import digits_ddpm_pipeline
 from sfr_diffusion.families import family_for
+from sfr_diffusion.losses import forget_weight, per_sample_mse
 from sfr_diffusion.methods import SFROn, SFROnConfig, get_method_class
 from sfr_diffusion.saliency import load_mask, mask_density
 from sfr_diffusion.training import MASK_FILE, REMAIN_STREAM, TrainingArguments, run_erasure
@@ -377,6 +378,42 @@ def test_remap_others_takes_no_remap_target(pipeline):
     with pytest.raises(ValueError, match="remap_others takes its targets from the remain set"):
         SFROn.check_config(SFROnConfig(forget_loss="remap_others", remap_target="seven"), family)
     SFROn.check_config(SFROnConfig(forget_loss="remap_others"), family)  # no target: fine
+
+
+# --- the unconditional branch ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("forget_loss", ["remap", "remap_others"])
+def test_unconditional_forget_adds_the_null_branchs_pull_onto_the_original_guided_away_from_the_concept(
+    pipeline, forget_remain, forget_loss
+):
+    """The added term's target is eps0(x_t, null) - (eps0(x_t, c) - eps0(x_t, null)); at the original's weights the
+    null branch predicts eps0(x_t, null), so the term is exactly alpha * mean_i ||eps0(x_t, c_i) - eps0(x_t, null)||^2,
+    on top of the remap, which is unchanged."""
+    family = family_for(pipeline)
+    plain = SFROn(SFROnConfig(forget_loss=forget_loss), family)
+    both = SFROn(SFROnConfig(forget_loss=forget_loss, unconditional_forget=True), family)
+    batch = forget_batch(family, forget_remain)
+    remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
+    data = {"forget": batch, "remain": remain} if forget_loss == "remap_others" else batch
+    kwargs = dict(step=0, total_steps=STEPS, reduce_sum=lambda t: t, num_processes=1)
+    with torch.no_grad():
+        with_branch = both.loss(both.phases[0], family.denoiser, data, **kwargs)
+        without = plain.loss(plain.phases[0], family.denoiser, data, **kwargs)
+        noisy, timesteps = family.noisy(family.encode(batch.images), batch.draw), batch.draw.timesteps
+        concept = family.predict(family.denoiser, noisy, timesteps, batch.labels)
+        null = family.predict(family.denoiser, noisy, timesteps, torch.full_like(batch.labels, NULL_CLASS))
+    expected = forget_weight(0, STEPS, SFROnConfig().alpha, True) * per_sample_mse(concept, null).mean()
+    assert expected.item() > 0
+    assert torch.allclose(with_branch["loss"] - without["loss"], expected, rtol=1e-4)
+    assert torch.equal(with_branch["forget_remap"], without["forget_remap"])  # the remap's own term as it was
+
+
+def test_unconditional_forget_needs_a_remap(pipeline):
+    family = family_for(pipeline)
+    with pytest.raises(ValueError, match="ascent has none"):
+        SFROn.check_config(SFROnConfig(forget_loss="ascent", unconditional_forget=True), family)
+    SFROn.check_config(SFROnConfig(forget_loss="remap_others", unconditional_forget=True), family)
 
 
 # --- robust SFR-on: the adversarial forget step ---------------------------------------------------------------------

@@ -103,6 +103,14 @@ class SFROnConfig(MethodConfig):
         "batches (with --temperature 0 and --no_mask: the paper's 'R').",
         negative="--no_online",
     )
+    unconditional_forget: bool = option(
+        False,
+        "Remap losses: also erase the concept from the unconditional branch (the null class; the empty prompt), which "
+        "sampling without a condition and guidance's own unconditional term use, and which the remap alone leaves "
+        "drawing the concept as the original did. On the forget images that branch is pulled onto the frozen "
+        "original's unconditional prediction guided away from the concept, eps0(x_t, null) - (eps0(x_t, c) - "
+        "eps0(x_t, null)): ESD's target, given to the branch a model retrained without the concept never taught it.",
+    )
     adversarial_steps: int = option(
         0,
         "Robust SFR-on: before each forget step, this many signed-gradient steps move the forgotten condition's "
@@ -160,6 +168,11 @@ class SFROn(UnlearningMethod):
     @classmethod
     def check_config(cls, config: SFROnConfig, family) -> None:
         forget_loss = config.forget_loss or family.default_forget_loss
+        if config.unconditional_forget and forget_loss == "ascent":
+            raise ValueError(
+                "unconditional_forget pulls the unconditional branch onto a remap's targets; ascent has none (and "
+                "ascent on that branch would break guidance for every class): use --forget_loss remap or remap_others."
+            )
         if config.remap_target is None:
             return
         if forget_loss != "remap":
@@ -215,8 +228,9 @@ class SFROn(UnlearningMethod):
         return LORA_MASK_GROUPS if has_adapters(self.family.denoiser) else 1
 
     def original_targets(self, phase, batch) -> dict[str, torch.Tensor]:
-        """θ₀'s predictions the phase fits: the remap target of the forget batch (``forget``) and the distilling
-        remain step's target (``remain``), where the configuration uses them."""
+        """θ₀'s predictions the phase fits: the remap target of the forget batch (``forget``), the unconditional
+        branch's target on it (``forget_unconditional``) and the distilling remain step's target (``remain``), where
+        the configuration uses them."""
         forget, remain = (batch["forget"], batch["remain"]) if isinstance(batch, dict) else (batch, None)
         targets = {}
         if phase.name in ("forget", "joint") and self.forget_loss != "ascent":
@@ -224,7 +238,13 @@ class SFROn(UnlearningMethod):
             x0 = encoded(family, forget, family_device(family.denoiser))
             conditions = self.remap_conditions(forget, remain).to(x0.device)
             timesteps = forget.draw.timesteps.to(x0.device)
-            targets["forget"] = self.original.predict(family.noisy(x0, forget.draw), timesteps, conditions)
+            noisy = family.noisy(x0, forget.draw)
+            targets["forget"] = self.original.predict(noisy, timesteps, conditions)
+            if self.config.unconditional_forget:
+                labels = forget.labels.to(x0.device)
+                unconditional = self.original.predict(noisy, timesteps, torch.full_like(labels, family.null_class_id))
+                concept = self.original.predict(noisy, timesteps, labels)
+                targets["forget_unconditional"] = unconditional - (concept - unconditional)
         if phase.name in ("remain", "joint") and self.config.remain_target == "original":
             remain = batch if phase.name == "remain" else remain
             targets["remain"] = original_remain_target(self.family, self.original, remain, self.config.label_dropout)
@@ -237,7 +257,7 @@ class SFROn(UnlearningMethod):
         if phase.name == "remain":
             return self._remain_terms(model, batch, targets.get("remain"))
         forget = batch["forget"] if isinstance(batch, dict) else batch
-        terms = self._forget_terms(model, forget, targets.get("forget"), step, total_steps, reduce_sum, num_processes)
+        terms = self._forget_terms(model, forget, targets, step, total_steps, reduce_sum, num_processes)
         if phase.name == "forget":
             return terms
         remain = self._remain_terms(model, batch["remain"], targets.get("remain"))
@@ -251,19 +271,19 @@ class SFROn(UnlearningMethod):
             return random_remain_conditions(forget, remain)
         return torch.full_like(forget.labels, self.remap_condition)
 
-    def _forget_terms(self, model, batch, target, step, total_steps, reduce_sum, num_processes):
+    def _forget_terms(self, model, batch, targets, step, total_steps, reduce_sum, num_processes):
         family, cfg = self.family, self.config
         x0 = encoded(family, batch, family_device(model))
-        labels = batch.labels.to(x0.device)  # the real label, never dropped: the null branch is not attacked
+        labels = batch.labels.to(x0.device)  # the real label, never dropped (unconditional_forget: its own term)
         alpha = forget_weight(step, total_steps, cfg.alpha, cfg.cosine_decay)
-        loss, per_sample = self._forget_loss(model, x0, labels, batch, target, alpha, reduce_sum, num_processes)
+        loss, per_sample = self._forget_loss(model, x0, labels, batch, targets, alpha, reduce_sum, num_processes)
         prefix = "forget_mse" if self.forget_loss == "ascent" else "forget_remap"
         terms = {prefix: per_sample.detach().mean()}
         if cfg.adversarial_steps:
             embedding = self.adversarial_embedding(x0, labels, batch)
             with family.condition_embedding_override(labels.unique().tolist(), embedding):
                 adversarial, adversarial_per_sample = self._forget_loss(
-                    model, x0, labels, batch, target, alpha, reduce_sum, num_processes
+                    model, x0, labels, batch, targets, alpha, reduce_sum, num_processes
                 )
             loss = (loss + adversarial) / 2
             terms[f"{prefix}_adversarial"] = adversarial_per_sample.detach().mean()
@@ -271,14 +291,21 @@ class SFROn(UnlearningMethod):
         terms.update(timestep_quartile_terms(prefix, per_sample, batch.draw.timesteps, family.num_timesteps))
         return terms
 
-    def _forget_loss(self, model, x0, labels, batch, target, alpha, reduce_sum, num_processes):
-        """The forget loss of the batch and its per-sample terms: the remap onto `target`, or weighted ascent."""
+    def _forget_loss(self, model, x0, labels, batch, targets, alpha, reduce_sum, num_processes):
+        """The forget loss of the batch and its per-sample terms: the remap onto ``targets["forget"]`` (plus the
+        unconditional branch's onto ``targets["forget_unconditional"]`` where given), or weighted ascent."""
         family = self.family
-        if target is not None:
+        if "forget" in targets:
             timesteps = batch.draw.timesteps.to(x0.device)
-            per_sample = per_sample_mse(family.predict(model, family.noisy(x0, batch.draw), timesteps, labels), target)
+            noisy = family.noisy(x0, batch.draw)
+            per_sample = per_sample_mse(family.predict(model, noisy, timesteps, labels), targets["forget"])
+            total = per_sample.sum()
+            if "forget_unconditional" in targets:
+                null = torch.full_like(labels, family.null_class_id)
+                prediction = family.predict(model, noisy, timesteps, null)
+                total = total + per_sample_mse(prediction, targets["forget_unconditional"]).sum()
             # Mean over the global batch; DDP averages gradients over processes, hence the division by global size.
-            return alpha * per_sample.sum() * num_processes / batch.global_size, per_sample
+            return alpha * total * num_processes / batch.global_size, per_sample
         per_sample = family.diffusion_loss(model, x0, labels, batch.draw)
         weights = adaptive_weights(per_sample, self.config.temperature, reduce_sum)
         # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.

@@ -47,7 +47,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         return self.unet.config.num_class_embeds - 1
 
     def get_label_ids(self, label: str | int | Sequence[str | int]) -> list[int]:
-        """Map class names (see `id2label`) or integer ids to ids, rejecting unknown names and out-of-range ids."""
+        """Map class names (see `id2label`) or integer ids to ids, rejecting unknown names and out-of-range ids; the
+        null class's id (`null_class_id`) is accepted and samples without a condition."""
         labels = [label] if isinstance(label, (str, numbers.Integral)) else list(label)
         ids = []
         for item in labels:
@@ -64,9 +65,12 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 raise ValueError(f"Unknown class {item!r}; valid names are {valid}.")
         if not ids:
             raise ValueError("No class labels given; pass at least one class name or id.")
-        for idx in ids:
-            if not 0 <= idx < self.null_class_id:
-                raise ValueError(f"Class id {idx} is out of range [0, {self.null_class_id - 1}].")
+        for idx in ids:  # the null class itself draws unconditional samples, as DiTPipeline's does
+            if not 0 <= idx <= self.null_class_id:
+                raise ValueError(
+                    f"Class id {idx} is out of range [0, {self.null_class_id - 1}] ({self.null_class_id}: the null "
+                    "class, unconditional samples)."
+                )
         return ids
 
     @torch.no_grad()
