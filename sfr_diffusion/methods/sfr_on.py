@@ -109,7 +109,9 @@ class SFROnConfig(MethodConfig):
         "sampling without a condition and guidance's own unconditional term use, and which the remap alone leaves "
         "drawing the concept as the original did. On the forget images that branch is pulled onto the frozen "
         "original's unconditional prediction guided away from the concept, eps0(x_t, null) - (eps0(x_t, c) - "
-        "eps0(x_t, null)): ESD's target, given to the branch a model retrained without the concept never taught it.",
+        "eps0(x_t, null)): ESD's target, given to the branch a model retrained without the concept never taught it. "
+        "The price: guidance then pulls harder toward any embedding that draws the concept, and inverting the "
+        "concept's embedding recovers it more easily (BENCHMARKS.md, 'The unconditional branch').",
     )
     adversarial_steps: int = option(
         0,
