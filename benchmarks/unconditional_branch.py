@@ -118,6 +118,8 @@ def run(args, command: str) -> dict:
         saved = json.loads(args.results_json.read_text())
         if saved["samples"] == args.samples:
             results = saved
+        else:
+            print(f"Not resuming from {args.results_json}: it was run with --samples {saved['samples']}.", flush=True)
     results |= {
         "command": command,
         "date": datetime.date.today().isoformat(),
