@@ -394,13 +394,17 @@ def benchmark_model(args, model: str, tmp: Path) -> dict:
         base[name] = finished.get_or_run(f"{model}|base|{name}", lambda target=target: judged(model, target, args))
     retrained, retrain_attacks = {}, {}
     for digit in args.digits:
-        path = retrain(family.name, digit, steps=args.retrain_steps)
+        # Retrained (or found in the cache) only when a judgement or an attack still needs it, so a resumed run whose
+        # retrain results are saved does not retrain.
+        def retrained_model(digit=digit):
+            return retrain(family.name, digit, steps=args.retrain_steps)
+
         retrained[digit] = finished.get_or_run(
-            f"{model}|retrain|{digit}", lambda path=path, digit=digit: judged(path, [digit], args)
+            f"{model}|retrain|{digit}", lambda digit=digit: judged(retrained_model(digit), [digit], args)
         )
         if args.attack is not None:
             retrain_attacks[str(digit)] = finished.get_or_run(
-                f"{model}|retrain|{digit}|attacks", lambda path=path, digit=digit: attacked(args, path, digit)
+                f"{model}|retrain|{digit}|attacks", lambda digit=digit: attacked(args, retrained_model(digit), digit)
             )
     for method in args.methods:
         method_args = ["--method", method]
