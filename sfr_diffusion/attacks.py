@@ -303,13 +303,20 @@ def run_attacks(
     evaluate=None,
     evaluation: EvaluationArguments | None = None,
 ) -> dict:
-    """Every attack of `kinds` on the same pipeline and images: ``{"attacks": {kind: record}, ...}``."""
+    """Every attack of `kinds` on the same pipeline and images: ``{"attacks": {kind: record}, ...}``.
+
+    On a text-to-image model there is no embedding to reset, so ``relearn_reset`` is relearning at the same seed and
+    budget: when both are asked for, it is run once and recorded under both names (``embedding_reset`` None).
+    """
     kinds = check_attacks(kinds)
     arguments = arguments or AttackArguments()
-    records = {
-        kind: attack(
+    nothing_to_reset = family_for(pipeline).text_conditioned
+    records = {}
+    for kind in kinds:
+        if kind == "relearn_reset" and nothing_to_reset and "relearn" in records:
+            records[kind] = records["relearn"] | {"attack": kind, "embedding_reset": None}
+            continue
+        records[kind] = attack(
             pipeline, concept, kind, arguments=arguments, images=images, evaluate=evaluate, evaluation=evaluation
         )
-        for kind in kinds
-    }
     return {"concept": concept, "arguments": asdict(arguments), "attacks": records}

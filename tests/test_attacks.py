@@ -187,6 +187,23 @@ def test_the_sd_attack_stands_in_for_every_prompt_the_judge_uses(sd_pipeline):
     assert relearned["embedding_reset"] is None  # not applicable: the text encoder is never erased
 
 
+def test_relearning_after_a_reset_runs_once_where_there_is_nothing_to_reset(sd_pipeline, class_pipeline):
+    def run(pipeline, concept):
+        evaluate = scripted_evaluator([0.0, 0.3, 0.6, 0.1, 0.2, 0.4])
+        images = torch.rand(4, *family_for(pipeline).image_shape) * 2 - 1
+        records = run_attacks(
+            pipeline, concept, ["relearn", "relearn_reset"], arguments=SMALL, images=images, evaluate=evaluate
+        )["attacks"]
+        return records, len(evaluate.calls)
+
+    text, text_calls = run(sd_pipeline, "a cat")
+    assert text_calls == 3  # one relearning judged at steps 0, 2, 3, recorded twice
+    assert text["relearn_reset"] == text["relearn"] | {"attack": "relearn_reset", "embedding_reset": None}
+    classes, class_calls = run(class_pipeline, "three")
+    assert class_calls == 6 and classes["relearn_reset"]["embedding_reset"] is True
+    assert classes["relearn_reset"]["ASR"] == 0.4 and classes["relearn"]["ASR"] == 0.6
+
+
 def test_unknown_attacks_and_bad_budgets_fail_before_any_work(class_pipeline):
     with pytest.raises(ValueError, match="valid attacks are"):
         attack(class_pipeline, "three", "jailbreak")
