@@ -26,7 +26,9 @@ import json
 import math
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from reporting import git_commit, machine_description, write_section
@@ -103,12 +105,13 @@ def save_results(args, results: dict) -> None:
     staging.replace(args.results_json)
 
 
-def attack_seeds(args, results: dict, key: str, path, digit: int) -> None:
-    """Every attack on the model at `path`, once per seed, each seed's ASRs saved as soon as they are measured."""
+def attack_seeds(args, results: dict, key: str, model_path: Callable[[], Path], digit: int) -> None:
+    """Every attack on the model at `model_path()`, once per seed, each seed's ASRs saved as soon as they are
+    measured; `model_path` is called only when a seed is missing (retrain is trained, or found, only then)."""
     missing = [seed for seed in args.seeds if f"{key}|{seed}" not in results["attacks"]]
     if not missing:
         return
-    pipeline = load_pipeline(path)
+    pipeline = load_pipeline(model_path())
     pipeline.set_progress_bar_config(disable=True)
     evaluation = EvaluationArguments(
         eval_samples_per_class=args.other_samples, forget_samples_per_class=args.forget_samples
@@ -144,7 +147,7 @@ def run(args, command: str) -> dict:
         for model in args.models:
             family = family_for(load_pipeline(model)).name
             for digit in args.digits:
-                attack_seeds(args, results, f"{model}|retrain|{digit}", retrain(family, digit), digit)
+                attack_seeds(args, results, f"{model}|retrain|{digit}", partial(retrain, family, digit), digit)
                 key = erased_key(model, setting, digit)
                 if all(f"{key}|{seed}" in results["attacks"] for seed in args.seeds):
                     continue
@@ -157,7 +160,7 @@ def run(args, command: str) -> dict:
                 # What the attacks start from: the erase command's final FA, RA and FID-digits.
                 after = erased.config["metrics"]["after"]
                 results.setdefault("erasures", {})[key] = {k: after[k] for k in ("FA", "RA", "FID")}
-                attack_seeds(args, results, key, export, digit)
+                attack_seeds(args, results, key, lambda export=export: export, digit)
     return results
 
 

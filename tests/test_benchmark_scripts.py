@@ -830,7 +830,13 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     monkeypatch.setattr(repeats, "run_attacks", fake_attacks)
     monkeypatch.setattr(repeats, "load_pipeline", lambda path: Pipeline(Path(str(path)).name))
     monkeypatch.setattr(repeats, "family_for", lambda pipeline: type("F", (), {"name": "ddpm"}))
-    monkeypatch.setattr(repeats, "retrain", lambda family, digit: f"{family}-without-{digit}")
+    retrained = []
+
+    def fake_retrain(family, digit):
+        retrained.append(digit)
+        return f"{family}-without-{digit}"
+
+    monkeypatch.setattr(repeats, "retrain", fake_retrain)
     results_json = str(tmp_path / "r.json")
     base = ["--models", "digits-ddpm", "--digits", "5", "--results_json", results_json, "--resume"]
     repeats.main([*base, "--seeds", "0", "1", "--output", str(tmp_path / "B.md")])
@@ -848,6 +854,10 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
         ("digits-ddpm", "--adversarial_steps 3"),
     }
     assert "### `digits-ddpm`, `--adversarial_steps 3`" in (tmp_path / "B.md").read_text()
+    # A run whose seeds retrain's attacks all hold neither retrains nor loads retrain.
+    retrained.clear()
+    repeats.main([*base, "--seeds", "0", "1", "--no_mask", "--output", str(tmp_path / "B.md")])
+    assert retrained == [] and {a[0] for a in attacked[4:]} == {"ddpm-erase-5"}
 
 
 def test_unconditional_branch_samples_the_null_class_and_its_quick_run_stays_out_of_the_repo(tmp_path, monkeypatch):
