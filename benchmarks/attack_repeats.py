@@ -159,7 +159,9 @@ def run(args, command: str) -> dict:
                 )  # fmt: skip
                 # What the attacks start from: the erase command's final FA, RA and FID-digits.
                 after = erased.config["metrics"]["after"]
-                results.setdefault("erasures", {})[key] = {k: after[k] for k in ("FA", "RA", "FID")}
+                results.setdefault("erasures", {})[key] = {k: after[k] for k in ("FA", "RA", "FID")} | {
+                    "seconds": erased.config["seconds"]
+                }
                 attack_seeds(args, results, key, lambda export=export: export, digit)
     return results
 
@@ -259,6 +261,12 @@ def render(results: dict) -> str:
                 + ", ".join(f"{d}: {100 * m['FA']:.0f} / {100 * m['RA']:.0f}" for d, m in erasures.items())
                 + ".",
             ]
+            if all("seconds" in m for m in erasures.values()):
+                lines[-1] += (
+                    " The erasure's training seconds (mask excluded), per digit: "
+                    + ", ".join(f"{d}: {m['seconds']['train']:.1f}" for d, m in erasures.items())
+                    + "."
+                )
         for kind in ATTACKS:
             c = counts[kind]
             summary.append(

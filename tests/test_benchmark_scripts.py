@@ -812,7 +812,10 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     erased, attacked = [], []
 
     class Erased:
-        config = {"metrics": {"after": {"FA": 0.0, "RA": 0.99, "FID": 20.0, "per_class_accuracy": {}}}}
+        config = {
+            "metrics": {"after": {"FA": 0.0, "RA": 0.99, "FID": 20.0, "per_class_accuracy": {}}},
+            "seconds": {"mask": 0.5, "train": 12.25},
+        }
 
     def fake_erase(argv):
         erased.append(argv[argv.index("--output_dir") + 1 :])
@@ -848,12 +851,16 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     assert [(a[0], a[2]) for a in attacked] == [("ddpm-without-5", 2)] + [("ddpm-erase-5", s) for s in (0, 1, 2)]
     assert len(erased) == 2 and erased[1][1:] == ["--adversarial_steps", "3"]
     saved = json.loads(Path(results_json).read_text())
-    assert saved["erasures"]["digits-ddpm|erased --adversarial_steps 3|5"] == {"FA": 0.0, "RA": 0.99, "FID": 20.0}
+    assert saved["erasures"]["digits-ddpm|erased --adversarial_steps 3|5"] == {
+        "FA": 0.0, "RA": 0.99, "FID": 20.0, "seconds": {"mask": 0.5, "train": 12.25}
+    }  # fmt: skip
     assert len(saved["commands"]) == 2 and set(repeats.erased_rows(saved)) == {
         ("digits-ddpm", ""),
         ("digits-ddpm", "--adversarial_steps 3"),
     }
-    assert "### `digits-ddpm`, `--adversarial_steps 3`" in (tmp_path / "B.md").read_text()
+    section = (tmp_path / "B.md").read_text()
+    assert "### `digits-ddpm`, `--adversarial_steps 3`" in section
+    assert "training seconds (mask excluded), per digit: 5: 12.2." in section
     # A run whose seeds retrain's attacks all hold neither retrains nor loads retrain.
     retrained.clear()
     repeats.main([*base, "--seeds", "0", "1", "--no_mask", "--output", str(tmp_path / "B.md")])
