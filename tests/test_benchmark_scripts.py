@@ -814,7 +814,7 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     class Erased:
         config = {
             "metrics": {"after": {"FA": 0.0, "RA": 0.99, "FID": 20.0, "per_class_accuracy": {}}},
-            "seconds": {"mask": 0.5, "train": 12.25},
+            "seconds": {"mask": 0.5, "train": 12.34},
         }
 
     def fake_erase(argv):
@@ -852,7 +852,7 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     assert len(erased) == 2 and erased[1][1:] == ["--adversarial_steps", "3"]
     saved = json.loads(Path(results_json).read_text())
     assert saved["erasures"]["digits-ddpm|erased --adversarial_steps 3|5"] == {
-        "FA": 0.0, "RA": 0.99, "FID": 20.0, "seconds": {"mask": 0.5, "train": 12.25}
+        "FA": 0.0, "RA": 0.99, "FID": 20.0, "seconds": {"mask": 0.5, "train": 12.34}
     }  # fmt: skip
     assert len(saved["commands"]) == 2 and set(repeats.erased_rows(saved)) == {
         ("digits-ddpm", ""),
@@ -860,7 +860,7 @@ def test_attack_repeats_attacks_retrain_once_and_resumes_per_seed(tmp_path, monk
     }
     section = (tmp_path / "B.md").read_text()
     assert "### `digits-ddpm`, `--adversarial_steps 3`" in section
-    assert "training seconds (mask excluded), per digit: 5: 12.2." in section
+    assert "training seconds (mask excluded), per digit: 5: 12.3." in section
     # A run whose seeds retrain's attacks all hold neither retrains nor loads retrain.
     retrained.clear()
     repeats.main([*base, "--seeds", "0", "1", "--no_mask", "--output", str(tmp_path / "B.md")])
