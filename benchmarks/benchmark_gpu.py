@@ -143,7 +143,8 @@ def time_method(
     method = SFROnConfig(mask_batches=1, **sfr_on_settings) if method_name == "sfr_on" else FTConfig()
     training = TrainingArguments(max_train_steps=args.warmup + args.iterations, forget_batch_size=batch_size,
                                  remain_batch_size=batch_size, optimizer="adamw", mixed_precision=args.mixed_precision,
-                                 gradient_checkpointing=args.gradient_checkpointing, lora_rank=lora_rank)  # fmt: skip
+                                 gradient_checkpointing=args.gradient_checkpointing, lora_rank=lora_rank,
+                                 cudnn_attention=not args.no_cudnn_attention)  # fmt: skip
     ends: dict[int, float] = {}  # iteration → when its last optimizer step ended
 
     def on_phase_end(event) -> None:
@@ -249,6 +250,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory.")
     parser.add_argument(
+        "--no_cudnn_attention",
+        action="store_true",
+        help="Erase with TrainingArguments(cudnn_attention=False): attention without cuDNN's backend.",
+    )
+    parser.add_argument(
         "--flux_depths",
         type=int,
         nargs="+",
@@ -340,7 +346,8 @@ def section(reports: list[dict], args, command: str, device: str, date: str) -> 
         "",
         f"- Command: `{command.strip()}`; date {date}; torch {torch.__version__}, diffusers {diffusers.__version__}; "
         f"random weights in the checkpoints' layouts, mixed precision {args.mixed_precision}, AdamW, gradient "
-        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}; batch B: an SFR-on iteration is a forget "
+        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}"
+        f"{', cuDNN attention off' if args.no_cudnn_attention else ''}; batch B: an SFR-on iteration is a forget "
         "step on B images and a remain step on B, an FT pass one step on B; median of "
         f"{args.iterations} iterations after {args.warmup}.",
     ]

@@ -53,6 +53,7 @@ from .training import (
     TRAINABLE,
     PhaseEvent,
     TrainingArguments,
+    attention_backends,
     check_checkpoints_dir,
     make_checkpoints_dir,
     resolve_resume,
@@ -327,7 +328,10 @@ def erase(
     if adapted_modules:  # the pipeline keeps them: it holds the erased model, base weights plus adapters
         alpha = training.lora_alpha or training.lora_rank
         lora_config = add_adapters(family.denoiser, adapted_modules, training.lora_rank, alpha, training.seed)
-    with family.prepared_for_training(weight_dtype, trains=training.trains):
+    with (
+        family.prepared_for_training(weight_dtype, trains=training.trains),
+        attention_backends(cudnn=training.cudnn_attention),
+    ):
         anchor = target.anchor
         if method_class.picks_anchor(method_config) and not family.text_conditioned:
             with accelerator.autocast():

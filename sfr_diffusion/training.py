@@ -76,6 +76,18 @@ CHECKPOINT_ADAPTERS_FILE = "lora_weights.safetensors"  # in denoiser/ when the r
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
+@contextlib.contextmanager
+def attention_backends(cudnn: bool):
+    """Inside: scaled_dot_product_attention with cuDNN's backend allowed as torch has it (`cudnn` True), or turned
+    off; torch's setting is put back on leaving."""
+    previous = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(previous and cudnn)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(previous)
+
+
 @dataclass
 class TrainingArguments:
     """Optimisation settings shared by every method.
@@ -121,6 +133,13 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = option(None, 'A checkpoint folder or "latest".')
     report_to: str | None = option(None, '"tensorboard", "wandb", "all"... (default: none).')
     gradient_checkpointing: bool = option(False, "Trade compute for memory in the denoiser.")
+    cudnn_attention: bool = option(
+        True,
+        "Let scaled_dot_product_attention use cuDNN (torch's choice); --no_cudnn_attention leaves it to flash, "
+        "memory-efficient or math attention while erasing. With torch 2.11 on an H200, cuDNN's attention backward "
+        "failed on the FLUX.1-dev layout ('mha_graph.execute(...).is_good()', then an illegal memory access).",
+        negative="--no_cudnn_attention",
+    )
     eval_every: int | None = option(None, "Also measure FA/RA every N iterations (where an evaluator exists).")
     stop_when_forgotten: int | None = option(
         None,

@@ -34,8 +34,10 @@ def test_gpu_cost_script_runs_on_tiny_configs():
 
 def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
-    argv = ["--family", "sd", "--tiny", "--iterations", "2", "--batch_size", "2", "--mixed_precision", "no"]
+    argv = ["--family", "sd", "--tiny", "--iterations", "2", "--batch_size", "2", "--mixed_precision", "no",
+            "--no_cudnn_attention"]  # fmt: skip
     report = load("benchmark_gpu").main([*argv, "--write", "--output", str(output)])
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "turned off while erasing only"
     sfr, ft = report["sfr_on"], report["ft"]
     assert report["family"] == "sd" and report["batch_size"] == 2
     assert sfr["seconds_per_iteration"] > 0 and ft["seconds_per_iteration"] > 0
@@ -47,6 +49,7 @@ def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
     text = output.read_text()
     assert "<!-- gpu-cost-sd:start -->" in text and "<!-- gpu-cost-sd:end -->" in text
     assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 0.79M | 2 |" in text
+    assert "gradient checkpointing off, cuDNN attention off;" in text
 
 
 def test_gpu_cost_script_runs_sdxl_sd3_and_flux_on_tiny_configs(tmp_path):

@@ -252,3 +252,31 @@ def test_weights_that_do_not_train_are_frozen_parts_in_bf16_and_come_back_exactl
     assert all(after[k].dtype == torch.float32 for k in after)
     assert all(torch.equal(after[k], before[k]) for k in after if k not in trained)
     assert any(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_no_cudnn_attention_turns_cudnn_attention_off_while_erasing_only():
+    from sfr_diffusion.commands.erase import parse_args
+    from sfr_diffusion.training import attention_backends
+
+    args = parse_args(["--pretrained_model_name_or_path", "x", "--concept", "c", "--no_cudnn_attention"])
+    assert args.cudnn_attention is False and parse_args(["--concept", "c"]).cudnn_attention is True
+
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "torch's default"
+    seen = []
+    pipe = tiny_pipeline("sd")
+    training = TrainingArguments(max_train_steps=2, forget_batch_size=2, remain_batch_size=2, cudnn_attention=False)
+    erase(pipe, CONCEPT["sd"], method=REMAP, data=training_data("sd", pipe), training=training, evaluate=False,
+          callbacks=(lambda event: seen.append(torch.backends.cuda.cudnn_sdp_enabled()),))  # fmt: skip
+    assert seen and not any(seen), "cuDNN attention was on during an optimizer step"
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "torch's setting put back after erase()"
+
+    with pytest.raises(RuntimeError), attention_backends(cudnn=False):  # put back when the erasure fails, too
+        raise RuntimeError
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)  # a user who turned it off keeps it off
+    try:
+        with attention_backends(cudnn=True):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
