@@ -37,7 +37,7 @@ iteration, an attack step, a retrain step) times the full run's counts: about 4 
 for SD, one model after another, of which retraining (cached for later runs) is about 0.5, 0.4 and 1 h. Most of the
 rest is sampling for the judge: the tracked evaluations, the guidance sweeps and the attacks' evaluations, roughly a
 third each. Two processes with different ``--models`` (and ``--results_json``) use both cores; ``--render_only``
-merges their results.
+merges their results (results with other settings, such as other digits, into a section of their own).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="Reuse the finished runs of an interrupted benchmark.")
     parser.add_argument(
         "--render_only", type=Path, nargs="+", default=None,
-        help="Rewrite tables and plots from results JSONs (several: runs of different models, merged).",
+        help="Rewrite tables and plots from results JSONs (several: runs of different models, merged; those whose "
+        "settings differ from the first's, such as the digits, in a section of their own).",
     )  # fmt: skip
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)
@@ -921,14 +922,20 @@ def plot_family(result: dict, digits: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def render(payload: dict, output: Path, plots_dir: Path) -> None:
+def render(payload: dict, output: Path, plots_dir: Path, own_section: bool = False) -> None:
+    """The comparison's BENCHMARKS.md section; with `own_section`, a section of its own for these models (whose
+    settings differ from the main comparison's)."""
     args_summary, results = payload["settings"], payload["results"]
+    marker, heading = "methods-comparison", "## SFR-on against the baselines and retrain"
+    if own_section:
+        marker += "-" + "-".join(r["family"] for r in results)
+        heading += ": " + ", ".join(TITLES.get(r["family"], r["family"]) for r in results) + ", settings of its own"
     budgets = ", ".join(f"{TITLES.get(r['family'], r['family'])}: {r['iterations']} iterations" for r in results)
     scales = ", ".join(f"{s:g}" for s in args_summary["guidance_scales"])
     digits = args_summary["digits"]
     lines = [
-        "<!-- methods-comparison:start -->",
-        "## SFR-on against the baselines and retrain",
+        f"<!-- {marker}:start -->",
+        heading,
         "",
         "- Commands: "
         + "; ".join(f"`{c}`" for c in payload["command"].split("; "))
@@ -980,8 +987,25 @@ def render(payload: dict, output: Path, plots_dir: Path) -> None:
         lines += ["", f"![FA and RA against iteration, one line per method]({shown})", ""]
     lines += render_multi(results, args_summary)
     lines += verdict(results, args_summary)
-    lines.append("<!-- methods-comparison:end -->")
+    lines.append(f"<!-- {marker}:end -->")
     write_section(output, "\n".join(lines) + "\n")
+
+
+def differing_settings(first: dict, other: dict) -> set[str]:
+    """The settings two runs' payloads differ in, the budget aside."""
+    return {k for k in first["settings"] if k != "iterations" and first["settings"][k] != other["settings"].get(k)}
+
+
+def settings_groups(payloads: list[dict]) -> list[list[dict]]:
+    """The payloads in groups that :func:`merge` can merge, in the order each group's first payload came."""
+    groups: list[list[dict]] = []
+    for payload in payloads:
+        group = next((g for g in groups if not differing_settings(g[0], payload)), None)
+        if group is None:
+            groups.append([payload])
+        else:
+            group.append(payload)
+    return groups
 
 
 def merge(payloads: list[dict]) -> dict:
@@ -989,8 +1013,7 @@ def merge(payloads: list[dict]) -> dict:
     (its runs of those methods replace the earlier ones). The settings must agree, except for the budget."""
     first, by_model = payloads[0], {}
     for payload in payloads:
-        settings = payload["settings"]
-        differs = {k for k in first["settings"] if k != "iterations" and first["settings"][k] != settings.get(k)}
+        differs = differing_settings(first, payload)
         if differs:
             raise ValueError(f"Cannot merge results whose settings differ in {sorted(differs)}.")
         for result in payload["results"]:
@@ -1027,9 +1050,12 @@ def method_order(method: str) -> int:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.render_only:
-        payload = merge([json.loads(path.read_text()) for path in args.render_only])
-        render(payload, args.output, args.plots_dir)
-        return payload
+        # Runs with other settings (digits, retrain steps...) than the first JSON's get a section of their own.
+        groups = settings_groups([json.loads(path.read_text()) for path in args.render_only])
+        payloads = [merge(group) for group in groups]
+        for index, payload in enumerate(payloads):
+            render(payload, args.output, args.plots_dir, own_section=index > 0)
+        return payloads[0]
     settings = run_settings(args)
     partial = args.results_json.with_name(args.results_json.stem + ".partial.json")
     args.finished = FinishedRuns(partial, settings, args.resume)

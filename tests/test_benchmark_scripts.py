@@ -405,6 +405,17 @@ def test_methods_benchmark_quick_mode(tmp_path):
     rendered = benchmark.main(again)
     assert rendered["results"] == json.loads(json.dumps(payload["results"]))
     assert output.read_text() == text  # the sweep, the attacks and the several-digit row render from the JSON alone
+    # A run with other settings (here the retrain's steps) cannot merge: it renders into a section of its own, and the
+    # main section stays as it was.
+    other = json.loads(results_json.read_text())
+    other["settings"]["retrain_steps"] += 1
+    other_json = tmp_path / "other_settings.json"
+    other_json.write_text(json.dumps(other))
+    benchmark.main([*again[:2], str(other_json), *again[2:]])
+    both = output.read_text()
+    assert both.startswith(text.rstrip("\n")) and both.count("<!-- methods-comparison:start -->") == 1
+    assert "<!-- methods-comparison-ddpm:start -->" in both and "<!-- methods-comparison-ddpm:end -->" in both
+    assert "## SFR-on against the baselines and retrain: DDPM, settings of its own" in both
 
 
 def verdict_result(sfr_asr: float, ft_asr: float, retrain_asr: float, sfr_fa_at_2: float) -> dict:
