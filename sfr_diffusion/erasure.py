@@ -296,8 +296,9 @@ def erase(
     if training.learning_rate is None:
         factor = LORA_LEARNING_RATE_FACTOR if training.lora_rank is not None else 1
         training = replace(training, learning_rate=learning_rate_for(family, preset) * factor)
-    if getattr(method_config, "forget_loss", False) is None:
-        method_config = replace(method_config, forget_loss=family.default_forget_loss)
+    by_family = {"forget_loss": family.default_forget_loss, "adversarial_steps": family.default_adversarial_steps}
+    unset = {name: value for name, value in by_family.items() if getattr(method_config, name, False) is None}
+    method_config = replace(method_config, **unset)
     method_class.check_config(method_config, family)
     family.check_trainable(training.trainable)  # e.g. cross-attention in a transformer that has none
     _check_remap_target(method_config, family, preset, names, conditions)

@@ -98,14 +98,17 @@ class DiffusionFamily:
     Traits, per family: ``text_conditioned`` (conditions are prompts rather than class ids); ``default_forget_loss``
     of SFR-on (remap on every family: onto an anchor prompt for text, onto a kept class for class models; ascent on a
     class's own loss, SPEC §1's choice, collapses the digits DiT; BENCHMARKS.md);
-    ``default_learning_rate`` (for a checkpoint no preset knows: the official code's settings, Adam 1e-4 on the
-    DDPM and the DiT, 1e-5 on SD; a preset's world may measure its own, see
+    ``default_adversarial_steps`` of SFR-on (robust SFR-on's inner steps: 6 on the DDPM, where they lower the
+    inversion attack's success at no cost in FA, RA or FID; 0 elsewhere, where they cost FID (SD) or did not help
+    (DiT); BENCHMARKS.md, settings compared); ``default_learning_rate`` (for a checkpoint no preset knows: the
+    official code's settings, Adam 1e-4 on the DDPM and the DiT, 1e-5 on SD; a preset's world may measure its own, see
     :func:`~sfr_diffusion.presets.learning_rate_for`).
     """
 
     name: ClassVar[str]
     text_conditioned: ClassVar[bool] = False
     default_forget_loss: ClassVar[str] = "remap"
+    default_adversarial_steps: ClassVar[int] = 0
     default_learning_rate: ClassVar[float] = 1e-4  # the official DDPM and DiT setting
     # The training form of the pipeline's scheduler (a fresh one: the pipeline's own keeps its last sampling steps).
     training_scheduler_class: ClassVar[type] = DDPMScheduler
@@ -309,6 +312,7 @@ class ClassConditionalUNetFamily(DiffusionFamily):
     """Pixel-space class-conditional ``UNet2DModel`` (the DDPM family); the last class embedding is the null class."""
 
     name = "ddpm"
+    default_adversarial_steps = 6
 
     def __init__(self, pipeline):
         unet = pipeline.unet

@@ -228,7 +228,9 @@ def test_forget_step_never_uses_the_null_class_and_remain_step_drops_labels(
 ):
     family = family_for(pipeline)
     label_dropout = 0.5
-    method = PhaseTaggingSFROn(SFROnConfig(mask_batches=1, label_dropout=label_dropout), family)
+    # One denoiser call per forget step (the adversarial steps, on by default on the DDPM, would add their own).
+    config = SFROnConfig(mask_batches=1, label_dropout=label_dropout, adversarial_steps=0)
+    method = PhaseTaggingSFROn(config, family)
     labels_seen = {"forget": [], "remain": []}
 
     def record_labels(module, args, kwargs):
@@ -391,8 +393,8 @@ def test_unconditional_forget_adds_the_null_branchs_pull_onto_the_original_guide
     null branch predicts eps0(x_t, null), so the term is exactly alpha * mean_i ||eps0(x_t, c_i) - eps0(x_t, null)||^2,
     on top of the remap, which is unchanged."""
     family = family_for(pipeline)
-    plain = SFROn(SFROnConfig(forget_loss=forget_loss), family)
-    both = SFROn(SFROnConfig(forget_loss=forget_loss, unconditional_forget=True), family)
+    plain = SFROn(SFROnConfig(forget_loss=forget_loss, adversarial_steps=0), family)
+    both = SFROn(SFROnConfig(forget_loss=forget_loss, unconditional_forget=True, adversarial_steps=0), family)
     batch = forget_batch(family, forget_remain)
     remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
     data = {"forget": batch, "remain": remain} if forget_loss == "remap_others" else batch
@@ -445,7 +447,7 @@ def test_the_adversarial_forget_loss_is_the_mean_of_the_real_and_the_adversarial
     pipeline, forget_remain, forget_loss
 ):
     family = family_for(pipeline)
-    plain = SFROn(SFROnConfig(forget_loss=forget_loss), family)
+    plain = SFROn(SFROnConfig(forget_loss=forget_loss, adversarial_steps=0), family)
     robust = SFROn(SFROnConfig(forget_loss=forget_loss, adversarial_steps=2), family)
     batch = forget_batch(family, forget_remain)
     remain = BatchSampler(forget_remain[1], family, BATCH, seed=0, stream=REMAIN_STREAM).batch(0)
@@ -461,6 +463,13 @@ def test_the_adversarial_forget_loss_is_the_mean_of_the_real_and_the_adversarial
     assert torch.allclose(robust_terms["loss"], expected, rtol=1e-5)
     prefix = "forget_mse" if forget_loss == "ascent" else "forget_remap"
     assert f"{prefix}_adversarial" in robust_terms and f"{prefix}_adversarial" not in plain_terms
+
+
+def test_the_ddpm_takes_adversarial_steps_by_default_and_an_explicit_value_wins(pipeline):
+    family = family_for(pipeline)
+    assert family.name == "ddpm" and SFROn(SFROnConfig(), family).adversarial_steps == 6
+    assert SFROn(SFROnConfig(adversarial_steps=0), family).adversarial_steps == 0
+    assert SFROnConfig().adversarial_steps is None  # left to the family until erase() resolves it
 
 
 def test_adversarial_settings_are_checked():
