@@ -470,6 +470,10 @@ def test_the_ddpm_takes_adversarial_steps_by_default_and_an_explicit_value_wins(
     assert family.name == "ddpm" and SFROn(SFROnConfig(), family).adversarial_steps == 6
     assert SFROn(SFROnConfig(adversarial_steps=0), family).adversarial_steps == 0
     assert SFROnConfig().adversarial_steps is None  # left to the family until erase() resolves it
+    from sfr_diffusion.testing.layouts import dit_pipeline, stable_diffusion_pipeline
+
+    for other in (dit_pipeline("tiny", seed=0), stable_diffusion_pipeline("tiny", seed=0)):
+        assert SFROn(SFROnConfig(), family_for(other)).adversarial_steps == 0  # off on the other families
 
 
 def test_adversarial_settings_are_checked():

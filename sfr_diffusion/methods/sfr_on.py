@@ -289,7 +289,7 @@ class SFROn(UnlearningMethod):
         prefix = "forget_mse" if self.forget_loss == "ascent" else "forget_remap"
         terms = {prefix: per_sample.detach().mean()}
         if self.adversarial_steps:
-            embedding = self.adversarial_embedding(x0, labels, batch)
+            embedding = self.adversarial_embedding(x0, labels, batch, reduce_sum)
             with family.condition_embedding_override(labels.unique().tolist(), embedding):
                 adversarial, adversarial_per_sample = self._forget_loss(
                     model, x0, labels, batch, targets, alpha, reduce_sum, num_processes
@@ -320,12 +320,13 @@ class SFROn(UnlearningMethod):
         # Σ_i w_i ℓ_i over the global batch; DDP averages gradients over processes, so scale the local share up.
         return weighted_ascent_loss(per_sample, weights, alpha) * num_processes, per_sample
 
-    def adversarial_embedding(self, x0, labels, batch) -> torch.Tensor:
+    def adversarial_embedding(self, x0, labels, batch, reduce_sum=None) -> torch.Tensor:
         """The embedding that draws the forget batch best after ``adversarial_steps`` signed-gradient steps from the
         model's own embedding of its first condition, the weights frozen (one embedding stands in for every forget
         condition of the batch, as the inversion attack's does for a concept's prompts). Only the embedding gets
         gradients (``torch.autograd.grad``) and the unwrapped denoiser runs, so neither the weights' ``.grad`` nor
-        DDP's gradient reduction sees these steps."""
+        DDP's gradient reduction sees these steps; `reduce_sum` (the sum over processes) makes each step's gradient
+        the whole global batch's, so that every process takes the same steps."""
         family, cfg = self.family, self.config
         model = family.denoiser
         embedding = family.condition_embedding(int(labels[0])).to(x0.device).requires_grad_(True)
@@ -333,6 +334,8 @@ class SFROn(UnlearningMethod):
             for _ in range(self.adversarial_steps):
                 loss = family.diffusion_loss(model, x0, labels, batch.draw).mean()
                 (gradient,) = torch.autograd.grad(loss, [embedding])
+                if reduce_sum is not None:  # the processes' local batches are of one size: the sum has the mean's sign
+                    gradient = reduce_sum(gradient)
                 with torch.no_grad():
                     embedding -= cfg.adversarial_step_size * gradient.sign()
         return embedding.detach()
