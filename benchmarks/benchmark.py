@@ -520,8 +520,11 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
         "total-variation distance to retrain's judged labels (forgotten digit / mean of the others; 0 = the same, "
         "1 = disjoint); ΔRA, ΔFID = erased − retrain.",
         *(
-            f"Rows of {', '.join(label(m) for m in sup['methods'])}: from a later run on the same machine and "
-            f"settings, `{sup['command']}`."
+            f"Rows of {', '.join(label(m) for m in sup['methods'])}: from a later run with the same settings, "
+            f"`{sup['command']}`"
+            + (" (the same machine" if sup.get("machine") == result.get("machine") else f" (on {sup.get('machine')}")
+            + "); their seconds and peak memory were measured apart from the other rows', so the verdict does not "
+            "compare them."
             for sup in result.get("supplements", [])
         ),
         "",
@@ -769,10 +772,15 @@ def verdict(results: list[dict], args_summary: dict) -> list[str]:
                     continue
                 pairs = [(sfr[d], by_digit[d]) for d in digits if d in sfr and d in by_digit]
                 its = " / ".join(ratio_cell(a, b, iterations_of, budget) for a, b in pairs)
+                if timed_apart(result, "sfr_on", method):
+                    lines.append(f"    - {label(method)}: {its} the iterations (wall time: timed in different runs).")
+                    continue
                 wall = " / ".join(ratio_cell(a, b, seconds_to_forget, budget) for a, b in pairs)
                 lines.append(f"    - {label(method)}: {its} the iterations, {wall} the wall time.")
             ft = chosen.get("ft", {})
-            if ft:
+            if ft and timed_apart(result, "sfr_on", "ft"):
+                lines.append("  - Cost: SFR-on and FT were timed in different runs, so not compared here.")
+            elif ft:
                 cost = mean(r["seconds_per_iteration"] for r in sfr.values()) / mean(
                     r["seconds_per_iteration"] for r in ft.values()
                 )
@@ -787,6 +795,13 @@ def verdict(results: list[dict], args_summary: dict) -> list[str]:
         lines += attack_verdict(result, chosen, digits)
         lines += closest_to_retrain(chosen)
     return lines
+
+
+def timed_apart(result: dict, *methods: str) -> bool:
+    """Whether the runs of `methods` come from different invocations (a supplement redid some): their seconds were
+    measured under other conditions (load, machine) and are not compared."""
+    invocation = {m: i + 1 for i, sup in enumerate(result.get("supplements", [])) for m in sup["methods"]}
+    return len({invocation.get(m, 0) for m in methods}) > 1
 
 
 def guidance_verdict(result: dict, chosen: dict[str, dict[int, dict]], digits: list[int]) -> list[str]:
@@ -1018,7 +1033,10 @@ def merge(payloads: list[dict]) -> dict:
             raise ValueError(f"Cannot merge results whose settings differ in {sorted(differs)}.")
         for result in payload["results"]:
             base = by_model.get(result["model"])
-            by_model[result["model"]] = result if base is None else supplemented(base, result, payload["command"])
+            if base is None:
+                by_model[result["model"]] = result | {"machine": payload["machine"]}
+            else:
+                by_model[result["model"]] = supplemented(base, result, payload["command"], payload["machine"])
     return first | {
         "command": "; ".join(p["command"] for p in payloads),
         "commit": "; ".join(dict.fromkeys(p["commit"] for p in payloads)),
@@ -1028,7 +1046,7 @@ def merge(payloads: list[dict]) -> dict:
     }
 
 
-def supplemented(base: dict, extra: dict, command: str) -> dict:
+def supplemented(base: dict, extra: dict, command: str, machine: str) -> dict:
     if base["iterations"] != extra["iterations"] or base["learning_rate_grid"] != extra["learning_rate_grid"]:
         raise ValueError(f"The runs of {base['model']} to merge differ in budget or learning-rate grid.")
     methods = sorted({r["method"] for r in extra["runs"]}, key=method_order)
@@ -1038,7 +1056,7 @@ def supplemented(base: dict, extra: dict, command: str) -> dict:
         "peak_memory_bytes": base["peak_memory_bytes"] | extra["peak_memory_bytes"],
         "multi": extra.get("multi") or base.get("multi"),
         "minutes": base["minutes"] + extra["minutes"],
-        "supplements": base.get("supplements", []) + [{"methods": methods, "command": command}],
+        "supplements": base.get("supplements", []) + [{"methods": methods, "command": command, "machine": machine}],
     }
 
 
