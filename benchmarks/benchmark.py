@@ -522,7 +522,7 @@ def render_family(result: dict, args_summary: dict) -> list[str]:
         *(
             f"Rows of {', '.join(label(m) for m in sup['methods'])}: from a later run with the same settings, "
             f"`{sup['command']}`"
-            + (" (the same machine" if sup.get("machine") == result.get("machine") else f" (on {sup.get('machine')}")
+            + (f" (on {sup['other_machine']}" if sup.get("other_machine") else " (the same machine")
             + "); their seconds and peak memory were measured apart from the other rows', so the verdict does not "
             "compare them."
             for sup in result.get("supplements", [])
@@ -1026,7 +1026,7 @@ def settings_groups(payloads: list[dict]) -> list[list[dict]]:
 def merge(payloads: list[dict]) -> dict:
     """One report from several runs: models run side by side, or a later run that redoes some methods of a model
     (its runs of those methods replace the earlier ones). The settings must agree, except for the budget."""
-    first, by_model = payloads[0], {}
+    first, by_model, machines = payloads[0], {}, {}
     for payload in payloads:
         differs = differing_settings(first, payload)
         if differs:
@@ -1034,9 +1034,10 @@ def merge(payloads: list[dict]) -> dict:
         for result in payload["results"]:
             base = by_model.get(result["model"])
             if base is None:
-                by_model[result["model"]] = result | {"machine": payload["machine"]}
+                by_model[result["model"]], machines[result["model"]] = result, payload["machine"]
             else:
-                by_model[result["model"]] = supplemented(base, result, payload["command"], payload["machine"])
+                other = payload["machine"] if payload["machine"] != machines[result["model"]] else None
+                by_model[result["model"]] = supplemented(base, result, payload["command"], other)
     return first | {
         "command": "; ".join(p["command"] for p in payloads),
         "commit": "; ".join(dict.fromkeys(p["commit"] for p in payloads)),
@@ -1046,7 +1047,7 @@ def merge(payloads: list[dict]) -> dict:
     }
 
 
-def supplemented(base: dict, extra: dict, command: str, machine: str) -> dict:
+def supplemented(base: dict, extra: dict, command: str, other_machine: str | None) -> dict:
     if base["iterations"] != extra["iterations"] or base["learning_rate_grid"] != extra["learning_rate_grid"]:
         raise ValueError(f"The runs of {base['model']} to merge differ in budget or learning-rate grid.")
     methods = sorted({r["method"] for r in extra["runs"]}, key=method_order)
@@ -1056,7 +1057,8 @@ def supplemented(base: dict, extra: dict, command: str, machine: str) -> dict:
         "peak_memory_bytes": base["peak_memory_bytes"] | extra["peak_memory_bytes"],
         "multi": extra.get("multi") or base.get("multi"),
         "minutes": base["minutes"] + extra["minutes"],
-        "supplements": base.get("supplements", []) + [{"methods": methods, "command": command, "machine": machine}],
+        "supplements": base.get("supplements", [])
+        + [{"methods": methods, "command": command, "other_machine": other_machine}],
     }
 
 
