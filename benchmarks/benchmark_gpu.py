@@ -7,6 +7,7 @@
     python benchmarks/benchmark_gpu.py --family sdxl --write        # SDXL base 1.0 UNet at 1024 px, batch 4
     python benchmarks/benchmark_gpu.py --family sd3 --write         # SD3 medium transformer at 1024 px, batch 4
     python benchmarks/benchmark_gpu.py --family flux --write        # FLUX.1-dev at 1024 px, batch 2, extrapolated
+    python benchmarks/benchmark_gpu.py --family flux --variants full lora --no_cudnn_attention  # as run on an H200
     python benchmarks/benchmark_gpu.py --family sd sdxl --tiny      # the same code on tiny configs (CPU smoke run)
     accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 8 benchmarks/benchmark_gpu.py \
         --family flux --flux_depths 19 --write                      # the whole FLUX.1-dev, sharded over 8 GPUs
