@@ -99,8 +99,9 @@ class DiffusionFamily:
     of SFR-on (remap on every family: onto an anchor prompt for text, onto a kept class for class models; ascent on a
     class's own loss, SPEC §1's choice, collapses the digits DiT; BENCHMARKS.md);
     ``default_adversarial_steps`` of SFR-on (robust SFR-on's inner steps: 6 on the DDPM, where they lower the
-    inversion attack's success at no cost in FA, RA or FID; 0 elsewhere, where they cost FID (SD) or did not help
-    (DiT); BENCHMARKS.md, settings compared); ``default_learning_rate`` (for a checkpoint no preset knows: the
+    inversion attack's success at no cost in FA, RA or FID; 3 on SD 1.x/2.x, where they lower it at a small cost in
+    FID-digits, six costing more; 0 on the DiT, where they did not help, and on the families not measured with them;
+    BENCHMARKS.md, settings compared); ``default_learning_rate`` (for a checkpoint no preset knows: the
     official code's settings, Adam 1e-4 on the DDPM and the DiT, 1e-5 on SD; a preset's world may measure its own, see
     :func:`~sfr_diffusion.presets.learning_rate_for`).
     """
@@ -578,6 +579,7 @@ class StableDiffusionFamily(TextToImageFamily):
     """
 
     name = "sd"
+    default_adversarial_steps = 3
     addition_embed_type: ClassVar[str | None] = None  # the UNet's, which the family supplies the inputs of
 
     def __init__(self, pipeline):
@@ -640,10 +642,12 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     or the one ``clip_skip`` selects); the pooled output is left as it is.
 
     Under fp16 the VAE stays fp32 when its config says ``force_upcast`` (SDXL's VAE overflows in fp16; the pipeline
-    upcasts it to decode for the same reason). The learning rate is the SD family's (no SDXL measurement).
+    upcasts it to decode for the same reason). The learning rate is the SD family's (no SDXL measurement); robust
+    SFR-on's adversarial steps are off by default (not measured on SDXL).
     """
 
     name = "sdxl"
+    default_adversarial_steps = 0  # SD 1.x's three are measured on the digits SD only
     addition_embed_type = "text_time"
 
     def __init__(self, pipeline):

@@ -465,15 +465,18 @@ def test_the_adversarial_forget_loss_is_the_mean_of_the_real_and_the_adversarial
     assert f"{prefix}_adversarial" in robust_terms and f"{prefix}_adversarial" not in plain_terms
 
 
-def test_the_ddpm_takes_adversarial_steps_by_default_and_an_explicit_value_wins(pipeline):
+def test_the_ddpm_and_sd_take_adversarial_steps_by_default_and_an_explicit_value_wins(pipeline):
     family = family_for(pipeline)
     assert family.name == "ddpm" and SFROn(SFROnConfig(), family).adversarial_steps == 6
     assert SFROn(SFROnConfig(adversarial_steps=0), family).adversarial_steps == 0
     assert SFROnConfig().adversarial_steps is None  # left to the family until erase() resolves it
-    from sfr_diffusion.testing.layouts import dit_pipeline, stable_diffusion_pipeline
+    from sfr_diffusion.testing.layouts import dit_pipeline, stable_diffusion_pipeline, stable_diffusion_xl_pipeline
 
-    for other in (dit_pipeline("tiny", seed=0), stable_diffusion_pipeline("tiny", seed=0)):
-        assert SFROn(SFROnConfig(), family_for(other)).adversarial_steps == 0  # off on the other families
+    sd = family_for(stable_diffusion_pipeline("tiny", seed=0))
+    assert sd.name == "sd" and SFROn(SFROnConfig(), sd).adversarial_steps == 3
+    assert SFROn(SFROnConfig(adversarial_steps=0), sd).adversarial_steps == 0
+    for other in (dit_pipeline("tiny", seed=0), stable_diffusion_xl_pipeline("tiny", seed=0)):
+        assert SFROn(SFROnConfig(), family_for(other)).adversarial_steps == 0  # off where not measured or no help
 
 
 def test_adversarial_settings_are_checked():

@@ -119,8 +119,9 @@ class SFROnConfig(MethodConfig):
         "embedding (class-embedding rows; a text prompt's encoder hidden states) toward the concept with the model "
         "frozen, as the inversion attack does, and the forget loss is the mean of its value at the real condition "
         "and at that embedding (AdvUnlearn's idea for text). 0: off. Default: the family's, 6 on the DDPM (the "
-        "inversion attack recovers less, at 2.7 times the training time) and 0 on the others (on the digits SD they "
-        "cost FID-digits, on the DiT they did not help; measured in BENCHMARKS.md).",
+        "inversion attack recovers less, at 2.7 times the training time), 3 on SD 1.x/2.x (less recovered, at 1.8 "
+        "times the training time and slightly higher FID-digits) and 0 on the others (on the DiT they did not help; "
+        "SDXL, SD3 and Flux are not measured with them; BENCHMARKS.md).",
     )
     adversarial_step_size: float = option(
         0.05, "Size of each signed-gradient step of --adversarial_steps, per embedding coordinate."
