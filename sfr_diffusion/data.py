@@ -32,6 +32,7 @@ class Batch:
     draw: NoiseDraw  # noise and timesteps for these samples
     uniform: torch.Tensor  # (b,) U[0, 1) draws, e.g. for label dropout
     global_size: int
+    lead_label: int  # the global batch's first label, the same on every process (process 0's labels[0])
     encoded: dict = field(default_factory=dict, repr=False, compare=False)  # the images encoded, per device
 
 
@@ -71,6 +72,10 @@ class LabelledImages:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def label(self, position: int) -> int:
+        """One image's label, without decoding the image."""
+        return int(self.dataset.select_columns([self.label_column])[int(self.rows[position])][self.label_column])
 
     def load(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows[np.asarray(positions)].tolist()
@@ -193,6 +198,7 @@ class BatchSampler:
             draw=NoiseDraw(noise=draw.noise[mine], timesteps=draw.timesteps[mine]),
             uniform=uniform[mine],
             global_size=self.batch_size,
+            lead_label=int(labels[0]) if process_index == 0 else self.images.label(int(positions[0])),
         )
 
 

@@ -130,6 +130,28 @@ def test_remap_others_never_targets_a_forgotten_class(two_classes):
     assert set(targets.tolist()) <= set(remain.labels.tolist()) and not FORGOTTEN & set(targets.tolist())
 
 
+def test_every_process_starts_the_adversarial_embedding_from_the_global_batchs_first_condition(
+    two_classes, monkeypatch
+):
+    """Robust SFR-on's embedding starts from one condition of a batch that mixes several; each process holds a
+    different share, so the start must not depend on it (the summed steps then keep the processes together)."""
+    family, target = two_classes
+    sampler = BatchSampler(target.forget, family, 8, seed=0, stream=0)
+    differs = None
+    for step in range(8):
+        whole, shares = sampler.batch(step), [sampler.batch(step, index, 2) for index in range(2)]
+        assert [share.lead_label for share in shares] == [whole.lead_label] * 2 == [int(whole.labels[0])] * 2
+        if int(shares[1].labels[0]) != whole.lead_label:
+            differs = shares[1]
+    assert differs is not None  # some step gives the second process a share that starts with the other class
+    started = []
+    condition_embedding = family.condition_embedding
+    monkeypatch.setattr(family, "condition_embedding", lambda c: started.append(c) or condition_embedding(c))
+    method = SFROn(SFROnConfig(adversarial_steps=1), family)
+    method.adversarial_embedding(family.encode(differs.images), differs.labels, differs, reduce_sum=lambda v: v)
+    assert started == [differs.lead_label] != [int(differs.labels[0])]
+
+
 def test_esd_guides_each_sample_away_from_its_own_class(two_classes):
     family, target = two_classes
     method = ESD(ESDConfig(), family)

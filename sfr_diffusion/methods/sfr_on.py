@@ -323,14 +323,15 @@ class SFROn(UnlearningMethod):
 
     def adversarial_embedding(self, x0, labels, batch, reduce_sum=None) -> torch.Tensor:
         """The embedding that draws the forget batch best after ``adversarial_steps`` signed-gradient steps from the
-        model's own embedding of its first condition, the weights frozen (one embedding stands in for every forget
-        condition of the batch, as the inversion attack's does for a concept's prompts). Only the embedding gets
-        gradients (``torch.autograd.grad``) and the unwrapped denoiser runs, so neither the weights' ``.grad`` nor
-        DDP's gradient reduction sees these steps; `reduce_sum` (the sum over processes) makes each step's gradient
-        the whole global batch's, so that every process takes the same steps."""
+        model's own embedding of the global batch's first condition, the weights frozen (one embedding stands in for
+        every forget condition of the batch, as the inversion attack's does for a concept's prompts). Only the
+        embedding gets gradients (``torch.autograd.grad``) and the unwrapped denoiser runs, so neither the weights'
+        ``.grad`` nor DDP's gradient reduction sees these steps; every process starts from the same condition
+        (``batch.lead_label``) and `reduce_sum` (the sum over processes) makes each step's gradient the whole global
+        batch's, so that every process takes the same steps."""
         family, cfg = self.family, self.config
         model = family.denoiser
-        embedding = family.condition_embedding(int(labels[0])).to(x0.device).requires_grad_(True)
+        embedding = family.condition_embedding(batch.lead_label).to(x0.device).requires_grad_(True)
         with family.condition_embedding_override(labels.unique().tolist(), embedding):
             for _ in range(self.adversarial_steps):
                 loss = family.diffusion_loss(model, x0, labels, batch.draw).mean()
