@@ -310,15 +310,17 @@ def _gib(value: float | None) -> str:
 
 
 def forget_step(run: dict) -> str:
-    """What the SFR-on forget step did, in words."""
+    """What the SFR-on forget step did, in words (the family's adversarial steps included)."""
     forget_loss = run["method_config"]["forget_loss"]
+    steps = run["method_config"].get("adversarial_steps") or 0
+    robust = f", {steps} adversarial steps" if steps else ""
     anchor = run["erased"].get("anchor_concept")  # set where the concept was remapped onto a prompt or a class
     if anchor is None:
-        return forget_loss
+        return forget_loss + robust
     if "forget_prompts" in run["erased"]:
         onto = f'"{anchor}"' if anchor else "the empty prompt"
-        return f'{forget_loss} of the captions naming "{CONCEPT}" onto {onto}'
-    return f'{forget_loss} of class {run["erased"]["class_id"]} onto "{anchor}"'
+        return f'{forget_loss} of the captions naming "{CONCEPT}" onto {onto}{robust}'
+    return f'{forget_loss} of class {run["erased"]["class_id"]} onto "{anchor}"{robust}'
 
 
 def _millions(count: int) -> str:

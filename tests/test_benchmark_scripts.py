@@ -44,11 +44,13 @@ def test_gpu_cost_script_runs_stable_diffusion_on_tiny_configs(tmp_path):
     assert report["ratio_sfr_on_to_ft"] == pytest.approx(sfr["seconds_per_iteration"] / ft["seconds_per_iteration"])
     # SD's configuration of the method: the concept's captions are remapped onto the empty prompt.
     assert sfr["method_config"]["forget_loss"] == "remap" and sfr["method_config"]["remap_target"] == ""
+    assert sfr["method_config"]["adversarial_steps"] == 3  # the SD family's default, measured as users get it
     assert sfr["erased"]["forget_prompts"] == ["a photo of a cat"] and sfr["erased"]["anchor_concept"] == ""
     assert sfr["mask_seconds"] > 0 and sfr["parameters"] == ft["parameters"]
     text = output.read_text()
     assert "<!-- gpu-cost-sd:start -->" in text and "<!-- gpu-cost-sd:end -->" in text
-    assert 'remap of the captions naming "cat" onto the empty prompt' in text and "| tiny sd | 0.79M | 2 |" in text
+    assert 'remap of the captions naming "cat" onto the empty prompt, 3 adversarial steps' in text
+    assert "| tiny sd | 0.79M | 2 |" in text
     assert "gradient checkpointing off, cuDNN attention off;" in text
 
 
